@@ -1,0 +1,194 @@
+"""Command-line interface: ``absint verify``, ``absint list`` (and more subcommands as they land).
+
+``absint verify`` with no arguments analyses the bundled digits network on its test split, so a
+fresh checkout has something to run without any download.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = REPO_ROOT / "networks"
+DEFAULT_NETWORK = BUNDLED / "digits_mlp_2x64.onnx"
+DEFAULT_DATA = BUNDLED / "digits_test.npz"
+
+log = logging.getLogger("absint")
+
+#: Extra subcommands: name -> (help, add_arguments(parser), run(args) -> exit code).
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--analysis", "-a", default="deeppoly", help="analysis name (see `absint list`)")
+    p.add_argument("--timeout", type=float, default=None, help="time limit per instance in seconds")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-attack", action="store_true", help="skip the PGD attack")
+    p.add_argument("--json", type=Path, default=None, help="write results as JSON here")
+    p.add_argument("--csv", type=Path, default=None, help="write results as CSV here")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or table")
+    p.add_argument("--verbose", "-v", action="count", default=0)
+
+
+def _add_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("network", nargs="?", type=Path, default=DEFAULT_NETWORK,
+                   help=f"ONNX network (default: bundled {DEFAULT_NETWORK.name})")
+    p.add_argument("--vnnlib", nargs="+", type=Path, default=None, help="VNN-LIB specification file(s)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="image set (.npz with images/labels or ERAN .csv); default: bundled digits test split "
+                        "when the network is the bundled one")
+    p.add_argument("--eps", type=float, default=0.02, help="L-inf radius for --data (default 0.02)")
+    p.add_argument("--count", "-n", type=int, default=100, help="number of images (default 100)")
+    p.add_argument("--start", type=int, default=0, help="index of the first image")
+    p.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                   help="valid input range for the ball (default 0 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batched analysis pass")
+    _add_common(p)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    import absint
+    from absint.results import format_table, results_to_csv, results_to_json
+
+    net = absint.load_network(args.network, device=args.device)
+    results = []
+    t0 = time.perf_counter()
+    if args.vnnlib:
+        bar = None if args.quiet else _bar(len(args.vnnlib), args.analysis)
+        for spec in args.vnnlib:
+            r = absint.verify(net, spec, analysis=args.analysis, timeout=args.timeout, attack=not args.no_attack,
+                              device=args.device)
+            results.append(r)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{spec.name}: {r.verdict}")
+        if bar is not None:
+            bar.close()
+    else:
+        data = args.data
+        if data is None:
+            if Path(args.network).resolve() == DEFAULT_NETWORK.resolve() or Path(args.network).parent.resolve() == BUNDLED:
+                data = DEFAULT_DATA
+            else:
+                raise absint.SpecError("give --vnnlib SPEC or --data IMAGES for this network")
+        images, labels = absint.load_images(data, tuple(net.input_shape))
+        sl = slice(args.start, args.start + args.count)
+        names = [f"{Path(data).stem}[{i}]" for i in range(len(images))][sl]
+        results = absint.verify_robustness(
+            net, images[sl], labels[sl], args.eps, analysis=args.analysis, clip=tuple(args.clip),
+            timeout=args.timeout, attack=not args.no_attack, batch_size=args.batch_size, device=args.device,
+            names=names, progress=not args.quiet)
+    elapsed = time.perf_counter() - t0
+    if not args.quiet:
+        print(f"network {Path(args.network).name} ({net.summary()[:100]}...)" if len(net.summary()) > 100
+              else f"network {Path(args.network).name} ({net.summary()})")
+        if not args.vnnlib:
+            print(f"L-inf eps={args.eps}, analysis={args.analysis}; 'verified' = correctly classified and proven robust")
+        else:
+            print(f"analysis={args.analysis}")
+        for r in results if args.vnnlib else []:
+            print(f"  {r.name}: {r.verdict} ({r.seconds:.3f} s){' — ' + r.reason if r.reason else ''}")
+        print(format_table(results))
+        print(f"wall time {elapsed:.2f} s")
+    if args.json:
+        args.json.write_text(results_to_json(results))
+    if args.csv:
+        args.csv.write_text(results_to_csv(results))
+    return 0
+
+
+def _add_list(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="count", default=0)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    """Print the domains, analyses and solver backends available here, and why any is not."""
+    from absint import plugins
+    from absint.analyses import available_analyses, unavailable_analyses
+
+    verbose = getattr(args, "verbose", 0)
+    print("domains:")
+    for name, cls in sorted(plugins.available_domains().items()):
+        origin = plugins.domain_origin(name) or "?"
+        where = f"{origin}: {cls.__module__}.{cls.__qualname__}" if verbose else origin
+        print(f"  {name:<12} {cls.description or cls.__doc__ or ''}".rstrip() + f"  [{where}]")
+    print("analyses:")
+    analyses = available_analyses()
+    for name, factory in sorted(analyses.items()):
+        print(f"  {name:<12} {getattr(factory, 'description', '') or ''}".rstrip())
+    for name, why in sorted(unavailable_analyses().items()):
+        if name not in analyses:
+            print(f"  {name:<12} unavailable: {why}")
+    print("solvers:")
+    for name, (ok, why) in plugins.solver_status().items():
+        print(f"  {name:<12} {'available' if ok else 'unavailable'}: {why}")
+    skipped = [i for i in plugins.plugin_infos() if i.status in ("failed", "ignored")]
+    if skipped:
+        print("plugins not loaded:")
+        for info in skipped:
+            print(f"  {info.name:<12} {info.status}: {info.reason}")
+    return 0
+
+
+def _bar(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, unit="spec")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="absint", description="Certify neural-network robustness by abstract interpretation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {"verify": ("verify a network on VNN-LIB specs or an image set", _add_verify, _run_verify),
+                "list": ("list domains, analyses and solvers", _add_list, _run_list)}
+    _load_extra_commands()
+    commands.update(SUBCOMMANDS)
+    for name, (help_, add, run) in commands.items():
+        p = sub.add_parser(name, help=help_)
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def _load_extra_commands() -> None:
+    """Import modules that add subcommands to :data:`SUBCOMMANDS` (bench, vnncomp, report, ...)."""
+    import importlib
+
+    for mod in ("absint.bench.cli",):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from absint.errors import AbsintError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
+                        format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(max(1, getattr(args, "threads", 1) or 1))
+    try:
+        return args._run(args)
+    except AbsintError as exc:
+        print(f"absint: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("absint: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""ONNX frontend: lowers an ONNX model to the absint IR.
+
+Tensors that depend on the network input ("variables") become IR nodes; everything computable
+from initializers and Constant nodes is folded with numpy at load time (this absorbs the
+Shape/Gather/Concat/Reshape plumbing that exporters emit). The batch axis (axis 0, size 1 in the
+file) is stripped from IR shapes.
+
+Unsupported or malformed parts are collected over the whole graph and reported together in one
+:class:`~absint.errors.UnsupportedOpError` naming every offending node.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from absint.errors import ModelError, UnsupportedOpError
+from absint.frontends.normalize import normalize
+from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Op, Relu, Reshape, Sigmoid, Tanh
+from absint.linear import ConvOperator, DenseOperator, DiagonalOperator, PermuteOperator, numel
+
+log = logging.getLogger(__name__)
+
+
+class _Unsupported(Exception):
+    """Raised by an op handler: this node cannot be lowered (reason in the message)."""
+
+
+class _Var:
+    """A tensor that depends on the input: the IR node producing it and its ONNX shape."""
+
+    def __init__(self, node: str, shape: tuple[int, ...]) -> None:
+        self.node = node
+        self.shape = shape  # ONNX shape, batch axis included (size 1)
+
+    @property
+    def ir_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+
+class _Lowering:
+    """State of one ONNX → IR lowering."""
+
+    def __init__(self, model: Any, source: str) -> None:
+        import onnx.numpy_helper as nh
+
+        self.source = source
+        self.graph = model.graph
+        self.consts: dict[str, np.ndarray] = {t.name: nh.to_array(t) for t in self.graph.initializer}
+        self.vars: dict[str, _Var] = {}
+        self.nodes: list[Op] = []
+        self.problems: list[tuple[str, str, str]] = []
+        self.poisoned: set[str] = set()
+        self.output_softmax = False
+        self._counter = 0
+
+    # -- helpers -----------------------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        self._counter += 1
+        return f"{base}#{self._counter}" if any(n.name == base for n in self.nodes) else base
+
+    def emit(self, op: Op, onnx_out: str, onnx_shape: tuple[int, ...]) -> _Var:
+        self.nodes.append(op)
+        var = _Var(op.name, onnx_shape)
+        self.vars[onnx_out] = var
+        return var
+
+    def const(self, name: str) -> np.ndarray:
+        if name not in self.consts:
+            raise _Unsupported(f"input {name!r} must be a constant here")
+        return self.consts[name]
+
+    def is_const(self, name: str) -> bool:
+        return name in self.consts
+
+    def affine(self, x: _Var, operator, bias, out: str, onnx_shape: tuple[int, ...], hint: str) -> _Var:
+        op = Affine(self.fresh(hint), (x.node,), tuple(operator.out_shape), operator, bias)
+        return self.emit(op, out, onnx_shape)
+
+    def elementwise(self, x: _Var, scale, shift, out: str, hint: str) -> _Var:
+        """``y = scale * x + shift`` with numpy scale/shift broadcastable to x's ONNX shape."""
+        shape = x.ir_shape
+        scale_t = self._broadcast_param(scale, x.shape, hint)
+        shift_t = None if shift is None else self._broadcast_param(shift, x.shape, hint)
+        return self.affine(x, DiagonalOperator(scale_t, shape), shift_t, out, x.shape, hint)
+
+    @staticmethod
+    def _broadcast_param(value, onnx_shape: tuple[int, ...], hint: str) -> torch.Tensor:
+        arr = np.asarray(value, dtype=np.float64)
+        try:
+            full = np.broadcast_shapes(arr.shape, onnx_shape)
+        except ValueError as exc:
+            raise _Unsupported(f"constant of shape {arr.shape} does not broadcast to {onnx_shape}") from exc
+        if tuple(full) != tuple(onnx_shape):
+            raise _Unsupported(f"constant of shape {arr.shape} would change the shape {onnx_shape}")
+        # Drop the batch axis of the parameter (keep trailing broadcast dims).
+        if arr.ndim == len(onnx_shape):
+            if arr.shape[0] != 1:
+                raise _Unsupported("constant varies along the batch axis")
+            arr = arr[0]
+        elif arr.ndim > len(onnx_shape) - 1:
+            arr = arr.reshape(arr.shape[arr.ndim - (len(onnx_shape) - 1):])
+        return _t(arr)
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> Graph:
+        import onnx
+
+        init_names = set(self.consts)
+        graph_inputs = [i for i in self.graph.input if i.name not in init_names]
+        if len(graph_inputs) != 1:
+            raise ModelError(f"{self.source}: expected exactly one network input, found {[i.name for i in graph_inputs]}")
+        inp = graph_inputs[0]
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+        if not dims:
+            raise ModelError(f"{self.source}: input {inp.name!r} has no shape")
+        if dims[0] != 1 or any(d <= 0 for d in dims):
+            # A symbolic batch axis is read as 1; anything else must be a real batch of one.
+            dims = [1] + dims[1:] if dims[0] in (0, -1) else dims
+            if dims[0] != 1:
+                raise ModelError(f"{self.source}: input shape {dims} must have a batch axis of size 1 first")
+        self.emit(Input("input", (), tuple(dims[1:])), inp.name, tuple(dims))
+
+        handlers = self.handlers()
+        for node in self.graph.node:
+            name = node.name or (node.output[0] if node.output else node.op_type)
+            if node.op_type not in handlers:
+                self.problems.append((name, node.op_type, "op type not supported"))
+                self.poisoned.update(node.output)
+                continue
+            if any(i in self.poisoned for i in node.input if i):
+                self.poisoned.update(node.output)
+                continue
+            try:
+                handlers[node.op_type](node, name)
+            except _Unsupported as exc:
+                self.problems.append((name, node.op_type, str(exc)))
+                self.poisoned.update(node.output)
+            except (ValueError, IndexError, KeyError, TypeError) as exc:
+                self.problems.append((name, node.op_type, f"malformed: {exc}"))
+                self.poisoned.update(node.output)
+        if self.problems:
+            raise UnsupportedOpError(self.problems, self.source)
+        outputs = [o.name for o in self.graph.output]
+        if len(outputs) != 1:
+            raise ModelError(f"{self.source}: expected one graph output, found {outputs}")
+        if outputs[0] not in self.vars:
+            raise ModelError(f"{self.source}: output {outputs[0]!r} does not depend on the input")
+        out_node = self.vars[outputs[0]].node
+        _ = onnx  # imported for attribute parsing
+        g = Graph(tuple(self.nodes), out_node, Path(self.source).stem, {"output_softmax": self.output_softmax,
+                                                                          "source": self.source})
+        return normalize(g)
+
+    def handlers(self) -> dict[str, Callable[[Any, str], None]]:
+        return {
+            "Constant": self.op_constant, "Identity": self.op_identity, "Dropout": self.op_identity,
+            "Cast": self.op_cast, "Gemm": self.op_gemm, "MatMul": self.op_matmul,
+            "Add": self.op_add, "Sub": self.op_sub, "Mul": self.op_mul, "Div": self.op_div,
+            "Neg": self.op_neg, "Conv": self.op_conv, "Relu": self.op_act, "Sigmoid": self.op_act,
+            "Tanh": self.op_act, "Flatten": self.op_flatten, "Reshape": self.op_reshape,
+            "Squeeze": self.op_squeeze, "Unsqueeze": self.op_squeeze, "Transpose": self.op_transpose,
+            "MaxPool": self.op_maxpool, "AveragePool": self.op_avgpool,
+            "GlobalAveragePool": self.op_avgpool, "BatchNormalization": self.op_batchnorm,
+            "Softmax": self.op_softmax, "Shape": self.op_shape, "Gather": self.op_gather,
+            "Concat": self.op_concat,
+        }
+
+    # -- constant-only / plumbing ops -------------------------------------------------------
+    def op_constant(self, node, name) -> None:
+        import onnx.numpy_helper as nh
+
+        a = _attrs(node)
+        if "value" in a:
+            self.consts[node.output[0]] = nh.to_array(a["value"])
+        elif "value_float" in a:
+            self.consts[node.output[0]] = np.array(a["value_float"], dtype=np.float32)
+        elif "value_floats" in a:
+            self.consts[node.output[0]] = np.array(a["value_floats"], dtype=np.float32)
+        elif "value_int" in a:
+            self.consts[node.output[0]] = np.array(a["value_int"], dtype=np.int64)
+        elif "value_ints" in a:
+            self.consts[node.output[0]] = np.array(a["value_ints"], dtype=np.int64)
+        else:
+            raise _Unsupported(f"Constant with attributes {sorted(a)}")
+
+    def op_identity(self, node, name) -> None:
+        src = node.input[0]
+        if self.is_const(src):
+            self.consts[node.output[0]] = self.consts[src]
+        else:
+            self.vars[node.output[0]] = self.vars[src]
+
+    def op_cast(self, node, name) -> None:
+        src = node.input[0]
+        if self.is_const(src):
+            import onnx
+
+            to = _attrs(node)["to"]
+            self.consts[node.output[0]] = self.consts[src].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+        else:
+            self.vars[node.output[0]] = self.vars[src]
+
+    def op_shape(self, node, name) -> None:
+        src = node.input[0]
+        shape = self.consts[src].shape if self.is_const(src) else self.vars[src].shape
+        self.consts[node.output[0]] = np.array(shape, dtype=np.int64)
+
+    def op_gather(self, node, name) -> None:
+        data, idx = node.input[0], node.input[1]
+        if not (self.is_const(data) and self.is_const(idx)):
+            raise _Unsupported("Gather on a tensor that depends on the input")
+        axis = _attrs(node).get("axis", 0)
+        self.consts[node.output[0]] = np.take(self.consts[data], self.consts[idx], axis=axis)
+
+    def op_concat(self, node, name) -> None:
+        if not all(self.is_const(i) for i in node.input):
+            raise _Unsupported("Concat of tensors that depend on the input")
+        axis = _attrs(node)["axis"]
+        self.consts[node.output[0]] = np.concatenate([self.consts[i] for i in node.input], axis=axis)
+
+    def _fold_binary(self, node, fn) -> bool:
+        a, b = node.input[0], node.input[1]
+        if self.is_const(a) and self.is_const(b):
+            self.consts[node.output[0]] = fn(self.consts[a], self.consts[b])
+            return True
+        return False
+
+    # -- linear ops --------------------------------------------------------------------------
+    def op_gemm(self, node, name) -> None:
+        a = _attrs(node)
+        x_name, w_name = node.input[0], node.input[1]
+        if x_name not in self.vars:
+            raise _Unsupported("Gemm whose first operand is constant")
+        if a.get("transA", 0):
+            raise _Unsupported("Gemm with transA=1 on the input-dependent operand")
+        x = self.vars[x_name]
+        if len(x.shape) != 2:
+            raise _Unsupported(f"Gemm input of rank {len(x.shape)}")
+        w = np.asarray(self.const(w_name), dtype=np.float64)
+        w = w if a.get("transB", 0) else w.T  # now [out, in]
+        w = a.get("alpha", 1.0) * w
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            c = np.asarray(self.const(node.input[2]), dtype=np.float64) * a.get("beta", 1.0)
+            bias = _t(np.broadcast_to(c, (1, w.shape[0]))[0].copy())
+        if w.shape[1] != x.ir_shape[0]:
+            raise _Unsupported(f"Gemm weight {w.shape} does not match input {x.shape}")
+        self.affine(x, DenseOperator(_t(w)), bias, node.output[0], (1, w.shape[0]), name)
+
+    def op_matmul(self, node, name) -> None:
+        if self._fold_binary(node, np.matmul):
+            return
+        x_name, w_name = node.input
+        if x_name not in self.vars or not self.is_const(w_name):
+            raise _Unsupported("MatMul is supported as (input-dependent) @ (constant matrix) only")
+        x = self.vars[x_name]
+        w = np.asarray(self.consts[w_name], dtype=np.float64)
+        if w.ndim != 2 or len(x.shape) != 2 or x.shape[1] != w.shape[0]:
+            raise _Unsupported(f"MatMul of shapes {x.shape} @ {w.shape}")
+        self.affine(x, DenseOperator(_t(w.T)), None, node.output[0], (1, w.shape[1]), name)
+
+    def op_add(self, node, name) -> None:
+        if self._fold_binary(node, np.add):
+            return
+        a, b = node.input
+        if a in self.vars and b in self.vars:
+            va, vb = self.vars[a], self.vars[b]
+            if va.shape != vb.shape:
+                raise _Unsupported(f"Add of input-dependent tensors with shapes {va.shape} and {vb.shape}")
+            self.emit(Add(self.fresh(name), (va.node, vb.node), va.ir_shape), node.output[0], va.shape)
+            return
+        x, c = (self.vars[a], self.consts[b]) if a in self.vars else (self.vars[b], self.consts[a])
+        self.elementwise(x, np.ones(()), c, node.output[0], name)
+
+    def op_sub(self, node, name) -> None:
+        if self._fold_binary(node, np.subtract):
+            return
+        a, b = node.input
+        if a in self.vars and b in self.vars:
+            vb = self.vars[b]
+            neg = self.elementwise(vb, -np.ones(()), None, node.output[0] + "#neg", name + "/neg")
+            va = self.vars[a]
+            if va.shape != vb.shape:
+                raise _Unsupported(f"Sub of input-dependent tensors with shapes {va.shape} and {vb.shape}")
+            self.emit(Add(self.fresh(name), (va.node, neg.node), va.ir_shape), node.output[0], va.shape)
+        elif a in self.vars:
+            self.elementwise(self.vars[a], np.ones(()), -np.asarray(self.consts[b], dtype=np.float64), node.output[0], name)
+        else:
+            self.elementwise(self.vars[b], -np.ones(()), self.consts[a], node.output[0], name)
+
+    def op_mul(self, node, name) -> None:
+        if self._fold_binary(node, np.multiply):
+            return
+        a, b = node.input
+        if a in self.vars and b in self.vars:
+            raise _Unsupported("Mul of two input-dependent tensors (non-linear)")
+        x, c = (self.vars[a], self.consts[b]) if a in self.vars else (self.vars[b], self.consts[a])
+        self.elementwise(x, c, None, node.output[0], name)
+
+    def op_div(self, node, name) -> None:
+        if self._fold_binary(node, np.divide):
+            return
+        a, b = node.input
+        if b in self.vars:
+            raise _Unsupported("division by an input-dependent tensor (non-linear)")
+        c = np.asarray(self.consts[b], dtype=np.float64)
+        if np.any(c == 0):
+            raise _Unsupported("division by zero constant")
+        self.elementwise(self.vars[a], 1.0 / c, None, node.output[0], name)
+
+    def op_neg(self, node, name) -> None:
+        src = node.input[0]
+        if self.is_const(src):
+            self.consts[node.output[0]] = -self.consts[src]
+        else:
+            self.elementwise(self.vars[src], -np.ones(()), None, node.output[0], name)
+
+    def op_conv(self, node, name) -> None:
+        a = _attrs(node)
+        x = self.vars.get(node.input[0])
+        if x is None:
+            raise _Unsupported("Conv on a constant input")
+        if len(x.shape) != 4:
+            raise _Unsupported(f"only 2-D convolution is supported (input shape {x.shape})")
+        w = np.asarray(self.const(node.input[1]), dtype=np.float64)
+        pads = self._symmetric_pads(a, x.shape[2:], w.shape[2:], a.get("strides", [1, 1]), a.get("dilations", [1, 1]))
+        op = ConvOperator(_t(w), x.ir_shape, tuple(a.get("strides", [1, 1])), pads,
+                          tuple(a.get("dilations", [1, 1])), int(a.get("group", 1)))
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = _t(np.asarray(self.const(node.input[2]), dtype=np.float64).reshape(-1, 1, 1))
+        self.affine(x, op, bias, node.output[0], (1, *op.out_shape), name)
+
+    @staticmethod
+    def _symmetric_pads(a, spatial, kernel, strides, dilations) -> tuple[int, int]:
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = []
+            for size, k, s, d in zip(spatial, kernel, strides, dilations):
+                out = -(-size // s)
+                total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+                if total % 2:
+                    raise _Unsupported(f"auto_pad={auto} needs asymmetric padding")
+                pads.append(total // 2)
+            return (pads[0], pads[1])
+        if auto == "VALID":
+            return (0, 0)
+        p = list(a.get("pads", [0, 0, 0, 0]))
+        if p[0] != p[2] or p[1] != p[3]:
+            raise _Unsupported(f"asymmetric padding {p}")
+        return (int(p[0]), int(p[1]))
+
+    # -- shape ops ---------------------------------------------------------------------------
+    def _reshape_var(self, x: _Var, new_shape: tuple[int, ...], out: str, name: str) -> None:
+        if not new_shape or new_shape[0] != 1:
+            raise _Unsupported(f"reshape {x.shape} -> {new_shape} would merge the batch axis")
+        if numel(new_shape) != numel(x.shape):
+            raise _Unsupported(f"reshape {x.shape} -> {new_shape} changes the number of elements")
+        if tuple(new_shape) == tuple(x.shape):
+            self.vars[out] = x
+            return
+        self.emit(Reshape(self.fresh(name), (x.node,), tuple(new_shape[1:])), out, tuple(new_shape))
+
+    def op_flatten(self, node, name) -> None:
+        src = node.input[0]
+        axis = _attrs(node).get("axis", 1)
+        if self.is_const(src):
+            arr = self.consts[src]
+            axis = axis % max(arr.ndim, 1)
+            self.consts[node.output[0]] = arr.reshape(int(np.prod(arr.shape[:axis])), -1)
+            return
+        x = self.vars[src]
+        axis = axis % len(x.shape) if axis < 0 else axis
+        lead = int(np.prod(x.shape[:axis]))
+        self._reshape_var(x, (lead, numel(x.shape) // max(lead, 1)), node.output[0], name)
+
+    def op_reshape(self, node, name) -> None:
+        src = node.input[0]
+        target = [int(v) for v in self.const(node.input[1]).reshape(-1)]
+        shape = self.consts[src].shape if self.is_const(src) else self.vars[src].shape
+        allowzero = _attrs(node).get("allowzero", 0)
+        target = [shape[i] if (v == 0 and not allowzero) else v for i, v in enumerate(target)]
+        if -1 in target:
+            known = int(np.prod([v for v in target if v != -1]))
+            target[target.index(-1)] = numel(shape) // max(known, 1)
+        if self.is_const(src):
+            self.consts[node.output[0]] = self.consts[src].reshape(target)
+        else:
+            self._reshape_var(self.vars[src], tuple(target), node.output[0], name)
+
+    def op_squeeze(self, node, name) -> None:
+        src = node.input[0]
+        a = _attrs(node)
+        axes = a.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = [int(v) for v in self.const(node.input[1]).reshape(-1)]
+        shape = list(self.consts[src].shape if self.is_const(src) else self.vars[src].shape)
+        if node.op_type == "Squeeze":
+            axes = [i for i, d in enumerate(shape) if d == 1] if axes is None else [ax % len(shape) for ax in axes]
+            if not self.is_const(src) and 0 in axes:
+                axes = [ax for ax in axes if ax != 0]  # keep the batch axis
+            new = [d for i, d in enumerate(shape) if i not in axes]
+        else:
+            new = list(shape)
+            rank = len(shape) + len(axes or [])
+            for ax in sorted(ax % rank for ax in (axes or [])):
+                new.insert(ax, 1)
+        if self.is_const(src):
+            self.consts[node.output[0]] = self.consts[src].reshape(new)
+        else:
+            self._reshape_var(self.vars[src], tuple(new), node.output[0], name)
+
+    def op_transpose(self, node, name) -> None:
+        src = node.input[0]
+        perm = _attrs(node).get("perm")
+        if self.is_const(src):
+            self.consts[node.output[0]] = np.transpose(self.consts[src], perm)
+            return
+        x = self.vars[src]
+        perm = list(perm) if perm is not None else list(reversed(range(len(x.shape))))
+        if perm[0] != 0:
+            if x.shape[perm[0]] == 1 and x.shape[0] == 1:
+                pass  # swapping two unit axes with the batch axis is a pure reshape
+            else:
+                raise _Unsupported(f"transpose {perm} moves the batch axis")
+        new_shape = tuple(x.shape[p] for p in perm)
+        inner = [p - 1 for p in perm[1:]] if perm[0] == 0 else None
+        if inner is None or inner == sorted(inner):
+            self._reshape_var(x, new_shape, node.output[0], name)
+            return
+        op = PermuteOperator(tuple(inner), x.ir_shape)
+        self.affine(x, op, None, node.output[0], new_shape, name)
+
+    # -- non-linear / pooling ops ------------------------------------------------------------
+    def op_act(self, node, name) -> None:
+        x = self.vars[node.input[0]]
+        cls = {"Relu": Relu, "Sigmoid": Sigmoid, "Tanh": Tanh}[node.op_type]
+        self.emit(cls(self.fresh(name), (x.node,), x.ir_shape), node.output[0], x.shape)
+
+    def op_maxpool(self, node, name) -> None:
+        a = _attrs(node)
+        x = self.vars[node.input[0]]
+        if len(x.shape) != 4:
+            raise _Unsupported("only 2-D max pooling is supported")
+        if any(d != 1 for d in a.get("dilations", [1, 1])) or a.get("ceil_mode", 0) or a.get("storage_order", 0):
+            raise _Unsupported("MaxPool with dilation, ceil_mode or storage_order")
+        if len(node.output) > 1 and node.output[1]:
+            raise _Unsupported("MaxPool with an Indices output")
+        kernel = tuple(a["kernel_shape"])
+        strides = tuple(a.get("strides", [1, 1]))
+        pads = self._symmetric_pads(a, x.shape[2:], kernel, strides, (1, 1))
+        c, h, w = x.ir_shape
+        oh = (h + 2 * pads[0] - kernel[0]) // strides[0] + 1
+        ow = (w + 2 * pads[1] - kernel[1]) // strides[1] + 1
+        op = MaxPool2d(self.fresh(name), (x.node,), (c, oh, ow), kernel, strides, pads)
+        self.emit(op, node.output[0], (1, c, oh, ow))
+
+    def op_avgpool(self, node, name) -> None:
+        """Average pooling = depthwise convolution with weights 1/(kh·kw).
+
+        With padding and ``count_include_pad=0`` the divisor varies per output position; that
+        is a convolution with unit weights followed by a per-position scaling.
+        """
+        a = _attrs(node)
+        x = self.vars[node.input[0]]
+        if len(x.shape) != 4:
+            raise _Unsupported("only 2-D average pooling is supported")
+        c, h, w = x.ir_shape
+        if node.op_type == "GlobalAveragePool":
+            kernel, strides, pads, include = (h, w), (1, 1), (0, 0), 1
+        else:
+            if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])):
+                raise _Unsupported("AveragePool with ceil_mode or dilation")
+            kernel = tuple(a["kernel_shape"])
+            strides = tuple(a.get("strides", [1, 1]))
+            pads = self._symmetric_pads(a, x.shape[2:], kernel, strides, (1, 1))
+            include = a.get("count_include_pad", 0)
+        ones = np.ones((c, 1, *kernel))
+        if include or pads == (0, 0):
+            op = ConvOperator(_t(ones / (kernel[0] * kernel[1])), x.ir_shape, strides, pads, (1, 1), c)
+            self.affine(x, op, None, node.output[0], (1, *op.out_shape), name)
+            return
+        op = ConvOperator(_t(ones), x.ir_shape, strides, pads, (1, 1), c)
+        summed = self.affine(x, op, None, node.output[0] + "#sum", (1, *op.out_shape), name + "/sum")
+        counts = torch.nn.functional.avg_pool2d(torch.ones(1, 1, h, w, dtype=torch.float64), kernel, strides,
+                                                pads, count_include_pad=False)
+        counts_sum = torch.nn.functional.avg_pool2d(torch.ones(1, 1, h, w, dtype=torch.float64), kernel, strides,
+                                                    pads, count_include_pad=True) * (kernel[0] * kernel[1])
+        scale = (counts / counts_sum)[0]  # 1 / number of real (non-pad) elements per window
+        self.affine(summed, DiagonalOperator(scale, op.out_shape), None, node.output[0], (1, *op.out_shape), name)
+
+    def op_batchnorm(self, node, name) -> None:
+        a = _attrs(node)
+        x = self.vars[node.input[0]]
+        if a.get("training_mode", 0):
+            raise _Unsupported("BatchNormalization in training mode")
+        gamma, beta, mean, var = (np.asarray(self.const(i), dtype=np.float64) for i in node.input[1:5])
+        scale = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
+        shift = beta - mean * scale
+        extra = (1,) * (len(x.shape) - 2)
+        self.elementwise(x, scale.reshape(-1, *extra), shift.reshape(-1, *extra), node.output[0], name)
+
+    def op_softmax(self, node, name) -> None:
+        outputs = {o.name for o in self.graph.output}
+        if node.output[0] not in outputs:
+            raise _Unsupported("Softmax is supported only as the last op (it is dropped: argmax is unchanged)")
+        self.output_softmax = True
+        self.vars[node.output[0]] = self.vars[node.input[0]]
+
+
+def load_onnx(path: str | Path) -> Graph:
+    """Load an ONNX file (or bytes) and lower it to a normalised :class:`~absint.ir.Graph`."""
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ModelError("loading ONNX needs the 'onnx' package: pip install 'absint[onnx]'") from exc
+    source = str(path) if not isinstance(path, (bytes, bytearray)) else "<bytes>"
+    try:
+        model = onnx.load_from_string(bytes(path)) if isinstance(path, (bytes, bytearray)) else onnx.load(str(path))
+    except FileNotFoundError:
+        raise ModelError(f"{source}: no such file") from None
+    except Exception as exc:  # onnx raises DecodeError and friends for malformed files
+        raise ModelError(f"{source}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node:
+        raise ModelError(f"{source}: the ONNX graph has no nodes")
+    return _Lowering(model, source).run()

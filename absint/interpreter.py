@@ -1,0 +1,92 @@
+"""The interpreter: walks a network graph once, calling a domain's transformer for each op.
+
+Traversal is kept apart from the domains (as in jax_verify): the domain knows what happens at
+one op, the interpreter knows the order and which values are still needed. An optional
+``refine`` hook runs after every node and may return a tighter element (LP/MILP refinement,
+k-ReLU constraints); it is how analyses tighten intermediate bounds without touching domains.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from absint.errors import DomainError
+from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Op, Relu, Reshape, Sigmoid, Tanh
+from domains.base import Domain
+
+log = logging.getLogger(__name__)
+
+RefineHook = Callable[[Op, Any], Any]
+
+
+def apply_op(domain: Domain, op: Op, args: list[Any]) -> Any:
+    """Apply the transformer of ``domain`` for ``op`` to the input elements ``args``."""
+    if isinstance(op, Affine):
+        return domain.affine(args[0], op.operator, op.bias)
+    if isinstance(op, Relu):
+        return domain.relu(args[0])
+    if isinstance(op, Reshape):
+        return domain.reshape(args[0], tuple(op.shape))
+    if isinstance(op, Add):
+        return domain.add(args[0], args[1])
+    if isinstance(op, Sigmoid):
+        return domain.sigmoid(args[0])
+    if isinstance(op, Tanh):
+        return domain.tanh(args[0])
+    if isinstance(op, MaxPool2d):
+        return domain.maxpool(args[0], op.kernel, op.stride, op.padding)
+    raise DomainError(f"domain {domain.name!r} has no transformer for op {op.kind} ({op.name})")
+
+
+def check_supported(graph: Graph, domain: Domain) -> None:
+    """Raise one error naming every node whose op the interpreter cannot hand to ``domain``."""
+    known = (Input, Affine, Relu, Reshape, Add, Sigmoid, Tanh, MaxPool2d)
+    bad = [(n.name, n.kind) for n in graph.nodes if not isinstance(n, known)]
+    if bad:
+        raise DomainError(f"domain {domain.name!r} cannot analyse node(s): " + ", ".join(f"{a} ({k})" for a, k in bad))
+
+
+@dataclass
+class Propagation:
+    """Result of one pass: the output element and, if kept, every node's element."""
+
+    output: Any
+    elements: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def propagate(graph: Graph, domain: Domain, lower: torch.Tensor, upper: torch.Tensor, *,
+              keep_all: bool = False, refine: RefineHook | None = None,
+              deadline: float | None = None) -> Propagation:
+    """Push the boxes ``[lower, upper]`` (``[B, *input_shape]``) through ``graph`` with ``domain``.
+
+    ``keep_all`` keeps every node's element (for analyses that read intermediate bounds); by
+    default elements are dropped once no later node reads them. ``deadline`` (a
+    ``time.perf_counter()`` value) raises :class:`TimeoutError` between nodes once passed.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    check_supported(graph, domain)
+    lower = domain.tensor(lower)
+    upper = domain.tensor(upper)
+    if tuple(lower.shape[1:]) != tuple(graph.input_shape):
+        lower = lower.reshape(lower.shape[0], *graph.input_shape)
+        upper = upper.reshape(upper.shape[0], *graph.input_shape)
+    values: dict[str, Any] = {graph.input.name: domain.from_box(lower, upper)}
+    last = graph.last_use()
+    for i, node in enumerate(graph.nodes[1:], start=1):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise TimeoutError(f"time limit reached before node {node.name}")
+        element = apply_op(domain, node, [values[a] for a in node.inputs])
+        if refine is not None:
+            element = refine(node, element)
+        values[node.name] = element
+        if not keep_all:
+            for a in node.inputs:
+                if last.get(a, -1) <= i:
+                    values.pop(a, None)
+    return Propagation(values[graph.output], values if keep_all else {}, time.perf_counter() - t0)
