@@ -1,0 +1,47 @@
+"""Domain-comparison experiments at scale: ``absint bench``, ``vnncomp``, ``score``, ``report``.
+
+Modules: :mod:`~absint.bench.config` (TOML/flags), :mod:`~absint.bench.plan` (tasks still to
+run), :mod:`~absint.bench.worker` (one task -> rows), :mod:`~absint.bench.runner` (serial,
+process-pool and Ray backends), :mod:`~absint.bench.store` (incremental, resumable results
+files), :mod:`~absint.bench.vnncomp` (competition result format), :mod:`~absint.bench.score`
+(truth tables), :mod:`~absint.bench.report` and :mod:`~absint.bench.plots` (tables, figures).
+
+Python use::
+
+    from absint.bench import load_config, run_config
+    summary = run_config(load_config("configs/eran_mnist.toml"), workers=2)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from absint.bench.config import BenchConfig, BenchConfigError, Experiment, check_analyses, load_config, parse_config
+from absint.bench.plan import plan_tasks, read_instances
+from absint.bench.runner import BackendError, RunSummary, run_tasks
+from absint.bench.score import format_score, read_truth, score
+from absint.bench.store import FIELDS, ResultStore, read_many, read_rows
+from absint.bench.vnncomp import run_instance, write_result
+
+
+def run_config(config: BenchConfig, *, results: str | Path | None = None, progress: bool = False,
+               retry_errors: bool = False, **overrides: Any) -> RunSummary:
+    """Run every instance of ``config`` not yet in its results file (``overrides``: workers, backend, ...)."""
+    from dataclasses import replace
+
+    if results is not None:
+        config = replace(config, results=Path(results))
+    config = check_analyses(config.with_overrides(**overrides))
+    store = ResultStore(config.results)
+    tasks = plan_tasks(config, store.done(retry_errors=retry_errors))
+    if retry_errors:
+        store.drop({k for t in tasks for k in t.keys()})
+    with store:
+        return run_tasks(tasks, store, workers=config.workers, threads_per_worker=config.threads_per_worker,
+                         backend=config.backend, address=config.address, progress=progress, desc=config.name)
+
+
+__all__ = ["FIELDS", "BackendError", "BenchConfig", "BenchConfigError", "Experiment", "ResultStore", "RunSummary",
+           "check_analyses", "format_score", "load_config", "parse_config", "plan_tasks", "read_instances",
+           "read_many", "read_rows", "read_truth", "run_config", "run_instance", "run_tasks", "score",
+           "write_result"]

@@ -1,0 +1,230 @@
+"""Subcommands ``absint bench``, ``absint vnncomp``, ``absint score`` and ``absint report``.
+
+Importing this module registers them in :data:`absint.cli.SUBCOMMANDS`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from absint.cli import SUBCOMMANDS
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------- bench
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", type=Path, default=None,
+                   help="TOML experiment file (see configs/); or describe one experiment with the flags below")
+    p.add_argument("--out", "-o", type=Path, default=None,
+                   help="results file (.jsonl or .csv); default: the config's `results`. Rows already there are skipped")
+    p.add_argument("--bench-root", type=Path, default=None,
+                   help="your copy of the benchmark data: replaces the config's bench_root prefix (../shared/bench)")
+    p.add_argument("--root", type=Path, default=None, help="directory relative config paths start from")
+    p.add_argument("--analysis", "-a", nargs="+", default=None, help="analyses to run (overrides the config)")
+    g = p.add_argument_group("one experiment from flags (no CONFIG)")
+    g.add_argument("--network", type=Path, help="ONNX network (image experiment)")
+    g.add_argument("--data", type=Path, help="image set (.npz or ERAN .csv)")
+    g.add_argument("--eps", type=float, nargs="+", help="L-inf radii")
+    g.add_argument("--count", "-n", type=int, default=None, help="number of images (default 100)")
+    g.add_argument("--start", type=int, default=None, help="index of the first image")
+    g.add_argument("--instances", type=Path, help="VNN-COMP instances.csv")
+    g.add_argument("--limit", type=int, default=None, help="first N instances of --instances")
+    g.add_argument("--name", default=None, help="experiment name (default: network or instances folder name)")
+    p.add_argument("--timeout", type=float, default=None, help="time limit per instance in seconds")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batched analysis call (default 1)")
+    p.add_argument("--workers", "-j", type=int, default=None, help="parallel workers (default: config or 1)")
+    p.add_argument("--threads-per-worker", type=int, default=None, help="torch/BLAS threads per worker (default 1)")
+    p.add_argument("--backend", choices=("local", "ray"), default=None, help="local processes or Ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--retry-errors", action="store_true", help="re-run instances whose row says 'error'")
+    p.add_argument("--no-attack", action="store_true", help="skip PGD attacks")
+    p.add_argument("--attack-budget", type=float, default=None,
+                   help="VNN-COMP lists: extra PGD seconds after an inconclusive analysis (default: verify()'s)")
+    p.add_argument("--dry-run", action="store_true", help="print what would run and exit")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--verbose", "-v", action="count", default=0)
+
+
+def _flags_config(args: argparse.Namespace) -> dict:
+    exp: dict = {}
+    if args.instances is not None:
+        exp = {"name": args.name or args.instances.resolve().parent.name, "instances": str(args.instances)}
+        if args.limit is not None:
+            exp["limit"] = args.limit
+    elif args.network is not None:
+        if args.data is None or not args.eps:
+            raise SystemExit("absint bench: --network needs --data and --eps")
+        exp = {"name": args.name or args.network.stem, "network": str(args.network), "data": str(args.data),
+               "eps": list(args.eps), "count": args.count or 100, "start": args.start or 0}
+    else:
+        raise SystemExit("absint bench: give a CONFIG file, or --network/--data/--eps, or --instances")
+    data = {"name": exp["name"], "experiment": [exp], "analyses": args.analysis or ["box"]}
+    return data
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from absint.bench.config import check_analyses, load_config, parse_config
+    from absint.bench.plan import plan_tasks
+    from absint.bench.report import format_report
+    from absint.bench.runner import run_tasks
+    from absint.bench.store import ResultStore, read_rows
+    from absint.bench.tasks import total_instances
+
+    out = args.out.resolve() if args.out is not None else None
+    if args.config is not None:
+        if args.network is not None or args.instances is not None:
+            raise SystemExit("absint bench: give either a CONFIG or --network/--instances, not both")
+        cfg = load_config(args.config, root=args.root, bench_root=args.bench_root, results=out)
+    else:
+        cfg = parse_config(_flags_config(args), root=args.root or Path.cwd(), bench_root=args.bench_root,
+                           results=out)
+    exps = []
+    for e in cfg.experiments:
+        kw = {}
+        if args.analysis:
+            kw["analyses"] = tuple(args.analysis)
+        if args.timeout is not None:
+            kw["timeout"] = args.timeout
+        if args.batch_size is not None:
+            kw["batch_size"] = args.batch_size
+        if args.no_attack:
+            kw["attack"] = False
+        if args.attack_budget is not None:
+            kw["attack_budget"] = args.attack_budget
+        if args.config is not None and (args.count is not None or args.start is not None) and e.kind == "images":
+            kw.update({k: v for k, v in (("count", args.count), ("start", args.start)) if v is not None})
+        if args.config is not None and args.limit is not None and e.kind == "vnncomp":
+            kw["limit"] = args.limit
+        exps.append(replace(e, **kw))
+    cfg = replace(cfg, experiments=tuple(exps)).with_overrides(
+        workers=args.workers, threads_per_worker=args.threads_per_worker, backend=args.backend, address=args.address)
+    cfg = check_analyses(cfg)
+    store = ResultStore(cfg.results)
+    done = store.done(retry_errors=args.retry_errors)
+    tasks = plan_tasks(cfg, done)
+    n = total_instances(tasks)
+    if not args.quiet or args.dry_run:
+        print(f"{cfg.name}: {len(cfg.experiments)} experiment(s), {n} instance(s) to run in {len(tasks)} task(s), "
+              f"{len(done)} row(s) already in {cfg.results}; backend={cfg.backend} workers={cfg.workers} "
+              f"threads/worker={cfg.threads_per_worker}")
+        for e in cfg.experiments:
+            what = f"instances={e.instances}" if e.kind == "vnncomp" else \
+                f"network={e.network} eps={list(e.eps)} count={e.count}"
+            print(f"  {e.name}: {what} analyses={list(e.analyses)} timeout={e.timeout}")
+    if args.dry_run:
+        return 0
+    if args.retry_errors:
+        store.drop({k for t in tasks for k in t.keys()})
+    with store:
+        summary = run_tasks(tasks, store, workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
+                            backend=cfg.backend, address=cfg.address, progress=not args.quiet, desc=cfg.name)
+    if not args.quiet:
+        print(f"wrote {summary.instances} row(s) to {cfg.results} in {summary.wall_seconds:.1f} s wall "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(summary.counts.items())) or 'nothing to do'})")
+        names = {e.name for e in cfg.experiments}
+        rows = [r for r in read_rows(cfg.results) if r["benchmark"] in names]
+        if rows:
+            print(format_report(rows))
+    return 130 if summary.interrupted else 0
+
+
+# --------------------------------------------------------------------------------------- vnncomp
+def _add_vnncomp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("onnx", type=Path, help="network (.onnx)")
+    p.add_argument("vnnlib", type=Path, help="property (.vnnlib)")
+    p.add_argument("--timeout", type=float, required=True, help="time limit in seconds (loading included)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="results file to write")
+    p.add_argument("--analysis", "-a", default="deeppoly", help="analysis name (see `absint list`)")
+    p.add_argument("--format", choices=("2021", "2022"), default="2022",
+                   help="2022: sat/unsat + counterexample in the file (default); 2021: holds/violated")
+    p.add_argument("--no-attack", action="store_true", help="skip the PGD attack")
+    p.add_argument("--attack-budget", type=float, default=None,
+                   help="extra PGD seconds after an inconclusive analysis (default: verify()'s)")
+    p.add_argument("--category", default=None, help="benchmark category (accepted for run_instance.sh; unused)")
+    p.add_argument("--verbose", "-v", action="count", default=0)
+
+
+def _run_vnncomp(args: argparse.Namespace) -> int:
+    from absint.bench.vnncomp import run_instance
+
+    word, result, seconds = run_instance(args.onnx, args.vnnlib, args.out, timeout=args.timeout,
+                                         analysis=args.analysis, fmt=args.format, attack=not args.no_attack,
+                                         attack_budget=args.attack_budget)
+    why = f" ({result.reason})" if result is not None and result.reason else ""
+    print(f"{word}{why} in {seconds:.2f} s -> {args.out}")
+    return 1 if word == "error" else 0
+
+
+# ----------------------------------------------------------------------------------------- score
+def _add_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", type=Path, nargs="+", help="results file(s) from `absint bench`")
+    p.add_argument("truth", type=Path, help="truth.csv (onnx, vnnlib, ..., verdict)")
+    p.add_argument("--benchmark", default=None, help="only rows of this experiment name")
+    p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
+    p.add_argument("--verbose", "-v", action="count", default=0)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from absint.bench.score import format_score, read_truth, score
+    from absint.bench.store import read_many
+
+    report = score(read_many(args.results), read_truth(args.truth), benchmark=args.benchmark)
+    text = format_score(report)
+    print(text)
+    if report.wrong:
+        print(text[text.index("!" * 78):], file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({"scores": [s.as_dict() for s in report.scores.values()],
+                                         "wrong": [vars(w) for w in report.wrong],
+                                         "unmatched": report.unmatched, "truth": report.truth_counts}, indent=1))
+    if not report.scores:
+        print("absint score: no result row matched the truth table", file=sys.stderr)
+        return 2
+    return 1 if report.wrong else 0
+
+
+# ---------------------------------------------------------------------------------------- report
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", type=Path, nargs="+", help="results file(s) from `absint bench`")
+    p.add_argument("--out", "-o", type=Path, default=None, help="folder for report.md and the figures")
+    p.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None,
+                   help="analyses for the margin scatter (default: cheapest vs most precise present)")
+    p.add_argument("--format", nargs="+", choices=("png", "svg", "pdf"), default=["png"], help="figure formats")
+    p.add_argument("--benchmark", nargs="+", default=None, help="only these experiment names")
+    p.add_argument("--verbose", "-v", action="count", default=0)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from absint.bench.plots import draw_all
+    from absint.bench.report import format_report
+    from absint.bench.store import read_many
+
+    rows = read_many(args.results)
+    if args.benchmark:
+        rows = [r for r in rows if r["benchmark"] in set(args.benchmark)]
+    if not rows:
+        print("absint report: no rows", file=sys.stderr)
+        return 2
+    text = format_report(rows)
+    print(text)
+    if args.out is not None:
+        figs = draw_all(rows, args.out, pair=tuple(args.pair) if args.pair else None, formats=args.format)
+        md = text + "\n## Figures\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figs if f.suffix != ".pdf") + "\n"
+        (args.out / "report.md").write_text(md)
+        print("figures:\n" + "\n".join(f"  {f}" for f in figs))
+        print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+SUBCOMMANDS["bench"] = ("run an experiment matrix (analyses x networks x eps, or VNN-COMP lists)", _add_bench,
+                        _run_bench)
+SUBCOMMANDS["vnncomp"] = ("VNN-COMP single-instance runner (writes the competition result file)", _add_vnncomp,
+                          _run_vnncomp)
+SUBCOMMANDS["score"] = ("score results against a VNN-COMP truth.csv (wrong answers are loud)", _add_score, _run_score)
+SUBCOMMANDS["report"] = ("comparison tables and plots from results files", _add_report, _run_report)

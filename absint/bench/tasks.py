@@ -1,0 +1,68 @@
+"""Units of work for the benchmark runner.
+
+A task is a small, picklable record that a worker (this process, a spawned process, or a Ray
+worker on another machine) turns into result rows. Image tasks carry their images and labels, so
+a remote worker only needs the network file; VNN-COMP tasks carry the two file paths. Each task
+knows the row keys it will produce, which is what resume compares against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+from absint.bench.store import Key, fmt_eps
+
+
+@dataclass(frozen=True, eq=False)
+class ImageTask:
+    """L-inf robustness of a few images of one data set, one analysis, one eps."""
+
+    benchmark: str
+    network_path: str          # file the worker loads
+    network_name: str          # as written in rows
+    analysis: str
+    eps: float
+    indices: tuple[int, ...]   # positions in the data set (the rows' ``input``)
+    images: np.ndarray = field(repr=False)  # [k, *input_shape] float64
+    labels: tuple[int, ...] = ()
+    timeout: float | None = None
+    attack: bool = True
+    clip: tuple[float, float] | None = (0.0, 1.0)
+
+    @property
+    def size(self) -> int:
+        return len(self.indices)
+
+    def keys(self) -> list[Key]:
+        return [(self.benchmark, self.network_name, str(i), fmt_eps(self.eps), self.analysis) for i in self.indices]
+
+
+@dataclass(frozen=True)
+class VnnTask:
+    """One VNN-COMP instance (ONNX network + VNN-LIB property) with one analysis."""
+
+    benchmark: str
+    network_path: str
+    network_name: str          # path as in instances.csv (matches truth.csv)
+    vnnlib_path: str
+    vnnlib_name: str           # path as in instances.csv
+    analysis: str
+    timeout: float | None = None
+    attack: bool = True
+    attack_budget: float | None = None  # None: verify()'s default
+
+    @property
+    def size(self) -> int:
+        return 1
+
+    def keys(self) -> list[Key]:
+        return [(self.benchmark, self.network_name, self.vnnlib_name, "", self.analysis)]
+
+
+Task = Union[ImageTask, VnnTask]
+
+
+def total_instances(tasks: list[Task]) -> int:
+    return sum(t.size for t in tasks)

@@ -1,0 +1,148 @@
+"""What a worker does with one task: load (and cache) the network, verify, and make result rows.
+
+This module is imported by spawned worker processes and Ray workers, so it sets the BLAS/OpenMP
+thread counts (:func:`configure_threads`) before torch does any work: with ``N`` workers of ``T``
+threads each, the machine runs ``N*T`` compute threads and nothing oversubscribes.
+
+Memory is measured as ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the worker process: the
+high-water mark of its resident set size (Python objects, torch tensors and BLAS buffers alike),
+in MiB. It is a per-process high-water mark, so a row reports the largest RSS the worker reached
+up to and including that instance (tracemalloc would miss torch's own allocations).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from absint.bench.tasks import ImageTask, Task, VnnTask
+
+log = logging.getLogger(__name__)
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS")
+
+_GRAPHS: dict[str, Any] = {}
+_CONFIGURED: int | None = None
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment variables that cap BLAS/OpenMP thread pools at ``threads``."""
+    return {k: str(threads) for k in THREAD_ENV_VARS}
+
+
+def configure_threads(threads: int) -> None:
+    """Set the thread env vars and torch's intra-op thread count for this process (idempotent)."""
+    global _CONFIGURED
+    if _CONFIGURED == threads:
+        return
+    os.environ.update(thread_env(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only settable before the first parallel work; harmless otherwise
+        pass
+    _CONFIGURED = threads
+
+
+def init_worker(threads: int, log_level: int = logging.WARNING) -> None:
+    """Process-pool initializer: threads and logging of a fresh worker process."""
+    configure_threads(threads)
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+
+
+def peak_rss_mib() -> float:
+    """High-water mark of this process's resident set size in MiB (``getrusage`` ``ru_maxrss``)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _graph(path: str) -> Any:
+    """Load a network once per worker (keyed by path and modification time)."""
+    import absint
+
+    key = f"{path}:{os.path.getmtime(path)}"
+    if key not in _GRAPHS:
+        _GRAPHS[key] = absint.load_network(path)
+    return _GRAPHS[key]
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _base_row(task: Task, key: tuple[str, ...]) -> dict[str, Any]:
+    return {"benchmark": key[0], "network": key[1], "input": key[2], "eps": task.eps if isinstance(task, ImageTask)
+            else None, "analysis": key[4], "timeout": task.timeout, "worker": _worker_id()}
+
+
+def error_rows(task: Task, exc: BaseException) -> list[dict[str, Any]]:
+    """Rows saying ``task`` failed with ``exc`` (kept, so a deterministic failure is not retried forever)."""
+    reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+    return [{**_base_row(task, k), "verdict": "error", "reason": reason, "peak_rss_mib": peak_rss_mib()}
+            for k in task.keys()]
+
+
+def _run_images(task: ImageTask) -> list[dict[str, Any]]:
+    import torch
+
+    from absint.verify import verify_robustness
+
+    graph = _graph(task.network_path)
+    with torch.no_grad():
+        x = torch.as_tensor(task.images, dtype=graph.dtype, device=graph.device)
+        preds = graph.forward(x).reshape(len(task.images), -1).argmax(1).cpu().numpy()
+    c0 = time.process_time()
+    results = verify_robustness(graph, task.images, list(task.labels), task.eps, analysis=task.analysis,
+                                clip=task.clip, timeout=task.timeout, attack=task.attack,
+                                batch_size=max(1, task.size), names=[str(i) for i in task.indices])
+    cpu = (time.process_time() - c0) / max(1, task.size)
+    mem = peak_rss_mib()
+    rows = []
+    for key, r, p, lab in zip(task.keys(), results, preds, task.labels):
+        rows.append({**_base_row(task, key), "verdict": str(r.verdict), "margin": r.margin, "seconds": r.seconds,
+                     "cpu_seconds": cpu, "peak_rss_mib": mem, "correct": bool(int(p) == int(lab)), "label": int(lab),
+                     "reason": r.reason})
+    if len(rows) != task.size:
+        raise RuntimeError(f"verify_robustness returned {len(results)} results for {task.size} images")
+    return rows
+
+
+def _run_vnn(task: VnnTask) -> list[dict[str, Any]]:
+    from absint.verify import verify
+
+    graph = _graph(task.network_path)
+    t0, c0 = time.perf_counter(), time.process_time()
+    kw = {} if task.attack_budget is None else {"attack_budget": task.attack_budget}
+    r = verify(graph, task.vnnlib_path, analysis=task.analysis, timeout=task.timeout, attack=task.attack, **kw)
+    seconds = time.perf_counter() - t0  # includes parsing the VNN-LIB file, like a competition run
+    cpu = time.process_time() - c0
+    key = task.keys()[0]
+    return [{**_base_row(task, key), "verdict": str(r.verdict), "margin": r.margin, "seconds": seconds,
+             "cpu_seconds": cpu, "peak_rss_mib": peak_rss_mib(), "reason": r.reason}]
+
+
+def run_task(task: Task) -> list[dict[str, Any]]:
+    """Rows for ``task``; an exception becomes ``error`` rows instead of killing the run."""
+    try:
+        if isinstance(task, ImageTask):
+            return _run_images(task)
+        return _run_vnn(task)
+    except Exception as exc:  # noqa: BLE001 - one bad instance must not stop a benchmark
+        log.exception("task %s failed", task.keys()[0])
+        return error_rows(task, exc)
+
+
+def run_task_with_threads(task: Task, threads: int) -> list[dict[str, Any]]:
+    """Entry point for Ray workers (no initializer there): configure threads, then run."""
+    configure_threads(threads)
+    return run_task(task)
