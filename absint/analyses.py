@@ -48,6 +48,10 @@ class Analysis(ABC):
     complete: ClassVar[bool] = False
     #: True if one call can analyse many regions at once (``B > 1``) efficiently.
     batchable: ClassVar[bool] = False
+    #: True if ``bound`` accepts ``owner=`` (the clause of each safety row) and may report
+    #: ``stats["clause_lower"]``: proved lower bounds of each clause's best row, which can come
+    #: from different rows in different parts of the region (branch and bound needs this).
+    clause_aware: ClassVar[bool] = False
 
     def __init__(self, *, device: torch.device | str | None = None, **options: Any) -> None:
         self.device = torch.device(device) if device is not None else default_device()

@@ -125,8 +125,9 @@ def verify_instance(graph: Graph, instance: Instance, analysis: Analysis, *, tim
     C, d = _safety_tensors([prop])
     lo = torch.as_tensor(region.lower[None])
     hi = torch.as_tensor(region.upper[None])
+    extra = {"owner": prop.stacked()[2]} if analysis.clause_aware else {}
     try:
-        bound = analysis.bound(graph, lo, hi, C, d, deadline=deadline)
+        bound = analysis.bound(graph, lo, hi, C, d, deadline=deadline, **extra)
     except TimeoutError:
         return Result(name, Verdict.UNKNOWN, label, time.perf_counter() - t0, reason="time-out")
     except (MemoryError, torch.OutOfMemoryError) as exc:  # type: ignore[attr-defined]
@@ -136,6 +137,11 @@ def verify_instance(graph: Graph, instance: Instance, analysis: Analysis, *, tim
         if ok:
             return _falsified(name, label, t0, bound.candidates[0], graph, region, prop, label)
     verified, margin = decide(prop, bound.lower[0], tolerance)
+    clause_lower = bound.stats.get("clause_lower") if analysis.clause_aware else None
+    if clause_lower is not None and not verified:
+        # Each clause refuted somewhere by *some* row (different rows in different sub-regions).
+        margin = float(np.min(clause_lower))
+        verified = margin > tolerance
     if not verified and attack:
         # The analysis could not prove it: spend a bounded extra budget looking for a counterexample.
         budget = attack_budget if attack_budget is not None else (2.0 if timeout is None else min(10.0, 0.25 * timeout))

@@ -1,0 +1,70 @@
+"""Options of the branch-and-bound analysis (a frozen dataclass, never global state)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+SplitMode = Literal["input", "relu", "auto"]
+InputHeuristic = Literal["smear", "smear_worst", "width"]
+ReluHeuristic = Literal["babsr", "width"]
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    """Settings of :class:`absint.bab.BabAnalysis`.
+
+    * ``domain`` — name of the registered domain that bounds every sub-problem (``None``: DeepPoly
+      when registered, else Box); ``domain_options`` its options object (``None``: the domain's
+      defaults, except DeepPoly without ``early_stop``, which is tighter per sub-problem).
+    * ``split`` — ``input`` (bisect the input box, Wang et al. 2018 ReluVal/Neurify), ``relu``
+      (fix the phase of an unstable ReLU, Bunel et al. JMLR 2020) or ``auto`` (input splitting
+      when the input has at most ``auto_input_dims`` variables).
+    * ``input_heuristic`` — ``smear``: the dimension maximising Σ_r |∂bound_r/∂x_i|·width_i/|bound_r|
+      over the open rows (from the domain's symbolic input coefficients when it has them, else
+      the concrete gradient at the centre); ``smear_worst``: the same for the single worst row;
+      ``width``: the widest dimension (relative to the root box). ``max_aspect``: bisect the
+      relatively widest dimension instead when it is more than this many times wider than the
+      heuristic's choice (0: never), so no dimension is starved.
+    * ``relu_heuristic`` — ``babsr``: |gradient of the worst row w.r.t. the neuron| times the
+      triangle relaxation's intercept −u·l/(u−l) (a cheap BaBSR-like score); ``width``: u − l.
+    * ``batch_size`` — sub-problems bounded together in one domain call.
+    * ``max_queue`` — at most this many open sub-problems are stored; past half of it, the
+      search turns depth-first (deepest sub-problems first, which closes leaves and keeps the
+      queue short), and if the queue is still full the analysis stops with "unknown (memory
+      bound)" — never more memory than that.
+    * ``workers`` — processes that share the open sub-problems (1: in-process).
+    * ``attack`` / ``attack_every`` — evaluate cheap candidates (box centre, the vertex minimising
+      the symbolic lower bound) for every bounded sub-problem, and after every ``attack_every``
+      seconds of search a short PGD, alternately on the whole region with a start pool growing
+      ×4 per run and on the most promising open sub-problem (0: never); the pause between two
+      runs is at least 4× the last run's duration, so attacks take at most ~1/5 of the time.
+    * ``tolerance`` — a clause counts as refuted on a sub-problem when its margin bound exceeds it
+      (the same float64 slack :func:`absint.verify.decide` uses).
+    * ``max_depth`` — a sub-problem deeper than this is left open (stuck; answer unknown).
+    """
+
+    domain: str | None = None
+    domain_options: Any = None
+    split: SplitMode = "auto"
+    auto_input_dims: int = 10
+    input_heuristic: InputHeuristic = "smear"
+    max_aspect: float = 200.0
+    relu_heuristic: ReluHeuristic = "babsr"
+    batch_size: int = 256
+    max_queue: int = 200_000
+    workers: int = 1
+    attack: bool = True
+    attack_every: float = 1.0
+    tolerance: float = 1e-8
+    max_depth: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("input", "relu", "auto"):
+            raise ValueError(f"split must be 'input', 'relu' or 'auto', got {self.split!r}")
+        if self.input_heuristic not in ("smear", "smear_worst", "width"):
+            raise ValueError(f"input_heuristic must be 'smear' or 'width', got {self.input_heuristic!r}")
+        if self.relu_heuristic not in ("babsr", "width"):
+            raise ValueError(f"relu_heuristic must be 'babsr' or 'width', got {self.relu_heuristic!r}")
+        if self.batch_size < 1 or self.max_queue < 2 or self.workers < 1:
+            raise ValueError("batch_size and workers must be ≥ 1 and max_queue ≥ 2")
