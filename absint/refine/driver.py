@@ -1,0 +1,335 @@
+"""One refinement run on one input box: domain pass + LP/MILP tightening + k-ReLU + final check.
+
+The flow follows ERAN's ``refinepoly``/``refinezono`` for fully connected networks:
+
+1. propagate with the domain (DeepPoly / DeepZ / Box) through :func:`absint.interpreter.propagate`;
+   a ``refine`` hook runs after every node:
+
+   * at a node feeding a ReLU (from the ``refine_from``-th ReLU layer on) the unstable neurons are
+     tightened by minimising / maximising them over the LP (MILP for the first ``n_milp_refine``
+     tightened layers) of the network prefix with the bounds proved so far ("Boosting Robustness
+     Certification of Neural Networks", Singh et al., ICLR 2019); the proved bounds go back into the
+     element with :meth:`Domain.meet_box`, so the next ReLU relaxation uses them;
+   * at a ReLU, k-ReLU hull rows are computed from the domain's octahedral bounds (kPoly,
+     NeurIPS 2019) and kept for every later LP;
+
+2. the safety rows are bounded by the domain; rows not yet proved get the final LP (triangle +
+   k-ReLU rows), then, if still unproved, a partial MILP (binaries on the widest unstable neurons
+   of the last layers, as in PRIMA's refinement) or the complete MILP (``final="milp"``).
+
+Only :attr:`SolveResult.proved_bound` is ever used; any other status keeps the previous bound and
+records a note. Time: per-solve limits plus the global ``deadline`` (remaining solves are skipped).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from absint.interpreter import propagate
+from absint.ir import Add, Affine, Graph, Op, Relu
+from absint.refine.encoding import Encoding, KReluRows, NetworkEncoder
+from absint.refine.krelu_rows import krelu_rows
+from absint.refine.options import RefineOptions
+from domains.base import Domain
+from solvers import SolveOptions, SolveResult, Status, get_backend
+from solvers.parallel import solve_objectives
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RefineRun", "RunResult"]
+
+
+@dataclass
+class RunResult:
+    """Proved lower bounds of the rows of one sample and what happened on the way."""
+
+    lower: np.ndarray
+    candidate: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def _remaining(deadline: float | None) -> float:
+    return np.inf if deadline is None else deadline - time.perf_counter()
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    return t.detach().reshape(-1).cpu().double().numpy().copy()
+
+
+class RefineRun:
+    """Runs :class:`RefineOptions` on one sample (``lower``/``upper`` of shape ``[1, *input]``)."""
+
+    def __init__(self, graph: Graph, domain: Domain, options: RefineOptions, encoder: NetworkEncoder | None = None,
+                 *, tolerance: float = 1e-8) -> None:
+        self.graph = graph
+        self.domain = domain
+        self.opt = options
+        self.encoder = encoder or NetworkEncoder(graph)
+        self.tol = tolerance
+        relus = [n for n in graph.nodes if isinstance(n, Relu)]
+        #: pre-activation node name -> index of the ReLU layer it feeds
+        self.pre_index = {r.inputs[0]: i for i, r in enumerate(relus)}
+        self.relu_names = [r.name for r in relus]
+
+    # -- solving ------------------------------------------------------------------------------
+    def _solve(self, enc: Encoding, objectives: list[tuple[dict[int, float], str]], time_limit: float,
+               deadline: float | None, notes: list[str], what: str) -> list[SolveResult | None]:
+        """Solve objectives one by one (chunks of ``workers`` processes), each within ``time_limit`` and
+        the time left before ``deadline``; results are None where skipped because of the deadline."""
+        out: list[SolveResult | None] = [None] * len(objectives)
+        keep = what.startswith("final") or what.startswith("partial")
+        workers = max(1, int(self.opt.workers))
+        chunk = 1 if workers == 1 else 4 * workers
+        session = None
+        try:
+            if workers == 1:
+                session = get_backend(self.opt.backend).session(enc.model)
+            for s0 in range(0, len(objectives), chunk):
+                left = _remaining(deadline)
+                if left <= 0.05:
+                    notes.append(f"{what}: {len(objectives) - s0} solve(s) skipped, time limit reached")
+                    break
+                # (no ``threads``: HiGHS refuses to change it once its global scheduler runs, and the MIP then fails)
+                opts = SolveOptions(time_limit=float(max(0.01, min(time_limit, left))))
+                part = objectives[s0:s0 + chunk]
+                if session is not None:
+                    c, sense = part[0]
+                    session.set_objective(c, sense)
+                    res = session.solve(opts)
+                    out[s0] = res if keep else res.without_arrays()
+                else:
+                    for j, res in enumerate(solve_objectives(enc.model, part, backend=self.opt.backend, options=opts,
+                                                             workers=workers, keep_solutions=keep)):
+                        out[s0 + j] = res
+        except Exception as exc:  # noqa: BLE001 - a failing solver never crashes the analysis
+            log.warning("%s: solver failed (%s: %s); keeping the previous bounds", what, type(exc).__name__, exc)
+            notes.append(f"{what}: solver failed ({type(exc).__name__}: {exc})")
+        finally:
+            if session is not None:
+                session.close()
+        return out
+
+    @staticmethod
+    def _proved(res: SolveResult | None) -> float | None:
+        if res is None or res.proved_bound is None or not np.isfinite(res.proved_bound):
+            return None
+        return float(res.proved_bound)
+
+    # -- tightening of one layer ----------------------------------------------------------------
+    def _tighten(self, node: Op, lo: np.ndarray, hi: np.ndarray, in_lo: np.ndarray, in_hi: np.ndarray,
+                 bounds: dict, krelu: dict[str, KReluRows], layer: int, deadline: float | None,
+                 notes: list[str], stats: dict) -> tuple[np.ndarray, np.ndarray]:
+        opt = self.opt
+        unstable = np.flatnonzero((lo < 0) & (hi > 0))
+        if unstable.size == 0:
+            return lo, hi
+        if opt.max_refine_neurons is not None and unstable.size > opt.max_refine_neurons:
+            width = -lo[unstable] * hi[unstable]
+            unstable = unstable[np.argsort(-width, kind="stable")[: opt.max_refine_neurons]]
+        use_milp = (layer - opt.refine_from) < opt.n_milp_refine
+        enc = self.encoder.build(in_lo, in_hi, bounds, upto=node.name, binaries=use_milp,
+                                 krelu=krelu if opt.krelu_tighten else None, name=f"tighten:{node.name}")
+        z = enc.vars[node.name]
+        objs: list[tuple[dict[int, float], str]] = []
+        for i in unstable:
+            objs.append(({int(z[i]): 1.0}, "min"))
+            objs.append(({int(z[i]): 1.0}, "max"))
+        t0 = time.perf_counter()
+        limit = opt.timeout_milp if (use_milp and enc.model.is_mip) else opt.timeout_lp
+        res = self._solve(enc, objs, limit, deadline, notes, f"tighten {node.name}")
+        lo, hi = lo.copy(), hi.copy()
+        failed = 0
+        for j, i in enumerate(unstable):
+            pl, pu = self._proved(res[2 * j]), self._proved(res[2 * j + 1])
+            if pl is None or pu is None:
+                failed += int(pl is None) + int(pu is None)
+            if pl is not None:
+                lo[i] = max(lo[i], pl)
+            if pu is not None:
+                hi[i] = min(hi[i], pu)
+        crossed = lo > hi
+        if crossed.any():  # rounding noise on near-degenerate neurons: keep the hull of both
+            lo[crossed], hi[crossed] = np.minimum(lo, hi)[crossed], np.maximum(lo, hi)[crossed]
+        if failed:
+            notes.append(f"tighten {node.name}: {failed} solve(s) without a proved bound (kept the old bounds)")
+        st = stats.setdefault("tighten", [])
+        st.append({"node": node.name, "milp": bool(use_milp and enc.model.is_mip), "neurons": int(unstable.size),
+                   "seconds": time.perf_counter() - t0,
+                   "unstable_after": int(((lo < 0) & (hi > 0)).sum()), "vars": enc.model.num_vars,
+                   "rows": enc.model.num_rows})
+        return lo, hi
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, lower: torch.Tensor, upper: torch.Tensor, C: np.ndarray, d: np.ndarray,
+            deadline: float | None = None) -> RunResult:
+        """Bounds of the rows ``C y + d`` (``C``: ``[m, n_out]``) on the box ``[lower, upper]`` (``[1, *in]``)."""
+        opt, dom, g = self.opt, self.domain, self.graph
+        in_lo, in_hi = _flat(lower), _flat(upper)
+        self._in_lo, self._in_hi = in_lo, in_hi
+        notes: list[str] = []
+        stats: dict[str, Any] = {}
+        bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        elements: dict[str, Any] = {}
+        krelu: dict[str, KReluRows] = {}
+        pending: list[tuple] = []
+        t_start = time.perf_counter()
+        # tightening stops early enough to leave the final LP/MILP its share of the time
+        t_deadline = None if deadline is None else t_start + opt.tighten_share * (deadline - t_start)
+
+        def hook(node: Op, element: Any) -> Any:
+            if isinstance(node, (Affine, Add)) and node.name in self.pre_index:
+                lo_t, hi_t = dom.bounds(element)
+                lo, hi = _flat(lo_t), _flat(hi_t)
+                layer = self.pre_index[node.name]
+                if opt.tighten and layer >= opt.refine_from and _remaining(t_deadline) > 0.1:
+                    lo, hi = self._tighten(node, lo, hi, in_lo, in_hi, bounds, krelu, layer, t_deadline, notes,
+                                           stats)
+                    shape = lo_t.shape
+                    element = dom.meet_box(element, torch.as_tensor(lo, dtype=dom.dtype).reshape(shape),
+                                           torch.as_tensor(hi, dtype=dom.dtype).reshape(shape))
+                bounds[node.name] = (lo, hi)
+            elif isinstance(node, Relu) and opt.use_krelu and node.inputs[0] in bounds:
+                if not opt.krelu_tighten:  # only the final LP uses them: compute them when needed
+                    pending.append((node.name, elements[node.inputs[0]], *bounds[node.inputs[0]]))
+                elif _remaining(t_deadline) > 0.5:
+                    plo, phi = bounds[node.inputs[0]]
+                    t0 = time.perf_counter()
+                    rows, st = krelu_rows(dom, elements[node.inputs[0]], plo, phi, opt.krelu, t_deadline)  # type: ignore[arg-type]
+                    krelu[node.name] = rows
+                    stats.setdefault("krelu", []).append({"node": node.name, "rows": rows.num_rows,
+                                                          "seconds": time.perf_counter() - t0, **st})
+                else:
+                    notes.append(f"k-ReLU {node.name}: skipped, time limit reached")
+            elements[node.name] = element
+            return element
+
+        refine = opt.tighten or opt.use_krelu
+        Ct = torch.as_tensor(C, dtype=dom.dtype, device=dom.device)[None]
+        dt = torch.as_tensor(d, dtype=dom.dtype, device=dom.device)[None]
+        if refine:
+            # Cheap first: the plain domain pass may already prove every row.
+            first = propagate(g, dom, lower, upper)
+            first_rows = dom.linear_bounds(first.output, Ct, dt)[0].detach().cpu().double().numpy().copy()
+            if np.all(first_rows > self.tol):
+                stats["domain_pass_s"] = time.perf_counter() - t_start
+                stats["domain_lower"] = first_rows.copy()
+                return RunResult(first_rows, notes=notes, stats=stats, bounds=bounds)
+        prop = propagate(g, dom, lower, upper, keep_all=False, refine=hook if refine else self._record(bounds, dom))
+        stats["domain_pass_s"] = time.perf_counter() - t_start
+        lower_rows = dom.linear_bounds(prop.output, Ct, dt)[0].detach().cpu().double().numpy().copy()
+        if refine:  # both passes are sound: keep the better bound of each row
+            lower_rows = np.maximum(lower_rows, first_rows)
+        stats["domain_lower"] = lower_rows.copy()
+        result = RunResult(lower_rows, notes=notes, stats=stats, bounds=bounds)
+        todo = np.flatnonzero(lower_rows <= self.tol)
+        if todo.size == 0:
+            return result
+        out_lo, out_hi = dom.bounds(prop.output)
+        bounds[g.output] = (_flat(out_lo), _flat(out_hi))
+        for name, element, plo, phi in pending:
+            if _remaining(deadline) <= 0.5:
+                notes.append(f"k-ReLU {name}: skipped, time limit reached")
+                break
+            t0 = time.perf_counter()
+            rows, st = krelu_rows(dom, element, plo, phi, opt.krelu, deadline)  # type: ignore[arg-type]
+            krelu[name] = rows
+            stats.setdefault("krelu", []).append({"node": name, "rows": rows.num_rows,
+                                                  "seconds": time.perf_counter() - t0, **st})
+        self._final(result, todo, C, d, in_lo, in_hi, bounds, krelu, deadline)
+        stats["total_s"] = time.perf_counter() - t_start
+        return result
+
+    @staticmethod
+    def _record(bounds: dict, dom: Domain):
+        def hook(node: Op, element: Any) -> Any:
+            if isinstance(node, (Affine, Add)):
+                lo, hi = dom.bounds(element)
+                bounds[node.name] = (_flat(lo), _flat(hi))
+            return element
+        return hook
+
+    # -- final check --------------------------------------------------------------------------
+    def _row_objectives(self, enc: Encoding, C: np.ndarray, rows: np.ndarray) -> list[tuple[dict[int, float], str]]:
+        y = enc.vars[self.graph.output]
+        objs = []
+        for r in rows:
+            nz = np.flatnonzero(C[r])
+            objs.append(({int(y[j]): float(C[r, j]) for j in nz}, "min"))
+        return objs
+
+    def _check_candidate(self, x: np.ndarray, C: np.ndarray, d: np.ndarray, r: int) -> np.ndarray | None:
+        """The solver's input clipped into the box, kept only if it violates row ``r`` on the network."""
+        x = np.clip(x, self._in_lo.reshape(x.shape), self._in_hi.reshape(x.shape))
+        with torch.no_grad():
+            y = self.graph.forward(torch.as_tensor(x[None], dtype=self.graph.dtype)).reshape(-1).cpu().numpy()
+        return x if float(C[r] @ y + d[r]) < 0 else None
+
+    def _apply_rows(self, result: RunResult, enc: Encoding, rows: np.ndarray, res: list, C: np.ndarray,
+                    d: np.ndarray, what: str, exact: bool) -> None:
+        missing = 0
+        for r, s in zip(rows, res):
+            p = self._proved(s)
+            if p is None:
+                missing += 1
+                continue
+            result.lower[r] = max(result.lower[r], p + float(d[r]))
+            if s is not None and s.x is not None and s.objective is not None and s.objective + d[r] < 0 \
+                    and result.candidate is None and (exact or s.status is Status.OPTIMAL):
+                result.candidate = self._check_candidate(enc.input_values(s.x, self.graph), C, d, r)
+        if missing:
+            result.notes.append(f"{what}: {missing} row(s) without a proved bound")
+
+    def _final(self, result: RunResult, todo: np.ndarray, C: np.ndarray, d: np.ndarray, in_lo, in_hi,
+               bounds: dict, krelu: dict[str, KReluRows], deadline: float | None) -> None:
+        opt = self.opt
+        t0 = time.perf_counter()
+        complete = opt.final == "milp"
+        enc = self.encoder.build(in_lo, in_hi, bounds, binaries=complete, krelu=krelu, name="final")
+        limit = opt.timeout_final_milp if complete else opt.timeout_final_lp
+        if complete:
+            # one row at a time: stop as soon as one row is refuted with a concrete optimum
+            for r in todo:
+                res = self._solve(enc, self._row_objectives(enc, C, np.array([r])), limit, deadline, result.notes,
+                                  "final")
+                self._apply_rows(result, enc, np.array([r]), res, C, d, "final MILP", exact=True)
+                if result.candidate is not None:
+                    break  # a concrete optimum below zero: verify re-checks it as a counterexample
+        else:
+            res = self._solve(enc, self._row_objectives(enc, C, todo), limit, deadline, result.notes, "final")
+            self._apply_rows(result, enc, todo, res, C, d, "final LP", exact=False)
+        result.stats["final_s"] = time.perf_counter() - t0
+        result.stats["final_size"] = (enc.model.num_vars, enc.model.num_rows, enc.model.num_integer)
+        todo = todo[result.lower[todo] <= self.tol]
+        if todo.size == 0 or complete or opt.partial_milp_layers <= 0 or opt.max_milp_neurons <= 0:
+            return
+        # PRIMA-style partial MILP: binaries for the widest unstable neurons of the last layers.
+        sel: dict[str, np.ndarray] = {}
+        for name in self.relu_names[-opt.partial_milp_layers:]:
+            pre = self.graph.node(name).inputs[0]
+            if pre not in bounds:
+                continue
+            lo, hi = bounds[pre]
+            un = np.flatnonzero((lo < 0) & (hi > 0))
+            if un.size:
+                sel[name] = un[np.argsort(lo[un] * hi[un], kind="stable")[: opt.max_milp_neurons]]
+        if not sel:
+            return
+        t1 = time.perf_counter()
+        enc = self.encoder.build(in_lo, in_hi, bounds, binaries=sel, krelu=krelu, name="partial-milp")
+        for r in todo:
+            res = self._solve(enc, self._row_objectives(enc, C, np.array([r])), opt.timeout_final_milp, deadline,
+                              result.notes, "partial MILP")
+            self._apply_rows(result, enc, np.array([r]), res, C, d, "partial MILP", exact=False)
+            if result.lower[r] <= self.tol:
+                # Rows are treated as a conjunction (robustness): once one stays unproved the rest
+                # keep their LP bounds (still sound) instead of spending more MILP time.
+                break
+        result.stats["partial_milp_s"] = time.perf_counter() - t1
+        result.stats["partial_milp_binaries"] = int(sum(v.size for v in sel.values()))

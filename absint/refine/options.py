@@ -1,0 +1,103 @@
+"""Options of the LP/MILP refinement analyses (explicit frozen dataclasses, ERAN's defaults).
+
+The presets mirror ERAN's modes (Singh et al.; flags documented in ERAN's README):
+
+* ``lp`` — DeepPoly bounds, then the triangle LP of each safety row ("LP-cert");
+* ``milp`` — complete MILP (Tjeng et al., ICLR 2019) over LP-tightened bounds;
+* ``refinezono`` — DeepZ with per-neuron LP/MILP bound tightening ("Boosting Robustness
+  Certification of Neural Networks", Singh et al., ICLR 2019), final LP, partial MILP;
+* ``refinepoly`` / ``kpoly`` — DeepPoly with the same tightening plus k-ReLU joint constraints
+  ("Beyond the Single Neuron Convex Barrier", Singh et al., NeurIPS 2019), final LP and a
+  PRIMA-style partial MILP (binaries for the widest unstable neurons of the last layers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+from domains.krelu import KReluOptions
+
+__all__ = ["RefineOptions", "PRESETS", "make_options"]
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Configuration of one refinement analysis.
+
+    * ``domain`` — registered domain giving the initial bounds (``deeppoly``, ``deepzono``, ``box``).
+    * ``tighten`` — per-neuron LP/MILP tightening of unstable pre-activations, layer by layer.
+    * ``refine_from`` — index of the first ReLU layer whose inputs are tightened (ERAN: 1, the
+      first layer's bounds are already exact for box inputs).
+    * ``n_milp_refine`` — the first this-many tightened layers use a MILP (binaries for all
+      unstable neurons before them, ERAN's ``n_milp_refine``), the rest an LP.
+    * ``timeout_lp`` / ``timeout_milp`` — per-neuron solve time limits (seconds).
+    * ``max_refine_neurons`` — per layer, tighten at most this many unstable neurons (widest first;
+      ``None``: all).
+    * ``krelu`` — k-ReLU options (``None`` or ``k == 1``: triangle relaxation only).
+    * ``krelu_tighten`` — also put the k-ReLU rows into the per-neuron tightening LPs (ERAN does;
+      tighter but each LP gets ~100 rows per group larger); ``False``: final LP/MILP only.
+    * ``final`` — ``"lp"`` (triangle + k-ReLU rows) or ``"milp"`` (all unstable neurons binary).
+    * ``timeout_final_lp`` / ``timeout_final_milp`` — time limits of the final solves.
+    * ``partial_milp_layers`` / ``max_milp_neurons`` — if the final LP fails, a MILP with binaries
+      for the ``max_milp_neurons`` widest unstable neurons of each of the last
+      ``partial_milp_layers`` ReLU layers (0 disables).
+    * ``workers`` — processes for the per-neuron solves (1: in-process).
+    * ``backend`` — solver backend name (``None``: the default, HiGHS).
+    * ``tighten_share`` — with a deadline, tightening and k-ReLU stop after this share of the time
+      left, so that the final LP/MILP still runs.
+    """
+
+    domain: str = "deeppoly"
+    tighten: bool = True
+    refine_from: int = 1
+    n_milp_refine: int = 1
+    timeout_lp: float = 1.0
+    timeout_milp: float = 1.0
+    max_refine_neurons: int | None = None
+    krelu: KReluOptions | None = KReluOptions()
+    krelu_tighten: bool = True
+    final: Literal["lp", "milp"] = "lp"
+    timeout_final_lp: float = 100.0
+    timeout_final_milp: float = 100.0
+    partial_milp_layers: int = 1
+    max_milp_neurons: int = 30
+    workers: int = 1
+    backend: str | None = None
+    tighten_share: float = 0.6
+
+    @property
+    def use_krelu(self) -> bool:
+        return self.krelu is not None and self.krelu.k > 1
+
+
+PRESETS: dict[str, RefineOptions] = {
+    "lp": RefineOptions(tighten=False, krelu=None, partial_milp_layers=0),
+    "milp": RefineOptions(tighten=True, n_milp_refine=0, krelu=None, final="milp", partial_milp_layers=0,
+                          timeout_final_milp=3600.0),
+    "refinezono": RefineOptions(domain="deepzono", krelu=None),
+    "refinepoly": RefineOptions(),
+}
+
+_KRELU_KEYS = {f.name for f in fields(KReluOptions)}
+
+
+def make_options(preset: str, overrides: dict[str, Any]) -> RefineOptions:
+    """The preset's options with ``overrides`` applied.
+
+    Besides :class:`RefineOptions` fields, the k-ReLU fields (``k``, ``s``, ``sparse_n``,
+    ``cutoff``, ``hull``, ``relative_cutoff``) are accepted directly; ``options=`` may pass a
+    whole :class:`RefineOptions`.
+    """
+    base = overrides.pop("options", None) or PRESETS[preset]
+    kre = {k: overrides.pop(k) for k in list(overrides) if k in _KRELU_KEYS}
+    own = {f.name for f in fields(RefineOptions)}
+    unknown = set(overrides) - own
+    if unknown:
+        raise TypeError(f"unknown option(s) for analysis {preset!r}: {', '.join(sorted(unknown))}")
+    opts = replace(base, **overrides)
+    if kre.get("k") == 1:  # k = 1 is the triangle relaxation alone
+        return replace(opts, krelu=None)
+    if kre and (opts.krelu is not None or "k" in kre):
+        # k-ReLU settings only switch k-ReLU on for presets without it when ``k`` is given
+        opts = replace(opts, krelu=replace(opts.krelu or KReluOptions(), **kre))
+    return opts
