@@ -44,7 +44,7 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="image set (.npz with images/labels or ERAN .csv); default: bundled digits test split "
                         "when the network is the bundled one")
-    p.add_argument("--eps", type=float, default=0.02, help="L-inf radius for --data (default 0.02)")
+    p.add_argument("--eps", type=float, default=0.05, help="L-inf radius for --data (default 0.05)")
     p.add_argument("--count", "-n", type=int, default=100, help="number of images (default 100)")
     p.add_argument("--start", type=int, default=0, help="index of the first image")
     p.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),

@@ -44,7 +44,6 @@ from typing import Any, Iterator
 from absint.analyses import (
     _ANALYSES,
     _UNAVAILABLE,
-    DomainAnalysis,
     domain_analysis,
     mark_unavailable,
     register_analysis,
@@ -137,7 +136,10 @@ def register_domain(cls: type[Domain], *, replace: bool = False) -> type[Domain]
         if _is_builtin_origin(_DOMAIN_ORIGINS.get(name, "")):
             log.warning("built-in domain %r replaced by %s.%s", name, cls.__module__, cls.__qualname__)
     elif name in _ANALYSES and not replace:
-        raise PluginError(f"the name {name!r} is already taken by an analysis; pick another domain name")
+        # Fine if that analysis is this domain's own (e.g. a tuned preset registered first).
+        own = getattr(_ANALYSES[name], "domain_class", None) is cls or _is_builtin_origin(_ORIGIN)
+        if not own:
+            raise PluginError(f"the name {name!r} is already taken by an analysis; pick another domain name")
     _DOMAINS[name] = cls
     _DOMAIN_ORIGINS[name] = _ORIGIN
     _UNAVAILABLE.pop(name, None)
@@ -296,10 +298,9 @@ def _skip(ep_name: str, group: str, target: str, origin: str, status: str, reaso
         mark_unavailable(ep_name, reason)
     if expected:
         log.info("%s", reason)
-    elif builtin:
-        log.warning("%s", reason)
-    else:
-        log.warning("%s", reason)
+        return
+    log.warning("%s", reason)
+    if not builtin:
         warnings.warn(reason, PluginWarning, stacklevel=3)
 
 
@@ -370,7 +371,8 @@ def load_plugins(*, reload: bool = False) -> None:
         with _origin("built-in"):
             _register_builtins()
     except Exception as exc:  # noqa: BLE001 - already reported by the entry-point pass if it failed there
-        log.warning("registering the built-in domains directly failed: %s: %s", type(exc).__name__, exc)
+        level = logging.INFO if isinstance(exc, ImportError) else logging.WARNING
+        log.log(level, "registering the built-in domains directly failed: %s: %s", type(exc).__name__, exc)
     for ep in eps:
         if ep not in builtin:
             _load_entry_point(ep, DOMAIN_GROUP, builtin=False)
@@ -405,6 +407,17 @@ def _register_builtins() -> None:
     register_domain(ZonotopeDomain)
     register_domain(DeepPolyDomain)
     _register_refine_analyses()
+    from absint.bab import BabAnalysis  # branch and bound (issue #8)
+
+    if "bab" not in _ANALYSES:
+        register_analysis("bab", BabAnalysis)
+    try:
+        from absint.sdp import register_sdp_analyses  # SDP-cert: sdp, sdp-exact, sdp-fo (issue #5)
+    except ImportError as exc:
+        for name in ("sdp", "sdp-exact", "sdp-fo"):
+            mark_unavailable(name, f"absint.sdp failed to import: {exc}")
+        return
+    register_sdp_analyses(lambda name, cls: name in _ANALYSES or register_analysis(name, cls))
 
 
 def _register_refine_analyses() -> None:

@@ -14,7 +14,7 @@ fi
 PY="${PYTHON:-python3}"
 $PY -m pip install -q --upgrade pip
 $PY -m pip install -q torch==2.13.0
-$PY -m pip install -q -e ".[all]"
+$PY -m pip install -q -e ".[all,ray]"
 if [ -d examples/absint-symint ]; then
   $PY -m pip install -q ./examples/absint-symint
 fi
