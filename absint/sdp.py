@@ -1,0 +1,196 @@
+"""The ``sdp`` analysis: SDP-cert (Raghunathan, Steinhardt & Liang, NeurIPS 2018).
+
+For each input box and each safety row ``C y + d`` the analysis
+
+1. computes pre-activation bounds of every ReLU layer with one of the engine's own domains
+   (``bounds="box"``, ``"deeppoly"``, ... — any registered domain, via
+   :func:`absint.interpreter.propagate`),
+2. removes stably inactive neurons and substitutes stably active ones
+   (:func:`solvers.sdp_problem.build_problem`),
+3. solves the semidefinite relaxation exactly with cvxpy (:mod:`solvers.sdp_exact`) or with the
+   first-order dual method (:mod:`solvers.sdp_fo`, in the spirit of SDP-FO, Dathathri et al.,
+   NeurIPS 2020), and
+4. reports the bound of a *dual certificate* (Lagrangian matrix corrected by its top eigenvalue
+   times the trace bound), which is valid however inaccurate the solver was.
+
+The row's final lower bound is the better of the SDP certificate and the domain's own bound
+(both are sound), unless ``combine=False``. Rows the domain already proves are not solved.
+
+Options (keyword arguments of the analysis, also through ``absint.verify(..., solver="fo")``):
+
+* ``solver``: ``"exact"``, ``"fo"`` or ``"auto"`` (exact when the lifted matrix has at most
+  ``exact_max_size`` rows — default 64: SCS needed 50–450 s at N = 137 here — else first-order),
+* ``backend``: cvxpy backend for the exact solver (``"auto"``: MOSEK if licensed, else SCS),
+* ``bounds``: domain for the pre-activation bounds (default ``"deeppoly"`` when registered, else
+  ``"box"``),
+* ``tol``, ``max_iters``: exact-solver accuracy / iteration cap; ``fo_options``: a
+  :class:`solvers.sdp_fo.FOOptions` or a dict of its fields,
+* ``eliminate_stable``, ``preact_linear``, ``triangle``: problem construction (see
+  :func:`solvers.sdp_problem.build_problem`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from absint.analyses import Analysis, BoundResult
+from absint.errors import AbsintError
+from absint.interpreter import propagate
+from absint.ir import Graph
+
+log = logging.getLogger(__name__)
+
+#: ``solver="auto"`` uses the exact SDP up to this side of the lifted matrix.
+EXACT_MAX_SIZE = 64
+#: the first-order solver stops a row once its certified margin exceeds this
+STOP_MARGIN = 1e-6
+
+
+def preactivation_bounds(graph: Graph, chain: Any, lower: torch.Tensor, upper: torch.Tensor, domain: str = "box",
+                         *, device: torch.device | None = None, deadline: float | None = None
+                         ) -> tuple[list[list[tuple[torch.Tensor, torch.Tensor]]], Any, Any]:
+    """Per sample, the (lower, upper) bounds of each ReLU layer's pre-activation from ``domain``.
+
+    Returns ``(bounds[b][k], domain, propagation)``; the propagation's output element is reused
+    for the domain's own bound of the safety rows.
+    """
+    from absint.plugins import available_domains
+
+    domains = available_domains()
+    if domain not in domains:
+        raise AbsintError(f"unknown bound domain {domain!r} for sdp; available: {', '.join(sorted(domains))}")
+    dom = domains[domain](device=device)
+    g = graph.to(device, dom.dtype)
+    prop = propagate(g, dom, lower.to(device), upper.to(device), keep_all=True, deadline=deadline)
+    per_layer = []
+    for name in chain.preact_nodes:
+        lo, hi = dom.bounds(prop.elements[name])
+        per_layer.append((lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)))
+    B = lower.shape[0]
+    out = [[(lo[b], hi[b]) for lo, hi in per_layer] for b in range(B)]
+    return out, dom, prop
+
+
+class SDPAnalysis(Analysis):
+    """SDP-cert with a proved dual bound (exact cvxpy or first-order torch solver)."""
+
+    name = "sdp"
+    description = "SDP-cert (Raghunathan et al. 2018): exact (cvxpy) or first-order dual, dual-certified bounds"
+    default_solver = "auto"
+
+    def __init__(self, *, device=None, solver: str | None = None, backend: str = "auto", bounds: str | None = None,
+                 tol: float = 1e-6, max_iters: int | None = None, fo_options: Any = None,
+                 eliminate_stable: bool = True, preact_linear: bool = True, triangle: bool = False,
+                 combine: bool = True, exact_max_size: int = EXACT_MAX_SIZE, **options: Any) -> None:
+        super().__init__(device=device, **options)
+        from solvers.sdp_fo import FOOptions
+
+        self.solver = (solver or self.default_solver).lower()
+        if self.solver not in ("exact", "fo", "auto"):
+            raise AbsintError(f"sdp: solver must be 'exact', 'fo' or 'auto', not {solver!r}")
+        self.backend = backend
+        if bounds is None:  # DeepPoly when registered (tighter: fewer unstable neurons), else Box
+            from absint.plugins import available_domains
+
+            bounds = "deeppoly" if "deeppoly" in available_domains() else "box"
+        self.bounds_domain = bounds
+        self.tol = tol
+        self.max_iters = max_iters
+        if fo_options is None:
+            fo_options = FOOptions()
+        elif isinstance(fo_options, dict):
+            fo_options = replace(FOOptions(), **fo_options)
+        if fo_options.stop_below is None:  # a row is done once its certified margin is positive
+            fo_options = replace(fo_options, stop_below=-STOP_MARGIN)
+        self.fo_options = fo_options
+        self.build_options = {"eliminate_stable": eliminate_stable, "preact_linear": preact_linear,
+                              "triangle": triangle}
+        self.combine = combine
+        self.exact_max_size = exact_max_size
+
+    def bound(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor, *,
+              deadline: float | None = None) -> BoundResult:
+        from solvers.sdp_problem import build_problem, relu_chain_from_graph
+
+        t0 = time.perf_counter()
+        dev = self.device
+        chain = relu_chain_from_graph(graph.to(dev, torch.float64))
+        lower = lower.to(dev, torch.float64)
+        upper = upper.to(dev, torch.float64)
+        B = lower.shape[0]
+        bounds, dom, prop = preactivation_bounds(graph, chain, lower, upper, self.bounds_domain, device=dev,
+                                                 deadline=deadline)
+        Cd = C.to(dev, dom.dtype)
+        dd = d.to(dev, dom.dtype)
+        base = dom.linear_bounds(prop.output, Cd, dd).detach().to("cpu", torch.float64).numpy()
+        out = np.full(base.shape, -np.inf) if not self.combine else base.copy()
+        notes, stats = [], {"solver": [], "size": [], "sdp_seconds": 0.0, "domain_lower": base.tolist()}
+        for b in range(B):
+            todo = [j for j in range(C.shape[1]) if not (self.combine and base[b, j] > 0)]
+            if not todo:
+                notes.append("")
+                continue
+            prob = build_problem(chain, lower[b].reshape(-1), upper[b].reshape(-1), bounds[b],
+                                 C[b, todo].to(dev, torch.float64), d[b, todo].to(dev, torch.float64),
+                                 **self.build_options)
+            solver = self.solver
+            if solver == "auto":
+                solver = "exact" if prob.size <= self.exact_max_size else "fo"
+            if deadline is not None and time.perf_counter() > deadline:
+                raise TimeoutError("time limit reached before the SDP solve")
+            ts = time.perf_counter()
+            upper_viol, note = self._solve(prob, solver, deadline)
+            stats["sdp_seconds"] += time.perf_counter() - ts
+            stats["solver"].append(solver)
+            stats["size"].append(prob.size)
+            lb = -upper_viol
+            for jj, j in enumerate(todo):
+                out[b, j] = max(out[b, j], lb[jj]) if self.combine else lb[jj]
+            notes.append(note)
+            log.debug("sdp sample %d: %s, bounds %s", b, note, np.round(out[b], 4))
+        stats["seconds"] = time.perf_counter() - t0
+        return BoundResult(out, notes=notes, stats=stats)
+
+    def _solve(self, prob: Any, solver: str, deadline: float | None) -> tuple[np.ndarray, str]:
+        if solver == "exact":
+            from solvers.sdp_exact import solve_exact
+
+            res = solve_exact(prob, backend=self.backend, tol=self.tol, max_iters=self.max_iters, deadline=deadline)
+            bad = sorted({s for s in res.status if s != "optimal"})
+            note = f"exact/{res.backend}: N={prob.size}" + (f", status {', '.join(bad)}" if bad else "")
+            return res.upper, note
+        from solvers.sdp_fo import solve_fo
+
+        if deadline is not None:
+            # leave time for the final dense certificate(s): ~2 eigendecompositions per row
+            reserve = 2 * prob.n_objectives * 0.5 * (prob.size / 1000.0) ** 3
+            deadline = deadline - min(reserve, 0.25 * max(0.0, deadline - time.perf_counter()))
+        res = solve_fo(prob, options=self.fo_options, device=self.device, deadline=deadline)
+        return res.upper, f"fo: N={prob.size}, {res.iterations} iterations, certificate {res.certificate}"
+
+
+class SDPExactAnalysis(SDPAnalysis):
+    """``sdp`` with the exact (cvxpy) solver."""
+
+    name = "sdp-exact"
+    description = "SDP-cert solved exactly with cvxpy (SCS/Clarabel/MOSEK), dual-certified"
+    default_solver = "exact"
+
+
+class SDPFOAnalysis(SDPAnalysis):
+    """``sdp`` with the first-order dual solver."""
+
+    name = "sdp-fo"
+    description = "SDP-cert with the first-order dual solver (SDP-FO style, torch, matrix-free)"
+    default_solver = "fo"
+
+
+def register_sdp_analyses(register: Any) -> None:
+    """Register ``sdp``, ``sdp-exact`` and ``sdp-fo`` with ``register(name, factory)``."""
+    for cls in (SDPAnalysis, SDPExactAnalysis, SDPFOAnalysis):
+        register(cls.name, cls)
