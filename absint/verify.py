@@ -149,11 +149,13 @@ def verify_instance(graph: Graph, instance: Instance, analysis: Analysis, *, tim
         if cx is not None:
             return _falsified(name, label, t0, cx, graph, region, prop, "PGD")
     elapsed = time.perf_counter() - t0
+    note = bound.notes[0] if bound.notes else ""
     if deadline is not None and elapsed > timeout and not verified:
-        return Result(name, Verdict.UNKNOWN, label, elapsed, margin, reason="time-out")
+        # Keep what the analysis proved before the limit (margin, its note, its statistics).
+        return Result(name, Verdict.UNKNOWN, label, elapsed, margin,
+                      reason="time-out" + (f" ({note})" if note else ""), details=bound.stats)
     if verified:
         return Result(name, Verdict.VERIFIED, label, elapsed, margin, details=bound.stats)
-    note = bound.notes[0] if bound.notes else ""
     return Result(name, Verdict.UNKNOWN, label, elapsed, margin,
                   reason=f"too loose: margin lower bound {margin:.4g}" + (f" ({note})" if note else ""),
                   details=bound.stats)
@@ -168,10 +170,11 @@ def _combine(name: str, label: str, parts: list[Result]) -> Result:
         if p.falsified:
             return replace(p, name=name, seconds=seconds)
     margin = min((p.margin for p in parts if p.margin is not None), default=None)
+    details = {"regions": [p.details for p in parts]}
     if all(p.verified for p in parts):
-        return Result(name, Verdict.VERIFIED, label, seconds, margin)
+        return Result(name, Verdict.VERIFIED, label, seconds, margin, details=details)
     reasons = "; ".join(sorted({p.reason for p in parts if not p.verified}))
-    return Result(name, Verdict.UNKNOWN, label, seconds, margin, reason=reasons)
+    return Result(name, Verdict.UNKNOWN, label, seconds, margin, reason=reasons, details=details)
 
 
 def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", timeout: float | None = None,

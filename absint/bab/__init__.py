@@ -9,8 +9,8 @@ Modules: :mod:`.engine` (the loop), :mod:`.input_split`, :mod:`.relu_split` (str
 :mod:`.bounding` (domain calls with split constraints), :mod:`.queue` (bounded queue).
 """
 from absint.bab.analysis import BabAnalysis, default_domain
-from absint.bab.api import verify_bab, verify_instance_bab
+from absint.bab.api import verify_bab
 from absint.bab.engine import SearchResult
 from absint.bab.options import BabOptions
 
-__all__ = ["BabAnalysis", "BabOptions", "SearchResult", "default_domain", "verify_bab", "verify_instance_bab"]
+__all__ = ["BabAnalysis", "BabOptions", "SearchResult", "default_domain", "verify_bab"]

@@ -9,8 +9,8 @@ Through the generic :class:`~absint.analyses.Analysis` interface the analysis se
 rows, not which clause of the violation DNF each row belongs to; it then treats every row as its
 own clause (exact for robustness properties and single-row clauses, sound but incomplete for a
 clause with several rows). Pass ``owner`` (the clause of each row, as
-:meth:`~absint.specs.OutputProperty.stacked` returns it) — :func:`absint.bab.verify_bab` does —
-to handle the DNF exactly; the proved per-clause margin bounds are in ``stats["clause_lower"]``.
+:meth:`~absint.specs.OutputProperty.stacked` returns it) — :func:`absint.verify.verify` does for
+every clause-aware analysis — to handle the DNF exactly; the proved per-clause margin bounds are in ``stats["clause_lower"]``.
 """
 from __future__ import annotations
 
