@@ -32,6 +32,7 @@ import cdd.gmp as cdd_gmp
 import numpy as np
 
 from domains.krelu.hrep import infeasible_hrep
+from domains.krelu.octahedron import as_polytope
 
 __all__ = ["RationalHull", "krelu_hull_exact_rational", "krelu_hull_exact", "rational_rows_to_float"]
 
@@ -97,13 +98,7 @@ def krelu_hull_exact_rational(D: np.ndarray, b: np.ndarray) -> RationalHull:
     ~0.1–1.5 s for ``k = 3`` with generic octahedral bounds (300–500 facets); ``k = 4``
     is impractical (8-dimensional double description on hundreds of vertices).
     """
-    D = np.atleast_2d(np.asarray(D, dtype=np.float64))
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
-    k = D.shape[1]
-    if D.shape[0] != b.shape[0]:
-        raise ValueError("D and b have inconsistent shapes")
-    if np.isnan(b).any() or not np.isfinite(D).all():
-        raise ValueError("D must be finite and b must not contain NaN")
+    D, b, k = as_polytope(D, b)
     if (b == -np.inf).any():
         return _empty(k)
     keep = np.isfinite(b)

@@ -43,7 +43,7 @@ import numpy as np
 
 from domains.krelu.certify import certified_upper_bounds
 from domains.krelu.hrep import from_leq, infeasible_hrep, triangle_candidates
-from domains.krelu.octahedron import box_from_octahedron, unit_row_indices
+from domains.krelu.octahedron import as_polytope, box_from_octahedron, unit_row_indices
 from domains.krelu.pieces import OrthantPieces, enumerate_pieces
 
 __all__ = ["krelu_hull_fast", "lift_candidates", "lifting_plans"]
@@ -193,13 +193,7 @@ def krelu_hull_fast(
       ``H`` of shape ``(n, 1 + 2k)``, rows ``h0 + hx·x + hy·y ≥ 0``, every row valid for
       all ``(x, relu(x))`` with ``x ∈ P``; ``[[−1, 0, …]]`` if ``P`` is provably empty.
     """
-    D = np.atleast_2d(np.asarray(D, dtype=np.float64))
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
-    k = D.shape[1]
-    if D.shape[0] != b.shape[0]:
-        raise ValueError("D and b have inconsistent shapes")
-    if np.isnan(b).any() or not np.isfinite(D).all():
-        raise ValueError("D must be finite and b must not contain NaN")
+    D, b, k = as_polytope(D, b)
     if (b == -np.inf).any():
         return infeasible_hrep(k)
     pos, neg = unit_row_indices(D)

@@ -64,6 +64,20 @@ def negation_index(k: int) -> np.ndarray:
     return np.concatenate([np.arange(h, n), np.arange(0, h)])
 
 
+def as_polytope(D: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate the group polytope ``P = {x : D x ≤ b}`` given to a hull: ``(D, b, k)`` as float arrays.
+
+    ``D`` must be finite; ``b`` may hold ``+inf`` (no constraint) or ``−inf`` (empty ``P``), not NaN.
+    """
+    D = np.atleast_2d(np.asarray(D, dtype=np.float64))
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if D.shape[0] != b.shape[0]:
+        raise ValueError("D and b have inconsistent shapes")
+    if np.isnan(b).any() or not np.isfinite(D).all():
+        raise ValueError("D must be finite and b must not contain NaN")
+    return D, b, D.shape[1]
+
+
 def unit_row_indices(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(pos, neg)`` of the rows ``+e_i`` and ``−e_i`` of ``D`` for each coordinate ``i``.
 
