@@ -407,6 +407,10 @@ def _register_builtins() -> None:
     register_domain(ZonotopeDomain)
     register_domain(DeepPolyDomain)
     _register_refine_analyses()
+    from absint.alpha import AlphaPolyAnalysis  # DeepPoly + optimised slopes
+
+    if "alphapoly" not in _ANALYSES:
+        register_analysis("alphapoly", AlphaPolyAnalysis)
     from absint.bab import BabAnalysis  # branch and bound (issue #8)
 
     if "bab" not in _ANALYSES:

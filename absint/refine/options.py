@@ -45,6 +45,12 @@ class RefineOptions:
     * ``backend`` — solver backend name (``None``: the default, HiGHS).
     * ``tighten_share`` — with a deadline, tightening and k-ReLU stop after this share of the time
       left, so that the final LP/MILP still runs.
+    * ``alpha_iters`` — before any LP/MILP, each layer's bounds are tightened by back-substitution
+      with optimised ReLU slopes (:mod:`domains.alpha`, α-CROWN style; this many gradient steps,
+      0 disables). Its bounds match the triangle LP's at a fraction of the cost, so with it
+      the per-neuron *LP* tightening (without k-ReLU rows) is skipped unless ``lp_tighten``.
+    * ``lp_tighten`` — per-neuron LP tightening of the layers not tightened by MILP: ``None``
+      (auto: only when it can beat the α bounds, i.e. without α or with k-ReLU rows), True, False.
     """
 
     domain: str = "deeppoly"
@@ -64,6 +70,8 @@ class RefineOptions:
     workers: int = 1
     backend: str | None = None
     tighten_share: float = 0.6
+    alpha_iters: int = 30
+    lp_tighten: bool | None = None
 
     @property
     def use_krelu(self) -> bool:
