@@ -208,9 +208,10 @@ class AlphaBounder:
 
     def run(self, lower: torch.Tensor, upper: torch.Tensor, pre_lo: list[torch.Tensor], pre_hi: list[torch.Tensor],
             C: torch.Tensor | None = None, d: torch.Tensor | None = None, *, layers: bool = True,
-            deadline: float | None = None) -> AlphaResult:
+            from_layer: int = 1, deadline: float | None = None) -> AlphaResult:
         """Refine ``pre_lo``/``pre_hi`` (flat, per ReLU layer; e.g. DeepPoly's) layer by layer, then
-        bound the rows ``C y + d`` (``C``: ``[m, n_out]``). ``lower``/``upper``: the input box."""
+        bound the rows ``C y + d`` (``C``: ``[m, n_out]``). ``lower``/``upper``: the input box;
+        ``from_layer``: the first layer re-bounded (the ones before are taken as they are)."""
         t0 = time.perf_counter()
         lo_in = lower.reshape(-1).to(self.device, self.dtype)
         hi_in = upper.reshape(-1).to(self.device, self.dtype)
@@ -219,7 +220,7 @@ class AlphaBounder:
         hi = [t.reshape(-1).to(self.device, self.dtype).clone() for t in pre_hi]
         before = [int(((a < 0) & (b > 0)).sum()) for a, b in zip(lo, hi)]
         if layers:
-            for k in range(1, len(lo)):  # layer 0 is exact already (interval of one affine map)
+            for k in range(max(1, from_layer), len(lo)):  # layer 0 is exact already (interval of one affine map)
                 if deadline is not None and time.perf_counter() > deadline:
                     break
                 lo[k], hi[k] = self.layer_bounds(k, lo, hi, mid, rad, deadline=deadline)

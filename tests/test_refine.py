@@ -118,7 +118,7 @@ def test_unsupported_ops_named():
         NetworkEncoder(g)
 
 
-@pytest.mark.parametrize("preset", ["lp", "refinepoly", "refinezono", "milp"])
+@pytest.mark.parametrize("preset", ["lp", "refinepoly", "kpoly", "refinezono", "milp"])
 def test_refined_bounds_contain_samples(preset):
     g = _mlp([4, 10, 10, 10, 3], seed=5)
     lo, hi = -0.5 * np.ones(4), 0.5 * np.ones(4)
@@ -145,7 +145,7 @@ def test_refinement_tighter_than_deeppoly_somewhere():
     lo, hi = -np.ones(4), np.ones(4)
     C, d = np.array([[1.0, -1.0, 0.0]]), np.zeros(1)
     dp = RefineRun(g, DeepPolyDomain(), PRESETS["lp"]).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
-    rp = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {"sparse_n": 6, "cutoff": 0.0})).run(
+    rp = RefineRun(g, DeepPolyDomain(), make_options("kpoly", {"sparse_n": 6, "cutoff": 0.0})).run(
         torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
     assert rp.lower[0] >= dp.stats["domain_lower"][0] - 1e-9
     assert rp.lower[0] >= dp.lower[0] - 1e-6
@@ -154,7 +154,7 @@ def test_refinement_tighter_than_deeppoly_somewhere():
 def test_tiny_time_limits_keep_valid_bounds():
     g = _mlp([4, 10, 10, 10, 3], seed=9)
     lo, hi = -np.ones(4), np.ones(4)
-    opts = make_options("refinepoly", {"timeout_lp": 1e-6, "timeout_milp": 1e-6, "timeout_final_lp": 1e-6,
+    opts = make_options("kpoly", {"timeout_lp": 1e-6, "timeout_milp": 1e-6, "timeout_final_lp": 1e-6,
                                        "timeout_final_milp": 1e-6, "sparse_n": 8, "cutoff": 0.0})
     C, d = np.array([[1.0, 0.0, -1.0]]), np.zeros(1)
     res = RefineRun(g, DeepPolyDomain(), opts).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
@@ -197,7 +197,7 @@ def test_verify_never_contradicts_pgd(analysis, options):
 def test_options_presets_and_overrides():
     assert make_options("refinepoly", {"k": 1}).krelu is None
     assert make_options("lp", {"sparse_n": 8}).krelu is None  # k-ReLU settings alone do not switch it on
-    o = make_options("refinepoly", {"sparse_n": 50, "timeout_lp": 0.5})
+    o = make_options("kpoly", {"sparse_n": 50, "timeout_lp": 0.5})
     assert o.krelu.sparse_n == 50 and o.krelu.k == 3 and o.timeout_lp == 0.5
     assert make_options("refinezono", {}).domain == "deepzono"
     with pytest.raises(TypeError):
@@ -208,7 +208,7 @@ def test_partial_milp_and_lazy_krelu_rows():
     g = _mlp([4, 12, 12, 3], seed=13)
     lo, hi = -np.ones(4), np.ones(4)
     C, d = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]]), np.array([5.0, 5.0])
-    opts = make_options("refinepoly", {"n_milp_refine": 0, "krelu_tighten": False, "sparse_n": 6, "cutoff": 0.0,
+    opts = make_options("kpoly", {"n_milp_refine": 0, "krelu_tighten": False, "sparse_n": 6, "cutoff": 0.0,
                                        "max_milp_neurons": 4})
     res = RefineRun(g, DeepPolyDomain(), opts).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
     vals = _samples(g, lo, hi, 20000) @ C.T + d

@@ -33,6 +33,7 @@ from absint.bab.queue import batch_len, batch_select
 from absint.bab.relu_split import ReluSplitting
 from absint.ir import Graph
 from absint.specs import InputBox
+from domains.alpha import chain_of
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,11 @@ class BabAnalysis(Analysis):
         mode = self.split_mode(graph)
         if mode == "input":
             strat = InputSplitting(bounder, region, Ct, dt, onehot, o.input_heuristic, o.attack, o.max_aspect)
+        elif o.bounding == "alpha-beta" and chain_of(graph) is not None:
+            from absint.bab.beta import BetaOptions, BetaReluSplitting
+
+            strat = BetaReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack,
+                                      BetaOptions(iters=o.beta_iters))
         else:
             strat = ReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack)
         g = graph.to(self.device, torch.float64)
@@ -111,6 +117,8 @@ class BabAnalysis(Analysis):
             res = _parallel(self, graph, region, C, d, owner, s, deadline)
         res.stats["mode"] = self.split_mode(graph)
         res.stats["domain"] = o.domain or default_domain()
+        if o.bounding == "alpha-beta" and res.stats["mode"] == "relu":
+            res.stats["domain"] = "alpha-beta"
         res.stats["seconds"] = time.perf_counter() - t0
         log.info("bab %s/%s: %s in %.2fs, %d sub-problems, %.4g%% proved, peak queue %d",
                  res.stats["mode"], res.stats["domain"], res.status, res.stats["seconds"],

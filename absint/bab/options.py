@@ -41,6 +41,11 @@ class BabOptions:
     * ``tolerance`` — a clause counts as refuted on a sub-problem when its margin bound exceeds it
       (the same float64 slack :func:`absint.verify.decide` uses).
     * ``max_depth`` — a sub-problem deeper than this is left open (stuck; answer unknown).
+    * ``bounding`` — ``domain``: every sub-problem is bounded by ``domain`` (splits imposed as box
+      meets on pre-activation bounds); ``alpha-beta``: with ReLU splitting on a chain network,
+      optimised slopes + split multipliers (β-CROWN style, :mod:`absint.bab.beta`) over the
+      root's α-optimised intermediate bounds (input splitting keeps ``domain``).
+      ``beta_iters``: Adam iterations per batch of sub-problems.
     """
 
     domain: str | None = None
@@ -58,6 +63,8 @@ class BabOptions:
     tolerance: float = 1e-8
     max_depth: int = 200
     seed: int = 0
+    bounding: str = "domain"
+    beta_iters: int = 20
 
     def __post_init__(self) -> None:
         if self.split not in ("input", "relu", "auto"):
@@ -66,5 +73,7 @@ class BabOptions:
             raise ValueError(f"input_heuristic must be 'smear' or 'width', got {self.input_heuristic!r}")
         if self.relu_heuristic not in ("babsr", "width"):
             raise ValueError(f"relu_heuristic must be 'babsr' or 'width', got {self.relu_heuristic!r}")
+        if self.bounding not in ("domain", "alpha-beta"):
+            raise ValueError(f"bounding must be 'domain' or 'alpha-beta', got {self.bounding!r}")
         if self.batch_size < 1 or self.max_queue < 2 or self.workers < 1:
             raise ValueError("batch_size and workers must be ≥ 1 and max_queue ≥ 2")

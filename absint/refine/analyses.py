@@ -101,17 +101,19 @@ class RefineZonoAnalysis(RefineAnalysis):
 
 
 class RefinePolyAnalysis(RefineAnalysis):
-    """DeepPoly + LP/MILP tightening + k-ReLU constraints + final LP + partial MILP (kPoly/PRIMA-style)."""
+    """DeepPoly + optimised slopes + MILP/LP tightening + final LP + partial MILP (ERAN's refinepoly)."""
 
     name = "refinepoly"
     preset = "refinepoly"
-    description = "DeepPoly with LP/MILP tightening and k-ReLU constraints (kPoly, Singh et al., NeurIPS 2019)"
+    description = "DeepPoly with optimised slopes and MILP/LP neuron tightening (Singh et al., ICLR 2019)"
 
 
 class KPolyAnalysis(RefinePolyAnalysis):
-    """Alias of :class:`RefinePolyAnalysis`."""
+    """``refinepoly`` plus k-ReLU joint constraints (kPoly, Singh et al., NeurIPS 2019)."""
 
     name = "kpoly"
+    preset = "kpoly"
+    description = "refinepoly plus k-ReLU joint convex-hull constraints (kPoly, Singh et al., NeurIPS 2019)"
 
 
 ANALYSES = (LPAnalysis, MILPAnalysis, RefineZonoAnalysis, RefinePolyAnalysis, KPolyAnalysis)

@@ -6,9 +6,11 @@ The presets mirror ERAN's modes (Singh et al.; flags documented in ERAN's README
 * ``milp`` — complete MILP (Tjeng et al., ICLR 2019) over LP-tightened bounds;
 * ``refinezono`` — DeepZ with per-neuron LP/MILP bound tightening ("Boosting Robustness
   Certification of Neural Networks", Singh et al., ICLR 2019), final LP, partial MILP;
-* ``refinepoly`` / ``kpoly`` — DeepPoly with the same tightening plus k-ReLU joint constraints
-  ("Beyond the Single Neuron Convex Barrier", Singh et al., NeurIPS 2019), final LP and a
-  PRIMA-style partial MILP (binaries for the widest unstable neurons of the last layers).
+* ``refinepoly`` — DeepPoly (+ optimised slopes) with the same MILP/LP tightening, final LP and a
+  PRIMA-style partial MILP (binaries for the widest unstable neurons of the last layers);
+* ``kpoly`` — ``refinepoly`` plus k-ReLU joint constraints ("Beyond the Single Neuron Convex
+  Barrier", Singh et al., NeurIPS 2019) in the final LP / MILP (``krelu_tighten=True``: in every
+  tightening LP too, as ERAN does).
 """
 from __future__ import annotations
 
@@ -51,17 +53,20 @@ class RefineOptions:
       the per-neuron *LP* tightening (without k-ReLU rows) is skipped unless ``lp_tighten``.
     * ``lp_tighten`` — per-neuron LP tightening of the layers not tightened by MILP: ``None``
       (auto: only when it can beat the α bounds, i.e. without α or with k-ReLU rows), True, False.
+    * ``give_up_below`` — triage: when the worst row's bound after the cheap passes (domain + α) is
+      below this value, skip the expensive LP/MILP refinement and report the cheap bounds (a
+      deliberately incomplete time saver for benchmarks over many inputs; ``None``: never).
     """
 
     domain: str = "deeppoly"
     tighten: bool = True
     refine_from: int = 1
-    n_milp_refine: int = 1
+    n_milp_refine: int = 3
     timeout_lp: float = 1.0
     timeout_milp: float = 1.0
     max_refine_neurons: int | None = None
     krelu: KReluOptions | None = KReluOptions()
-    krelu_tighten: bool = True
+    krelu_tighten: bool = False
     final: Literal["lp", "milp"] = "lp"
     timeout_final_lp: float = 100.0
     timeout_final_milp: float = 100.0
@@ -69,9 +74,10 @@ class RefineOptions:
     max_milp_neurons: int = 30
     workers: int = 1
     backend: str | None = None
-    tighten_share: float = 0.6
+    tighten_share: float = 0.8
     alpha_iters: int = 30
     lp_tighten: bool | None = None
+    give_up_below: float | None = None
 
     @property
     def use_krelu(self) -> bool:
@@ -79,11 +85,12 @@ class RefineOptions:
 
 
 PRESETS: dict[str, RefineOptions] = {
-    "lp": RefineOptions(tighten=False, krelu=None, partial_milp_layers=0),
+    "lp": RefineOptions(tighten=False, krelu=None, partial_milp_layers=0, alpha_iters=0),
     "milp": RefineOptions(tighten=True, n_milp_refine=0, krelu=None, final="milp", partial_milp_layers=0,
                           timeout_final_milp=3600.0),
-    "refinezono": RefineOptions(domain="deepzono", krelu=None),
-    "refinepoly": RefineOptions(),
+    "refinezono": RefineOptions(domain="deepzono", krelu=None, alpha_iters=0),
+    "refinepoly": RefineOptions(krelu=None),
+    "kpoly": RefineOptions(),
 }
 
 _KRELU_KEYS = {f.name for f in fields(KReluOptions)}

@@ -1,0 +1,172 @@
+"""α/β bounding of ReLU-split sub-problems (absint.bab.beta): soundness against sampled points
+that satisfy each sub-problem's split constraints, never looser than DeepPoly at the root, and
+the ``bounding="alpha-beta"`` option of the bab analysis end to end."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import absint  # noqa: F401  (import order: absint before domains)
+from absint.bab import BabOptions, verify_bab
+from absint.bab.beta import BetaBounder, BetaOptions
+from absint.bab.bounding import Bounder
+from absint.ir import Affine, Graph, Input, Relu
+from absint.linear import DenseOperator
+from absint.plugins import get_domain
+from absint.specs import Clause, InputBox, OutputProperty
+
+F64 = torch.float64
+
+
+def mlp(seed: int, sizes=(4, 12, 12, 10, 3)) -> Graph:
+    g = torch.Generator().manual_seed(seed)
+    nodes = [Input("x", (), (sizes[0],))]
+    src = "x"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = torch.randn(b, a, generator=g, dtype=F64) * (1.5 / a ** 0.5)
+        bias = torch.randn(b, generator=g, dtype=F64) * 0.2
+        nodes.append(Affine(f"fc{i}", (src,), (b,), DenseOperator(w), bias))
+        src = f"fc{i}"
+        if i < len(sizes) - 2:
+            nodes.append(Relu(f"r{i}", (src,), (b,)))
+            src = f"r{i}"
+    return Graph(tuple(nodes), src)
+
+
+def deeppoly_bounder(g: Graph) -> Bounder:
+    from domains.deeppoly import DeepPolyOptions
+
+    return Bounder(g, get_domain("deeppoly")(DeepPolyOptions(early_stop=False)))
+
+
+def setup(seed: int):
+    g = mlp(seed)
+    lo = -torch.ones(4, dtype=F64)
+    hi = torch.ones(4, dtype=F64)
+    C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0], [0.0, 1.0, -1.0]], dtype=F64)
+    d = torch.tensor([0.1, -0.2, 0.0], dtype=F64)
+    return g, lo, hi, C, d
+
+
+def samples(g: Graph, lo, hi, n=40000, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(n, lo.numel(), generator=gen, dtype=F64)
+    b = deeppoly_bounder(g)
+    with torch.no_grad():
+        y, _ = b.forward(x)
+        # pre-activations of every ReLU layer, concatenated
+        pre = []
+        v = x
+        for node in g.nodes[1:]:
+            if isinstance(node, Affine):
+                v = node.operator.forward(v) + node.bias_full().reshape(-1)
+            elif isinstance(node, Relu):
+                pre.append(v)
+                v = torch.relu(v)
+    return x, y, torch.cat(pre, 1)
+
+
+@pytest.mark.parametrize("tighten", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_sound_on_random_split_subproblems(seed, tighten):
+    torch.manual_seed(seed)
+    g, lo, hi, C, d = setup(seed)
+    bb = BetaBounder(g, lo, hi, C, d, BetaOptions(iters=15, root_iters=30, layer_iters=10))
+    x, y, pre = samples(g, lo, hi, seed=seed)
+    vals = y @ C.T + d  # [n, m]
+    n_relu = pre.shape[1]
+    gen = torch.Generator().manual_seed(100 + seed)
+    # sub-problems: random phases on a few ReLUs that are unstable at the root, plus an empty one
+    unstable = torch.nonzero(torch.cat([(l < 0) & (u > 0) for l, u in zip(bb.root_lo, bb.root_hi)])).reshape(-1)
+    assert unstable.numel() >= 4
+    splits = torch.zeros(24, n_relu, dtype=torch.int8)
+    for i in range(1, 24):
+        pick = unstable[torch.randperm(unstable.numel(), generator=gen)[: 1 + i % 5]]
+        splits[i, pick] = torch.where(torch.rand(pick.numel(), generator=gen) < 0.5, 1, -1).to(torch.int8)
+    # tighten: re-bound every layer's intermediate bounds under the splits (as the children of
+    # a split do), and then once more from those bounds (as grandchildren do, with the parent's)
+    from_layer = torch.zeros(splits.shape[0], dtype=torch.int32) if tighten else None
+    out = bb.bound(splits, from_layer=from_layer)
+    if tighten:
+        out = bb.bound(splits, from_layer=from_layer + 1, pre=(out.pre_lo, out.pre_hi),
+                       init_alpha=out.alpha, init_beta=out.beta)
+        # the tightened intermediate bounds contain every sampled pre-activation
+        for i in range(splits.shape[0]):
+            s = splits[i].to(F64)
+            ok = ~(((s > 0)[None] & (pre < 0)) | ((s < 0)[None] & (pre > 0))).any(1)
+            if bool(ok.any()):
+                assert bool((pre[ok] >= out.pre_lo[i] - 1e-9).all() and (pre[ok] <= out.pre_hi[i] + 1e-9).all())
+    checked = 0
+    for i in range(splits.shape[0]):
+        s = splits[i].to(F64)
+        sat = ((s > 0)[None] & (pre < 0)) | ((s < 0)[None] & (pre > 0))
+        ok = ~sat.any(1)
+        if not bool(ok.any()):
+            continue
+        assert not bool(out.infeasible[i]), "a sub-problem with feasible points reported empty"
+        checked += 1
+        emp_min = vals[ok].min(0).values
+        assert bool((out.rows[i] <= emp_min + 1e-9).all()), (i, out.rows[i], emp_min)
+    assert checked >= 10
+    # β must help on some split sub-problem compared with α alone (iters but no β): not required
+    # for soundness; only check that the bounds are finite
+    assert torch.isfinite(out.rows[~out.infeasible]).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_root_never_looser_than_deeppoly(seed):
+    g, lo, hi, C, d = setup(seed)
+    dp = deeppoly_bounder(g).bound(lo[None], hi[None], C, d).rows[0]
+    bb = BetaBounder(g, lo, hi, C, d, BetaOptions(root_iters=30, layer_iters=10))
+    assert bool((bb.root_rows >= dp - 1e-9).all()), (bb.root_rows, dp)
+    # the batched bound of an unsplit sub-problem is also sound and no looser than DeepPoly
+    out = bb.bound(torch.zeros(2, bb.chain.pre_sizes[0] * 0 + sum(bb.sizes), dtype=torch.int8))
+    assert bool((out.rows >= dp[None] - 1e-9).all())
+
+
+def test_contradictory_split_is_infeasible():
+    g, lo, hi, C, d = setup(0)
+    bb = BetaBounder(g, lo, hi, C, d, BetaOptions(root_iters=5, layer_iters=0))
+    lo_all = torch.cat(bb.root_lo)
+    hi_all = torch.cat(bb.root_hi)
+    dead = torch.nonzero(hi_all < 0).reshape(-1)
+    alive = torch.nonzero(lo_all > 0).reshape(-1)
+    splits = torch.zeros(2, sum(bb.sizes), dtype=torch.int8)
+    if dead.numel():
+        splits[0, dead[0]] = 1
+    if alive.numel():
+        splits[1, alive[0]] = -1
+    out = bb.bound(splits)
+    if dead.numel():
+        assert bool(out.infeasible[0])
+    if alive.numel():
+        assert bool(out.infeasible[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bab_alpha_beta_decides_correctly(seed):
+    g = mlp(seed, sizes=(2, 16, 16, 2))
+    box = InputBox(np.array([-0.3, -0.3]), np.array([0.3, 0.3]))
+    axes = [np.linspace(-0.3, 0.3, 201)] * 2
+    pts = np.stack(np.meshgrid(*axes), -1).reshape(-1, 2)
+    with torch.no_grad():
+        yy = g.forward(torch.as_tensor(pts)).numpy()
+    m = float((yy[:, 0] - yy[:, 1]).min())
+
+    def prop(t):  # violation: y1 − y0 + t ≥ 0
+        return OutputProperty((Clause(np.array([[-1.0, 1.0]]), np.array([t])),), 2)
+
+    from absint.specs import Instance
+
+    opts = BabOptions(split="relu", bounding="alpha-beta", batch_size=16)
+    ok = verify_bab(g, Instance(box, prop(m - 0.02)), timeout=30, options=opts)
+    assert ok.verified, ok.reason
+    assert ok.details.get("domain") in (None, "alpha-beta")
+    bad = verify_bab(g, Instance(box, prop(m + 0.01)), timeout=30, options=opts)
+    assert bad.falsified, bad.reason
+
+
+def test_bounding_option_validated():
+    with pytest.raises(ValueError):
+        BabOptions(bounding="nope")
