@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -67,9 +68,21 @@ _STATUS = {
 }
 
 
+_thread_envs = threading.local()
+
+
 def _get_env() -> Any:
-    """One silent Gurobi environment per process (re-created after fork)."""
+    """One silent Gurobi environment per process (re-created after fork), and one per extra thread
+    (Gurobi environments must not be shared between threads solving at the same time)."""
     global _env, _env_pid
+    if threading.current_thread() is not threading.main_thread():
+        env = getattr(_thread_envs, "env", None)
+        if env is None or getattr(_thread_envs, "pid", None) != os.getpid():
+            env = gp.Env(empty=True)
+            env.setParam("OutputFlag", 0)
+            env.start()
+            _thread_envs.env, _thread_envs.pid = env, os.getpid()
+        return env
     if _env is None or _env_pid != os.getpid():
         env = gp.Env(empty=True)
         env.setParam("OutputFlag", 0)

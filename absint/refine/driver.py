@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -58,6 +58,17 @@ class RunResult:
 
 def _remaining(deadline: float | None) -> float:
     return np.inf if deadline is None else deadline - time.perf_counter()
+
+
+def _meet(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray] | None):
+    """Intersection of two sound bound pairs (either may be None)."""
+    if a is None or b is None:
+        return b if a is None else a
+    lo, hi = np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
+    bad = lo > hi  # only rounding noise can cross sound bounds: keep the hull there
+    if bad.any():
+        lo[bad], hi[bad] = np.minimum(a[0], b[0])[bad], np.maximum(a[1], b[1])[bad]
+    return lo, hi
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:
@@ -96,6 +107,8 @@ class RefineRun:
         chunk = 1 if workers == 1 else 4 * workers
         session = None
         backend = self._backend_for(enc)
+        if backend == "gurobi" and self.opt.solve_threads > 1:
+            return self._solve_threaded(enc, objectives, time_limit, deadline, notes, what, keep)
         try:
             if workers == 1:
                 session = get_backend(backend).session(enc.model)
@@ -125,6 +138,39 @@ class RefineRun:
                 session.close()
         return out
 
+    def _solve_threaded(self, enc: Encoding, objectives: list[tuple[dict[int, float], str]], time_limit: float,
+                        deadline: float | None, notes: list[str], what: str, keep: bool) -> list[SolveResult | None]:
+        """Gurobi solves in ``solve_threads`` threads (gurobipy releases the GIL while optimising;
+        each thread has its own environment), in order, each within the time left."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from solvers.gurobi_backend import GurobiBackend
+
+        out: list[SolveResult | None] = [None] * len(objectives)
+        _ = enc.model.A  # assemble the shared constraint matrix once, before the threads read it
+        skipped = 0
+
+        def one(j: int) -> None:
+            nonlocal skipped
+            left = _remaining(deadline)
+            if left <= 0.05:
+                skipped += 1
+                return
+            c, sense = objectives[j]
+            opts = SolveOptions(time_limit=float(max(0.01, min(time_limit, left))), threads=1)
+            res = GurobiBackend().solve(enc.model.with_objective(c, sense), opts)
+            out[j] = res if keep else res.without_arrays()
+
+        try:
+            with ThreadPoolExecutor(max_workers=int(self.opt.solve_threads)) as pool:
+                list(pool.map(one, range(len(objectives))))
+        except Exception as exc:  # noqa: BLE001 - a failing solver never crashes the analysis
+            log.warning("%s: solver failed (%s: %s); keeping the previous bounds", what, type(exc).__name__, exc)
+            notes.append(f"{what}: solver failed ({type(exc).__name__}: {exc})")
+        if skipped:
+            notes.append(f"{what}: {skipped} solve(s) skipped, time limit reached")
+        return out
+
     def _backend_for(self, enc: Encoding) -> str | None:
         """The backend for ``enc``: the chosen one, or (auto) Gurobi when licensed for the model's
         size (it solves the small per-neuron MILPs ~5x faster than HiGHS here), else HiGHS."""
@@ -149,7 +195,10 @@ class RefineRun:
     # -- tightening of one layer ----------------------------------------------------------------
     def _tighten(self, node: Op, lo: np.ndarray, hi: np.ndarray, in_lo: np.ndarray, in_hi: np.ndarray,
                  bounds: dict, krelu: dict[str, KReluRows], layer: int, deadline: float | None,
-                 notes: list[str], stats: dict, use_milp: bool) -> tuple[np.ndarray, np.ndarray]:
+                 notes: list[str], stats: dict, use_milp: bool,
+                 check: "Callable[[np.ndarray, np.ndarray], bool] | None" = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tighten the unstable neurons of ``node`` (widest first) by LP/MILP; ``check(lo, hi)`` is
+        called after every ``check_every`` neurons and stops the layer when it returns True."""
         opt = self.opt
         unstable = np.flatnonzero((lo < 0) & (hi > 0))
         if unstable.size == 0:
@@ -167,20 +216,25 @@ class RefineRun:
             objs.append(({int(z[i]): 1.0}, "max"))
         t0 = time.perf_counter()
         limit = opt.timeout_milp if (use_milp and enc.model.is_mip) else opt.timeout_lp
-        res = self._solve(enc, objs, limit, deadline, notes, f"tighten {node.name}")
         lo, hi = lo.copy(), hi.copy()
         failed = 0
-        for j, i in enumerate(unstable):
-            pl, pu = self._proved(res[2 * j]), self._proved(res[2 * j + 1])
-            if pl is None or pu is None:
-                failed += int(pl is None) + int(pu is None)
-            if pl is not None:
-                lo[i] = max(lo[i], pl)
-            if pu is not None:
-                hi[i] = min(hi[i], pu)
-        crossed = lo > hi
-        if crossed.any():  # rounding noise on near-degenerate neurons: keep the hull of both
-            lo[crossed], hi[crossed] = np.minimum(lo, hi)[crossed], np.maximum(lo, hi)[crossed]
+        step = len(unstable) if check is None or opt.check_every <= 0 else int(opt.check_every)
+        for s0 in range(0, len(unstable), step):
+            part = unstable[s0:s0 + step]
+            res = self._solve(enc, objs[2 * s0:2 * (s0 + len(part))], limit, deadline, notes, f"tighten {node.name}")
+            for j, i in enumerate(part):
+                pl, pu = self._proved(res[2 * j]), self._proved(res[2 * j + 1])
+                if pl is None or pu is None:
+                    failed += int(pl is None) + int(pu is None)
+                if pl is not None:
+                    lo[i] = max(lo[i], pl)
+                if pu is not None:
+                    hi[i] = min(hi[i], pu)
+            crossed = lo > hi
+            if crossed.any():  # rounding noise on near-degenerate neurons: keep the hull of both
+                lo[crossed], hi[crossed] = np.minimum(lo, hi)[crossed], np.maximum(lo, hi)[crossed]
+            if _remaining(deadline) <= 0.05 or (check is not None and check(lo, hi)):
+                break
         if failed:
             notes.append(f"tighten {node.name}: {failed} solve(s) without a proved bound (kept the old bounds)")
         st = stats.setdefault("tighten", [])
@@ -219,7 +273,7 @@ class RefineRun:
                 changed = False
                 if self.alpha is not None and layer > 0 and _remaining(t_deadline) > 0.1:
                     t0 = time.perf_counter()
-                    lo, hi = self._alpha_layer(layer, lo, hi, bounds, t_deadline)
+                    lo, hi = _meet(first_bounds.get(node.name), self._alpha_layer(layer, lo, hi, bounds, t_deadline))
                     changed = True
                     st = stats.setdefault("alpha", [])
                     st.append({"node": node.name, "seconds": time.perf_counter() - t0,
@@ -227,12 +281,15 @@ class RefineRun:
                 use_milp = opt.tighten and (layer - opt.refine_from) < opt.n_milp_refine
                 if opt.tighten and layer >= opt.refine_from and (use_milp or self.lp_tighten) \
                         and _remaining(t_deadline) > 0.1:
+                    check = None
+                    if self.alpha is not None:
+                        def check(lo_, hi_, layer=layer):
+                            self._early_check(layer, lo_, hi_, bounds, first_bounds, C, d, lower, upper, early,
+                                              t_deadline)
+                            return bool(early)
                     lo, hi = self._tighten(node, lo, hi, in_lo, in_hi, bounds, krelu, layer, t_deadline, notes,
-                                           stats, use_milp)
+                                           stats, use_milp, check)
                     changed = True
-                    if self.alpha is not None and layer + 1 < len(self.relu_names):
-                        self._early_check(layer, lo, hi, bounds, first_bounds, C, d, lower, upper, early,
-                                          t_deadline)
                 if changed:
                     shape = lo_t.shape
                     element = dom.meet_box(element, torch.as_tensor(lo, dtype=dom.dtype).reshape(shape),
@@ -332,10 +389,9 @@ class RefineRun:
         them in ``early`` so the remaining (expensive) refinement is skipped."""
         assert self.alpha is not None
         names = self.alpha.chain.pre_names
-        merged = dict(first_bounds)
-        merged.update(bounds)
-        merged[names[layer]] = (lo, hi)
-        if any(n not in merged for n in names):
+        merged = {n: _meet(first_bounds.get(n), bounds.get(n)) for n in names}
+        merged[names[layer]] = _meet(first_bounds.get(names[layer]), (lo, hi))
+        if any(v is None for v in merged.values()):
             return
         res = self.alpha.run(lower, upper, *self._layer_lists(merged, len(names)),
                              torch.as_tensor(C, dtype=torch.float64), torch.as_tensor(d, dtype=torch.float64),

@@ -53,6 +53,10 @@ class RefineOptions:
       the per-neuron *LP* tightening (without k-ReLU rows) is skipped unless ``lp_tighten``.
     * ``lp_tighten`` — per-neuron LP tightening of the layers not tightened by MILP: ``None``
       (auto: only when it can beat the α bounds, i.e. without α or with k-ReLU rows), True, False.
+    * ``check_every`` — with optimised slopes, after every this-many tightened neurons the rows are
+      re-bounded (≈0.1–0.3 s) and refinement stops as soon as all are proved (0: per layer only).
+    * ``solve_threads`` — Gurobi solves run in this many threads at once (one solver thread each);
+      HiGHS solves use ``workers`` (processes) instead.
     * ``give_up_below`` — triage: when the worst row's bound after the cheap passes (domain + α) is
       below this value, skip the expensive LP/MILP refinement and report the cheap bounds (a
       deliberately incomplete time saver for benchmarks over many inputs; ``None``: never).
@@ -78,6 +82,8 @@ class RefineOptions:
     alpha_iters: int = 30
     lp_tighten: bool | None = None
     give_up_below: float | None = None
+    solve_threads: int = 1
+    check_every: int = 10
 
     @property
     def use_krelu(self) -> bool:
