@@ -481,27 +481,44 @@ class RefineRun:
         todo = todo[result.lower[todo] <= self.tol]
         if todo.size == 0 or complete or opt.partial_milp_layers <= 0 or opt.max_milp_neurons <= 0:
             return
-        # PRIMA-style partial MILP: binaries for the widest unstable neurons of the last layers.
+        # PRIMA-style partial MILP: binaries for the widest unstable neurons of the last layers. While
+        # time is left and the MILP was solved (not cut by the clock), escalate: one more layer and
+        # twice the binaries per layer, until every unstable neuron of the network is binary.
+        t1 = time.perf_counter()
+        n_layers, n_neurons, total = opt.partial_milp_layers, opt.max_milp_neurons, 0
+        while todo.size and _remaining(deadline) > 1.0:
+            sel = self._partial_selection(bounds, n_layers, n_neurons)
+            if not sel or int(sum(v.size for v in sel.values())) <= total:
+                break  # nothing new to make binary
+            total = int(sum(v.size for v in sel.values()))
+            enc = self.encoder.build(in_lo, in_hi, bounds, binaries=sel, krelu=krelu, name="partial-milp")
+            cut = False
+            for r in todo:
+                res = self._solve(enc, self._row_objectives(enc, C, np.array([r])), opt.timeout_final_milp,
+                                  deadline, result.notes, "partial MILP")
+                cut = cut or res[0] is None or res[0].status is not Status.OPTIMAL
+                self._apply_rows(result, enc, np.array([r]), res, C, d, "partial MILP", exact=False)
+                if result.lower[r] <= self.tol:
+                    # Rows are treated as a conjunction (robustness): once one stays unproved the
+                    # rest keep their LP bounds (still sound) instead of spending more MILP time.
+                    break
+            todo = todo[result.lower[todo] <= self.tol]
+            result.stats.setdefault("partial_milp_rounds", []).append(total)
+            if cut:
+                break
+            n_layers, n_neurons = n_layers + 1, 2 * n_neurons
+        result.stats["partial_milp_s"] = time.perf_counter() - t1
+        result.stats["partial_milp_binaries"] = total
+
+    def _partial_selection(self, bounds: dict, n_layers: int, n_neurons: int) -> dict[str, np.ndarray]:
+        """The ``n_neurons`` widest unstable neurons of each of the last ``n_layers`` ReLU layers."""
         sel: dict[str, np.ndarray] = {}
-        for name in self.relu_names[-opt.partial_milp_layers:]:
+        for name in self.relu_names[-n_layers:]:
             pre = self.graph.node(name).inputs[0]
             if pre not in bounds:
                 continue
             lo, hi = bounds[pre]
             un = np.flatnonzero((lo < 0) & (hi > 0))
             if un.size:
-                sel[name] = un[np.argsort(lo[un] * hi[un], kind="stable")[: opt.max_milp_neurons]]
-        if not sel:
-            return
-        t1 = time.perf_counter()
-        enc = self.encoder.build(in_lo, in_hi, bounds, binaries=sel, krelu=krelu, name="partial-milp")
-        for r in todo:
-            res = self._solve(enc, self._row_objectives(enc, C, np.array([r])), opt.timeout_final_milp, deadline,
-                              result.notes, "partial MILP")
-            self._apply_rows(result, enc, np.array([r]), res, C, d, "partial MILP", exact=False)
-            if result.lower[r] <= self.tol:
-                # Rows are treated as a conjunction (robustness): once one stays unproved the rest
-                # keep their LP bounds (still sound) instead of spending more MILP time.
-                break
-        result.stats["partial_milp_s"] = time.perf_counter() - t1
-        result.stats["partial_milp_binaries"] = int(sum(v.size for v in sel.values()))
+                sel[name] = un[np.argsort(lo[un] * hi[un], kind="stable")[:n_neurons]]
+        return sel
