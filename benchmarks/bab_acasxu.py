@@ -9,6 +9,8 @@ benchmarks/results/bab.md)::
         --timeout 60 --csv benchmarks/results/bab_acasxu_subset.csv
     python benchmarks/bab_acasxu.py ../shared/bench/acasxu --csv benchmarks/results/bab_acasxu_full.csv --resume
     python benchmarks/bab_acasxu.py ../shared/bench/mnistfc --split relu --limit 5 --timeout 60 --csv ...
+    python benchmarks/bab_acasxu.py ../shared/bench/mnistfc --split relu --bounding alpha-beta \
+        --batch-size 64 --timeout 30 --csv ...
 """
 from __future__ import annotations
 
@@ -65,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="auto")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--bounding", default="domain", help="domain | alpha-beta (ReLU splitting)")
+    ap.add_argument("--beta-iters", type=int, default=20)
     ap.add_argument("--csv", type=Path, required=True)
     ap.add_argument("--resume", action="store_true", help="skip instances already in --csv")
     ap.add_argument("--summary-only", action="store_true", help="only summarise an existing --csv")
@@ -83,7 +87,8 @@ def main(argv=None) -> int:
         done = {(r["onnx"], r["vnnlib"]): r for r in csv.DictReader(open(args.csv))}
     new_file = not (args.resume and args.csv.exists())
     args.csv.parent.mkdir(parents=True, exist_ok=True)
-    opts = BabOptions(domain=args.domain, split=args.split, batch_size=args.batch_size, workers=args.workers)
+    opts = BabOptions(domain=args.domain, split=args.split, batch_size=args.batch_size, workers=args.workers,
+                      bounding=args.bounding, beta_iters=args.beta_iters)
     nets_cache: dict[str, absint.Graph] = {}
     with open(args.csv, "w" if new_file else "a", newline="") as f:
         w = csv.DictWriter(f, FIELDS)

@@ -121,7 +121,7 @@ def test_root_never_looser_than_deeppoly(seed):
     bb = BetaBounder(g, lo, hi, C, d, BetaOptions(root_iters=30, layer_iters=10))
     assert bool((bb.root_rows >= dp - 1e-9).all()), (bb.root_rows, dp)
     # the batched bound of an unsplit sub-problem is also sound and no looser than DeepPoly
-    out = bb.bound(torch.zeros(2, bb.chain.pre_sizes[0] * 0 + sum(bb.sizes), dtype=torch.int8))
+    out = bb.bound(torch.zeros(2, sum(bb.sizes), dtype=torch.int8))
     assert bool((out.rows >= dp[None] - 1e-9).all())
 
 

@@ -6,7 +6,8 @@
 * :func:`verify_bab` — verification with the exact per-clause (DNF) decision.
 
 Modules: :mod:`.engine` (the loop), :mod:`.input_split`, :mod:`.relu_split` (strategies),
-:mod:`.bounding` (domain calls with split constraints), :mod:`.queue` (bounded queue).
+:mod:`.bounding` (domain calls with split constraints), :mod:`.beta` (optimised α/β bounds of
+ReLU-split sub-problems, ``BabOptions(bounding="alpha-beta")``), :mod:`.queue` (bounded queue).
 """
 from absint.bab.analysis import BabAnalysis, default_domain
 from absint.bab.api import verify_bab

@@ -21,8 +21,16 @@ A sub-problem is the root input box plus a phase per ReLU (``+1``: ``z ≥ 0``, 
    iterations and the best bound seen (per row and sub-problem) is kept, widened by a float64
    rounding margin.
 
-Everything is batched over sub-problems (tensors ``[k, m, n]``: sub-problem × row × neuron).
-The slopes start from the root's optimised slopes (or DeepPoly's area heuristic).
+3. Per sub-problem, the intermediate bounds of the layers after its newest split are re-bounded
+   by back-substitution over its own clamped bounds (DeepPoly slopes, split ReLUs exact there:
+   :meth:`BetaBounder.tighten`); the result is stored with the sub-problem and inherited by its
+   children (a child is a subset of its parent), as are its best ``α``/``β`` (warm start).
+
+Everything is batched: one back-substitution row per (sub-problem, still-open safety row) pair
+(rows of clauses the parent already refuted are skipped). The slopes start from the parent's, or
+the root's optimised slopes. Sub-problems with no unstable unsplit ReLU left get
+``leaf_iters`` more iterations (there the bound is the Lagrangian dual of an LP, exact at the
+optimal ``β``) before the engine reports them stuck.
 """
 from __future__ import annotations
 

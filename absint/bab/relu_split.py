@@ -10,9 +10,11 @@ sub-problem's fixed phases, at the vertex minimising the row's symbolic bound �
 triangle relaxation's intercept ``−u·l/(u−l)`` (how much the relaxation loosens at that neuron);
 or by interval width ``u − l``.
 
-Limitation: split constraints enter the domain only through intermediate concrete bounds (no
-Lagrangian/β terms as in β-CROWN, Wang et al. NeurIPS 2021), so a sub-problem with every ReLU
-fixed may still be unproven; it is reported as stuck (unknown), never as verified.
+Limitation: here split constraints enter the domain only through intermediate concrete bounds (no
+Lagrangian/β terms), so a sub-problem with every ReLU fixed may still be unproven; it is reported
+as stuck (unknown), never as verified. ``BabOptions(bounding="alpha-beta")`` bounds the
+sub-problems of chain networks with optimised slopes and split multipliers instead (β-CROWN,
+Wang et al. NeurIPS 2021): :mod:`absint.bab.beta`.
 """
 from __future__ import annotations
 
