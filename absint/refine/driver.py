@@ -479,6 +479,11 @@ class RefineRun:
         result.stats["final_s"] = time.perf_counter() - t0
         result.stats["final_size"] = (enc.model.num_vars, enc.model.num_rows, enc.model.num_integer)
         todo = todo[result.lower[todo] <= self.tol]
+        if todo.size and not complete and opt.final_bab and self.alpha is not None:
+            left = _remaining(deadline)
+            bab_deadline = None if deadline is None else time.perf_counter() + opt.final_bab_share * left
+            self._final_bab(result, todo, C, d, in_lo, in_hi, bounds, bab_deadline)
+            todo = todo[result.lower[todo] <= self.tol]
         if todo.size == 0 or complete or opt.partial_milp_layers <= 0 or opt.max_milp_neurons <= 0:
             return
         # PRIMA-style partial MILP: binaries for the widest unstable neurons of the last layers. While
@@ -509,6 +514,37 @@ class RefineRun:
             n_layers, n_neurons = n_layers + 1, 2 * n_neurons
         result.stats["partial_milp_s"] = time.perf_counter() - t1
         result.stats["partial_milp_binaries"] = total
+
+    def _final_bab(self, result: RunResult, todo: np.ndarray, C: np.ndarray, d: np.ndarray, in_lo: np.ndarray,
+                   in_hi: np.ndarray, bounds: dict, deadline: float | None) -> None:
+        """ReLU-split branch and bound with α/β bounding (β-CROWN style, :mod:`absint.bab.beta`) over the
+        refined intermediate bounds; only a *verified* search (every leaf closed) raises the rows."""
+        from absint.bab.analysis import BabAnalysis
+        from absint.bab.beta import BetaBounder, BetaOptions
+        from absint.bab.options import BabOptions
+        from absint.specs import InputBox
+
+        t0 = time.perf_counter()
+        try:
+            an = BabAnalysis(options=BabOptions(split="relu", bounding="alpha-beta", attack=False))
+            region = InputBox(in_lo.reshape(self.graph.input_shape), in_hi.reshape(self.graph.input_shape))
+            Cs, ds = C[todo], d[todo]
+            search = an.make_search(self.graph, region, Cs, ds, np.arange(len(todo)))
+            strat = search.s
+            los, his = self._layer_lists(bounds, len(self.relu_names))
+            strat.beta = BetaBounder(strat.b.graph, strat.lo, strat.hi, strat.C, strat.d, BetaOptions(),
+                                     root_pre=(los, his), deadline=deadline)
+            res = search.run(deadline=deadline)
+        except Exception as exc:  # noqa: BLE001 - an optional stage never crashes the analysis
+            log.warning("final BaB failed (%s: %s)", type(exc).__name__, exc)
+            result.notes.append(f"final BaB failed ({type(exc).__name__}: {exc})")
+            return
+        result.stats["final_bab"] = {"status": res.status, "proved": res.proved, "seconds": time.perf_counter() - t0,
+                                     "bounded": res.stats.get("bounded", 0)}
+        if res.status == "verified" and res.row_min is not None:
+            result.lower[todo] = np.maximum(result.lower[todo], res.row_min)
+        elif res.status == "falsified" and res.counterexample is not None and result.candidate is None:
+            result.candidate = np.asarray(res.counterexample).reshape(self.graph.input_shape)
 
     def _partial_selection(self, bounds: dict, n_layers: int, n_neurons: int) -> dict[str, np.ndarray]:
         """The ``n_neurons`` widest unstable neurons of each of the last ``n_layers`` ReLU layers."""

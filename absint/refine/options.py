@@ -55,6 +55,9 @@ class RefineOptions:
       (auto: only when it can beat the α bounds, i.e. without α or with k-ReLU rows), True, False.
     * ``check_every`` — with optimised slopes, after every this-many tightened neurons the rows are
       re-bounded (≈0.1–0.3 s) and refinement stops as soon as all are proved (0: per layer only).
+    * ``final_bab`` — if the final LP fails, run ReLU-split branch and bound with α/β bounding
+      (:mod:`absint.bab.beta`, β-CROWN style) over the refined bounds for ``final_bab_share`` of the
+      time left, before the partial MILP (a complete method's search, off in the ERAN presets).
     * ``solve_threads`` — Gurobi solves run in this many threads at once (one solver thread each);
       HiGHS solves use ``workers`` (processes) instead.
     * ``give_up_below`` — triage: when the worst row's bound after the cheap passes (domain + α) is
@@ -84,6 +87,8 @@ class RefineOptions:
     give_up_below: float | None = None
     solve_threads: int = 1
     check_every: int = 10
+    final_bab: bool = False
+    final_bab_share: float = 0.6
 
     @property
     def use_krelu(self) -> bool:
