@@ -102,7 +102,7 @@ def test_refinement_give_up_and_early_exit():
     g = _net([4, 12, 12, 12, 3], 7).to("cpu", torch.float64)
     lo, hi = -torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
     C, d = np.array([[1.0, -1.0, 0.0]]), np.zeros(1)
-    base = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {})).run(lo, hi, C, d)
+    base = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {"final_bab_timeout": 3.0})).run(lo, hi, C, d)
     quit_ = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {"give_up_below": 1e9})).run(lo, hi, C, d)
     assert any("give_up_below" in n for n in quit_.notes) or quit_.lower[0] > 0
     assert quit_.lower[0] <= base.lower[0] + 1e-9  # skipping refinement can only lose precision
@@ -111,5 +111,5 @@ def test_refinement_give_up_and_early_exit():
     with torch.no_grad():
         true_min = float((g.forward(xs) @ torch.as_tensor(C.T)).min())
     d2 = np.array([-(true_min - 0.5 * (true_min - base.lower[0]))])  # between the bound and the truth
-    res = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {})).run(lo, hi, C, d2)
+    res = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {"final_bab_timeout": 3.0})).run(lo, hi, C, d2)
     assert res.lower[0] <= true_min + d2[0] + 1e-8

@@ -145,7 +145,7 @@ def test_refinement_tighter_than_deeppoly_somewhere():
     lo, hi = -np.ones(4), np.ones(4)
     C, d = np.array([[1.0, -1.0, 0.0]]), np.zeros(1)
     dp = RefineRun(g, DeepPolyDomain(), PRESETS["lp"]).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
-    rp = RefineRun(g, DeepPolyDomain(), make_options("kpoly", {"sparse_n": 6, "cutoff": 0.0})).run(
+    rp = RefineRun(g, DeepPolyDomain(), make_options("kpoly", {"sparse_n": 6, "cutoff": 0.0, "final_bab_timeout": 3.0})).run(
         torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
     assert rp.lower[0] >= dp.stats["domain_lower"][0] - 1e-9
     assert rp.lower[0] >= dp.lower[0] - 1e-6

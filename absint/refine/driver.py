@@ -480,8 +480,8 @@ class RefineRun:
         result.stats["final_size"] = (enc.model.num_vars, enc.model.num_rows, enc.model.num_integer)
         todo = todo[result.lower[todo] <= self.tol]
         if todo.size and not complete and opt.final_bab and self.alpha is not None:
-            left = _remaining(deadline)
-            bab_deadline = None if deadline is None else time.perf_counter() + opt.final_bab_share * left
+            left = min(opt.final_bab_share * _remaining(deadline), opt.final_bab_timeout)
+            bab_deadline = time.perf_counter() + left
             self._final_bab(result, todo, C, d, in_lo, in_hi, bounds, bab_deadline)
             todo = todo[result.lower[todo] <= self.tol]
         if todo.size == 0 or complete or opt.partial_milp_layers <= 0 or opt.max_milp_neurons <= 0:
@@ -526,7 +526,7 @@ class RefineRun:
 
         t0 = time.perf_counter()
         try:
-            an = BabAnalysis(options=BabOptions(split="relu", bounding="alpha-beta", attack=False))
+            an = BabAnalysis(options=BabOptions(split="relu", bounding="alpha-beta"))
             region = InputBox(in_lo.reshape(self.graph.input_shape), in_hi.reshape(self.graph.input_shape))
             Cs, ds = C[todo], d[todo]
             search = an.make_search(self.graph, region, Cs, ds, np.arange(len(todo)))
