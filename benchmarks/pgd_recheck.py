@@ -1,0 +1,43 @@
+"""Re-attack every image a ``refine_bench.py`` run verified with a strong PGD (soundness cross-check).
+
+    python benchmarks/pgd_recheck.py mnist_convsmall 0.12 benchmarks/results/refine_convsmall_partialmilp.csv
+
+Prints each contradiction (an image verified by the run but broken by PGD: a soundness bug) and
+the count; it should be 0.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import absint
+from absint.attack import AttackOptions, pgd_attack
+from absint.specs import linf_ball, robustness_property
+
+BENCH = (Path(__file__).resolve().parents[1] / ".." / "shared" / "bench" / "eran").resolve()
+
+
+def main(net: str, eps: float, path: str) -> int:
+    torch.set_num_threads(1)
+    g = absint.load_network(BENCH / f"{net}.onnx")
+    data = np.load(BENCH / "mnist_test_1000.npz")
+    X, Y = data["images"].astype(np.float64), data["labels"]
+    with open(path) as fh:
+        verified = [int(r["image"]) for r in csv.DictReader(fh) if r["verdict"] == "verified"]
+    bad = 0
+    n_out = int(np.prod(g.output_shape))
+    for i in verified:
+        box = linf_ball(X[i].reshape(g.input_shape), eps, (0.0, 1.0))
+        if pgd_attack(g, box, robustness_property(int(Y[i]), n_out), AttackOptions(steps=200, restarts=20, seed=1)) is not None:
+            bad += 1
+            print("CONTRADICTION: image", i)
+    print(f"{net}: {len(verified)} verified images re-attacked, {bad} contradictions")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], float(sys.argv[2]), sys.argv[3]))
