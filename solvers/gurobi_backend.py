@@ -76,19 +76,19 @@ def _get_env() -> Any:
     (Gurobi environments must not be shared between threads solving at the same time)."""
     global _env, _env_pid
     if threading.current_thread() is not threading.main_thread():
-        env = getattr(_thread_envs, "env", None)
-        if env is None or getattr(_thread_envs, "pid", None) != os.getpid():
-            env = gp.Env(empty=True)
-            env.setParam("OutputFlag", 0)
-            env.start()
-            _thread_envs.env, _thread_envs.pid = env, os.getpid()
-        return env
+        if getattr(_thread_envs, "env", None) is None or getattr(_thread_envs, "pid", None) != os.getpid():
+            _thread_envs.env, _thread_envs.pid = _new_env(), os.getpid()
+        return _thread_envs.env
     if _env is None or _env_pid != os.getpid():
-        env = gp.Env(empty=True)
-        env.setParam("OutputFlag", 0)
-        env.start()
-        _env, _env_pid = env, os.getpid()
+        _env, _env_pid = _new_env(), os.getpid()
     return _env
+
+
+def _new_env() -> Any:
+    env = gp.Env(empty=True)
+    env.setParam("OutputFlag", 0)
+    env.start()
+    return env
 
 
 def licence_info() -> tuple[bool, bool, str]:
@@ -131,6 +131,15 @@ def _log_fallback_once(reason: str) -> None:
             "Gurobi size-limited licence (%d vars/constraints): %s; solving with HiGHS "
             "instead (this notice is shown once per process)", SIZE_LIMIT, reason,
         )
+
+
+def fits_licence(model: LinearModel) -> bool:
+    """True if Gurobi is usable here and its licence admits ``model``'s size."""
+    ok, limited, _ = licence_info()
+    if not ok:
+        return False
+    eq, ge, le = _gurobi_rows(model)
+    return not limited or (model.num_vars <= SIZE_LIMIT and int(eq.sum() + ge.sum() + le.sum()) <= SIZE_LIMIT)
 
 
 def _gurobi_rows(model: LinearModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -176,15 +176,9 @@ class RefineRun:
         size (it solves the small per-neuron MILPs ~5x faster than HiGHS here), else HiGHS."""
         if self.opt.backend is not None:
             return self.opt.backend
-        from solvers.gurobi_backend import SIZE_LIMIT, licence_info
+        from solvers.gurobi_backend import fits_licence
 
-        usable, limited, _ = licence_info()
-        m = enc.model
-        eq = m.row_lo == m.row_hi
-        rows = int(eq.sum() + (np.isfinite(m.row_lo) & ~eq).sum() + (np.isfinite(m.row_hi) & ~eq).sum())
-        if usable and (not limited or (m.num_vars <= SIZE_LIMIT and rows <= SIZE_LIMIT)):
-            return "gurobi"
-        return None
+        return "gurobi" if fits_licence(enc.model) else None
 
     @staticmethod
     def _proved(res: SolveResult | None) -> float | None:
