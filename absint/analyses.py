@@ -54,6 +54,8 @@ class Analysis(ABC):
     clause_aware: ClassVar[bool] = False
 
     def __init__(self, *, device: torch.device | str | None = None, **options: Any) -> None:
+        if options:  # a misspelt option must not be ignored silently
+            raise UnknownOptionError(f"analysis {self.name!r} does not take the option(s) {sorted(options)}")
         self.device = torch.device(device) if device is not None else default_device()
         self.options = options
 
@@ -97,6 +99,10 @@ _UNAVAILABLE: dict[str, str] = {}
 
 class UnknownAnalysisError(AbsintError):
     """No analysis of that name is registered."""
+
+
+class UnknownOptionError(AbsintError, TypeError):
+    """An analysis was given an option it does not have."""
 
 
 def register_analysis(name: str, factory: Callable[..., Analysis], *, replace: bool = False) -> None:

@@ -178,3 +178,66 @@ def test_error_rows_and_retry(tmp_path: Path) -> None:
     assert run_config(cfg, retry_errors=True).instances == 1  # ... unless retried
     lines = out.read_text().splitlines()  # the old error row was replaced, not duplicated
     assert len(lines) == 1 and json.loads(lines[0])["verdict"] == "error"
+
+
+def test_analysis_tables_options_timeout_and_report(tmp_path: Path) -> None:
+    """``[analysis.NAME]`` columns: options reach the analysis, own time limit, rows under the column name."""
+    out = tmp_path / "r.jsonl"
+    data = _tiny(out, analyses=["alphapoly", "alpha0"], timeout=50, report=str(tmp_path / "fig"))
+    data["experiment"][0].update(eps=[0.1], count=4)
+    data["analysis"] = {"alpha0": {"base": "alphapoly", "iters": 0, "final_iters": 0, "timeout": 7},
+                        "unused": {"base": "no-such-analysis"}}
+    cfg = check_analyses(parse_config(data, root=tmp_path))
+    assert cfg.spec("alpha0").kwargs == {"iters": 0, "final_iters": 0} and cfg.spec("alphapoly").base == "alphapoly"
+    tasks = plan_tasks(cfg)
+    assert {(t.analysis, t.timeout, t.make_analysis_args()[0]) for t in tasks} == {
+        ("alphapoly", 50, "alphapoly"), ("alpha0", 7, "alphapoly")}
+    own = parse_config({**data, "experiment": [{**data["experiment"][0], "timeout": 3}]}, root=tmp_path)
+    assert {t.timeout for t in plan_tasks(check_analyses(own))} == {3}  # an experiment's own limit wins
+    rc = main(["bench", str(_write_toml(tmp_path / "c.toml", data)), "-q"])
+    assert rc == 0
+    rows = read_rows(out)
+    by = {(r["input"], r["analysis"]): r for r in rows}
+    assert len(by) == 8 and {r["timeout"] for r in rows if r["analysis"] == "alpha0"} == {7}
+    # no slope optimisation can only be looser: DeepPoly's slopes are where optimisation starts
+    for i in {r["input"] for r in rows}:
+        a, b = by[(i, "alphapoly")], by[(i, "alpha0")]
+        if a["margin"] is not None and b["margin"] is not None:
+            assert b["margin"] <= a["margin"] + 1e-6
+    assert any(by[(i, "alphapoly")]["margin"] > by[(i, "alpha0")]["margin"] + 1e-6
+               for i in {r["input"] for r in rows}
+               if by[(i, "alphapoly")]["margin"] is not None and by[(i, "alpha0")]["margin"] is not None)
+    assert (tmp_path / "fig" / "report.md").exists()  # the config's `report` was drawn at the end
+
+
+def test_analysis_table_errors(tmp_path: Path) -> None:
+    data = _tiny(tmp_path / "r.jsonl", analyses=["a"])
+    data["analysis"] = {"a": {"base": "alphapoly", "itrs": 3}}
+    with pytest.raises(BenchConfigError, match="does not accept these options"):
+        check_analyses(parse_config(data, root=tmp_path))
+    data["analysis"] = {"a": {"base": 3}}
+    with pytest.raises(BenchConfigError, match="base must be an analysis name"):
+        parse_config(data, root=tmp_path)
+    data["analysis"] = {"a": {"base": "nope"}}
+    with pytest.raises(BenchConfigError, match="not available"):
+        check_analyses(parse_config(data, root=tmp_path))
+
+
+def _write_toml(path: Path, data: dict) -> Path:
+    """A tiny TOML writer for the flat configs these tests build (strings, numbers, lists, tables)."""
+    def val(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return repr(v)
+
+    lines = [f"{k} = {val(v)}" for k, v in data.items() if k not in ("experiment", "analysis")]
+    for name, t in data.get("analysis", {}).items():
+        lines += [f"[analysis.{name}]"] + [f"{k} = {val(v)}" for k, v in t.items()]
+    for e in data["experiment"]:
+        lines += ["[[experiment]]"] + [f"{k} = {val(v)}" for k, v in e.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -44,6 +44,10 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-attack", action="store_true", help="skip PGD attacks")
     p.add_argument("--attack-budget", type=float, default=None,
                    help="VNN-COMP lists: extra PGD seconds after an inconclusive analysis (default: verify()'s)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="when the run ends, write the comparison table and figures of the config's rows here "
+                        "(default: the config's `report`)")
+    p.add_argument("--no-report", action="store_true", help="do not draw the config's report")
     p.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary table")
     p.add_argument("--verbose", "-v", action="count", default=0)
@@ -90,7 +94,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         if args.analysis:
             kw["analyses"] = tuple(args.analysis)
         if args.timeout is not None:
-            kw["timeout"] = args.timeout
+            kw["timeout"] = kw["own_timeout"] = args.timeout
         if args.batch_size is not None:
             kw["batch_size"] = args.batch_size
         if args.no_attack:
@@ -102,7 +106,11 @@ def _run_bench(args: argparse.Namespace) -> int:
         if args.config is not None and args.limit is not None and e.kind == "vnncomp":
             kw["limit"] = args.limit
         exps.append(replace(e, **kw))
-    cfg = replace(cfg, experiments=tuple(exps)).with_overrides(
+    specs = cfg.analysis_specs
+    if args.timeout is not None:  # the command line's limit wins over per-analysis limits too
+        specs = tuple(replace(sp, timeout=None) for sp in specs)
+    cfg = replace(cfg, experiments=tuple(exps), analysis_specs=specs).with_overrides(
+        report=args.report.resolve() if args.report is not None else None,
         workers=args.workers, threads_per_worker=args.threads_per_worker, backend=args.backend, address=args.address)
     cfg = check_analyses(cfg)
     store = ResultStore(cfg.results)
@@ -117,6 +125,8 @@ def _run_bench(args: argparse.Namespace) -> int:
             what = f"instances={e.instances}" if e.kind == "vnncomp" else \
                 f"network={e.network} eps={list(e.eps)} count={e.count}"
             print(f"  {e.name}: {what} analyses={list(e.analyses)} timeout={e.timeout}")
+        for sp in cfg.analysis_specs:
+            print(f"  [analysis.{sp.name}] base={sp.base} timeout={sp.timeout} options={sp.kwargs}")
     if args.dry_run:
         return 0
     if args.retry_errors:
@@ -127,10 +137,12 @@ def _run_bench(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {summary.instances} row(s) to {cfg.results} in {summary.wall_seconds:.1f} s wall "
               f"({', '.join(f'{k} {v}' for k, v in sorted(summary.counts.items())) or 'nothing to do'})")
-        names = {e.name for e in cfg.experiments}
-        rows = [r for r in read_rows(cfg.results) if r["benchmark"] in names]
-        if rows:
-            print(format_report(rows))
+    names = {e.name for e in cfg.experiments}
+    rows = [r for r in read_rows(cfg.results) if r["benchmark"] in names] if cfg.results.exists() else []
+    if rows and not args.quiet:
+        print(format_report(rows))
+    if rows and cfg.report is not None and not args.no_report and not summary.interrupted:
+        write_report(rows, cfg.report)
     return 130 if summary.interrupted else 0
 
 
@@ -201,7 +213,6 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from absint.bench.plots import draw_all
     from absint.bench.report import format_report
     from absint.bench.store import read_many
 
@@ -211,15 +222,25 @@ def _run_report(args: argparse.Namespace) -> int:
     if not rows:
         print("absint report: no rows", file=sys.stderr)
         return 2
-    text = format_report(rows)
-    print(text)
+    print(format_report(rows))
     if args.out is not None:
-        figs = draw_all(rows, args.out, pair=tuple(args.pair) if args.pair else None, formats=args.format)
-        md = text + "\n## Figures\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figs if f.suffix != ".pdf") + "\n"
-        (args.out / "report.md").write_text(md)
-        print("figures:\n" + "\n".join(f"  {f}" for f in figs))
-        print(f"report: {args.out / 'report.md'}")
+        write_report(rows, args.out, pair=tuple(args.pair) if args.pair else None, formats=args.format)
     return 0
+
+
+def write_report(rows: list[dict], out: Path, *, pair: tuple[str, str] | None = None,
+                 formats: list[str] | tuple[str, ...] = ("png",)) -> None:
+    """``out/report.md`` (the comparison table) and the figures of :func:`absint.bench.plots.draw_all`."""
+    from absint.bench.plots import draw_all
+    from absint.bench.report import format_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = format_report(rows)
+    figs = draw_all(rows, out, pair=pair, formats=list(formats))
+    md = text + "\n## Figures\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figs if f.suffix != ".pdf") + "\n"
+    (out / "report.md").write_text(md)
+    print("figures:\n" + "\n".join(f"  {f}" for f in figs))
+    print(f"report: {out / 'report.md'}")
 
 
 SUBCOMMANDS["bench"] = ("run an experiment matrix (analyses x networks x eps, or VNN-COMP lists)", _add_bench,

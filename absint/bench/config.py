@@ -22,6 +22,19 @@ A configuration is a list of *experiments*, each run with every analysis listed:
     name = "mnistfc"
     instances = "../shared/bench/mnistfc/instances.csv"
 
+    [analysis.refinepoly]              # options of one analysis column (optional)
+    timeout = 30                       # its own limit (wins over the top-level one, not over an experiment's own)
+    give_up_below = -11                # any other key is passed to the analysis
+    [analysis.refinepoly_nobab]        # a second column of the same analysis, other options
+    base = "refinepoly"
+    final_bab = false
+    timeout = 30
+
+The ``analyses`` lists name columns: a registered analysis (``absint list``) or a name given an
+``[analysis.NAME]`` table whose ``base`` is one. Rows carry the column name, so two option sets of
+one analysis never share rows. ``report = "benchmarks/figures/NAME"`` makes ``absint bench`` write
+the comparison table and the figures there when the run ends (like ``absint report``).
+
 Relative paths are relative to the project root: the parent of the ``configs/`` folder the file
 sits in (for a file elsewhere, the current directory; ``root = ...`` or ``--root`` overrides).
 Paths that start with ``bench_root`` are rebased onto ``--bench-root`` when that flag is given,
@@ -43,7 +56,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BENCH_ROOT = "../shared/bench"
 
 _TOP_KEYS = {"name", "description", "results", "bench_root", "root", "analyses", "skip_unavailable", "timeout",
-             "attack", "attack_budget", "batch_size", "workers", "threads_per_worker", "backend", "address", "experiment"}
+             "attack", "attack_budget", "batch_size", "workers", "threads_per_worker", "backend", "address", "experiment",
+             "analysis", "report"}
 _IMAGE_KEYS = {"name", "network", "data", "eps", "count", "start", "clip"}
 _VNN_KEYS = {"name", "instances", "limit", "match"}
 _COMMON_KEYS = {"analyses", "timeout", "attack", "attack_budget", "batch_size", "description"}
@@ -51,6 +65,20 @@ _COMMON_KEYS = {"analyses", "timeout", "attack", "attack_budget", "batch_size", 
 
 class BenchConfigError(AbsintError):
     """A benchmark configuration is malformed or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """One analysis column: the registered analysis ``base`` run with ``options`` and its own time limit."""
+
+    name: str
+    base: str
+    options: tuple[tuple[str, Any], ...] = ()
+    timeout: float | None = None  # None: the experiment's limit
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,7 @@ class Experiment:
     count: int | None = 100
     start: int = 0
     clip: tuple[float, float] | None = (0.0, 1.0)
+    own_timeout: float | None = None  # set in the experiment's own table: wins over [analysis.*] limits
     # VNN-COMP experiments
     instances: Path | None = None
     limit: int | None = None
@@ -94,6 +123,15 @@ class BenchConfig:
     skip_unavailable: bool = False
     source: Path | None = None
     description: str = ""
+    analysis_specs: tuple[AnalysisSpec, ...] = ()
+    report: Path | None = None  # folder for the table and figures written when the run ends
+
+    def spec(self, name: str) -> AnalysisSpec:
+        """How column ``name`` runs (a bare registered analysis unless an ``[analysis.NAME]`` table says otherwise)."""
+        for s in self.analysis_specs:
+            if s.name == name:
+                return s
+        return AnalysisSpec(name, name)
 
     def with_overrides(self, **kw: Any) -> "BenchConfig":
         """A copy with the given (non-None) fields replaced."""
@@ -179,6 +217,21 @@ def _nonneg(v: Any, where: str) -> float | None:
     return float(v)
 
 
+def _analysis_specs(tables: Any, where: str) -> tuple[AnalysisSpec, ...]:
+    if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+        raise BenchConfigError(f"{where}: [analysis.NAME] entries must be tables")
+    specs = []
+    for name, t in tables.items():
+        aw = f"{where}: [analysis.{name}]"
+        opts = {k: v for k, v in t.items() if k not in ("base", "timeout")}
+        base = t.get("base", name)
+        if not isinstance(base, str) or not base:
+            raise BenchConfigError(f"{aw}: base must be an analysis name, got {base!r}")
+        specs.append(AnalysisSpec(name=str(name), base=base, options=tuple(sorted(opts.items())),
+                                  timeout=_positive(t.get("timeout"), f"{aw}: timeout")))
+    return tuple(specs)
+
+
 def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path | None = None,
                  bench_root: Path | None = None, results: Path | None = None) -> BenchConfig:
     """Build a :class:`BenchConfig` from a parsed TOML table (see the module docstring)."""
@@ -213,6 +266,7 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
         common = dict(name=str(t["name"]),
                       analyses=_as_tuple_str(t.get("analyses", list(analyses)), f"{ew}: analyses"),
                       timeout=_positive(t.get("timeout", timeout), f"{ew}: timeout"),
+                      own_timeout=_positive(t.get("timeout"), f"{ew}: timeout"),
                       attack=bool(t.get("attack", attack)),
                       attack_budget=_nonneg(t.get("attack_budget", attack_budget), f"{ew}: attack_budget"),
                       batch_size=_positive(t.get("batch_size", batch), f"{ew}: batch_size", integer=True))
@@ -243,6 +297,8 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
     if backend not in ("local", "ray"):
         raise BenchConfigError(f"{where}: backend must be 'local' or 'ray', got {backend!r}")
     return BenchConfig(
+        analysis_specs=_analysis_specs(data.get("analysis", {}), where),
+        report=resolve(data["report"]) if data.get("report") else None,
         name=name, results=Path(res), experiments=tuple(experiments),
         workers=_positive(data.get("workers", 1), f"{where}: workers", integer=True),
         threads_per_worker=_positive(data.get("threads_per_worker", 1), f"{where}: threads_per_worker", integer=True),
@@ -270,17 +326,33 @@ def check_analyses(config: BenchConfig, available: set[str] | None = None) -> Be
         from absint.analyses import available_analyses
 
         available = set(available_analyses())
+    _check_options(config, available)
     exps = []
     for e in config.experiments:
-        missing = [a for a in e.analyses if a not in available]
+        missing = [a for a in e.analyses if config.spec(a).base not in available]
         if missing and not config.skip_unavailable:
             raise BenchConfigError(f"experiment {e.name!r}: analysis {missing} not available here "
                                    f"(available: {sorted(available)}); set skip_unavailable = true to skip")
         if missing:
             log.warning("experiment %r: skipping unavailable analyses %s", e.name, missing)
-        kept = tuple(a for a in e.analyses if a in available)
+        kept = tuple(a for a in e.analyses if config.spec(a).base in available)
         if not kept:
             log.warning("experiment %r: no available analysis, skipped", e.name)
             continue
         exps.append(replace(e, analyses=kept))
     return replace(config, experiments=tuple(exps))
+
+
+def _check_options(config: BenchConfig, available: set[str]) -> None:
+    """Instantiate every configured analysis once, so a misspelt option fails before the run starts."""
+    used = {a for e in config.experiments for a in e.analyses}
+    for spec in config.analysis_specs:
+        if spec.name not in used or spec.base not in available:
+            continue
+        try:
+            from absint.analyses import get_analysis
+
+            get_analysis(spec.base, **spec.kwargs)
+        except Exception as exc:  # noqa: BLE001 - any constructor error is a config error here
+            raise BenchConfigError(f"[analysis.{spec.name}]: {spec.base} does not accept these options: "
+                                   f"{type(exc).__name__}: {exc}") from exc

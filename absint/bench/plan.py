@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from absint.bench.config import BenchConfig, BenchConfigError, Experiment
+from absint.bench.config import AnalysisSpec, BenchConfig, BenchConfigError, Experiment
 from absint.bench.store import Key
 from absint.bench.tasks import ImageTask, Task, VnnTask
 
@@ -43,7 +43,7 @@ def read_instances(path: Path) -> list[tuple[str, str, float | None]]:
     return out
 
 
-def _image_tasks(exp: Experiment, done: set[Key]) -> list[Task]:
+def _image_tasks(exp: Experiment, done: set[Key], specs: dict[str, AnalysisSpec]) -> list[Task]:
     import absint
 
     assert exp.network is not None and exp.data is not None
@@ -62,6 +62,7 @@ def _image_tasks(exp: Experiment, done: set[Key]) -> list[Task]:
     shared: dict[tuple[int, ...], np.ndarray] = {}  # one copy of each chunk's images for all analyses / eps
     for eps in exp.eps:
         for analysis in exp.analyses:
+            spec = specs[analysis]
             probe = ImageTask(exp.name, str(exp.network), net_name, analysis, eps, tuple(int(i) for i in idx),
                               images[:0])
             todo = [int(i) for i, k in zip(idx, probe.keys()) if k not in done]
@@ -73,12 +74,12 @@ def _image_tasks(exp: Experiment, done: set[Key]) -> list[Task]:
                 tasks.append(ImageTask(
                     benchmark=exp.name, network_path=str(exp.network), network_name=net_name, analysis=analysis,
                     eps=eps, indices=key, images=shared[key],
-                    labels=tuple(int(labels[i]) for i in chunk), timeout=exp.timeout, attack=exp.attack,
-                    clip=exp.clip))
+                    labels=tuple(int(labels[i]) for i in chunk), timeout=exp.own_timeout or spec.timeout or exp.timeout,
+                    attack=exp.attack, clip=exp.clip, base=spec.base, options=spec.options))
     return tasks
 
 
-def _vnn_tasks(exp: Experiment, done: set[Key]) -> list[Task]:
+def _vnn_tasks(exp: Experiment, done: set[Key], specs: dict[str, AnalysisSpec]) -> list[Task]:
     assert exp.instances is not None
     base = exp.instances.parent
     rows = read_instances(exp.instances)
@@ -88,11 +89,14 @@ def _vnn_tasks(exp: Experiment, done: set[Key]) -> list[Task]:
         rows = rows[: exp.limit]
     tasks: list[Task] = []
     for onnx, vnnlib, t in rows:
-        limit = t if exp.timeout is None else (exp.timeout if t is None else min(t, exp.timeout))
         for analysis in exp.analyses:
+            spec = specs[analysis]
+            cap = exp.own_timeout or spec.timeout or exp.timeout
+            limit = t if cap is None else (cap if t is None else min(t, cap))
             task = VnnTask(benchmark=exp.name, network_path=str(base / onnx), network_name=onnx,
                            vnnlib_path=str(base / vnnlib), vnnlib_name=vnnlib, analysis=analysis,
-                           timeout=limit, attack=exp.attack, attack_budget=exp.attack_budget)
+                           timeout=limit, attack=exp.attack, attack_budget=exp.attack_budget,
+                           base=spec.base, options=spec.options)
             if task.keys()[0] not in done:
                 tasks.append(task)
     missing = sorted({t.network_path for t in tasks if not Path(t.network_path).exists()}
@@ -108,5 +112,6 @@ def plan_tasks(config: BenchConfig, done: set[Key] | None = None) -> list[Task]:
     done = done or set()
     tasks: list[Task] = []
     for exp in config.experiments:
-        tasks.extend(_vnn_tasks(exp, done) if exp.kind == "vnncomp" else _image_tasks(exp, done))
+        specs = {a: config.spec(a) for a in exp.analyses}
+        tasks.extend(_vnn_tasks(exp, done, specs) if exp.kind == "vnncomp" else _image_tasks(exp, done, specs))
     return tasks

@@ -8,7 +8,7 @@ knows the row keys it will produce, which is what resume compares against.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -30,6 +30,12 @@ class ImageTask:
     timeout: float | None = None
     attack: bool = True
     clip: tuple[float, float] | None = (0.0, 1.0)
+    base: str = ""                            # registered analysis behind the column (default: ``analysis``)
+    options: tuple[tuple[str, Any], ...] = ()  # its keyword options
+
+    def make_analysis_args(self) -> tuple[str, dict[str, Any]]:
+        """``(registered analysis name, options)`` to run this task with."""
+        return self.base or self.analysis, dict(self.options)
 
     @property
     def size(self) -> int:
@@ -52,6 +58,12 @@ class VnnTask:
     timeout: float | None = None
     attack: bool = True
     attack_budget: float | None = None  # None: verify()'s default
+    base: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def make_analysis_args(self) -> tuple[str, dict[str, Any]]:
+        """``(registered analysis name, options)`` to run this task with."""
+        return self.base or self.analysis, dict(self.options)
 
     @property
     def size(self) -> int:

@@ -41,7 +41,7 @@ class RefineAnalysis(Analysis):
     preset: ClassVar[str] = "refinepoly"
 
     def __init__(self, *, device: torch.device | str | None = None, **options: Any) -> None:
-        super().__init__(device="cpu" if device is None else device, **options)
+        super().__init__(device="cpu" if device is None else device)
         self.refine_options: RefineOptions = make_options(self.preset, dict(options))
         self.domain = _make_domain(self.refine_options.domain, self.device)
         self._encoders: dict[int, tuple[Graph, NetworkEncoder]] = {}
