@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--bounding", default="domain", help="domain | alpha-beta (ReLU splitting)")
     ap.add_argument("--beta-iters", type=int, default=20)
+    ap.add_argument("--input-heuristic", default=None, help="smear | lookahead | width | smear_worst (default: BabOptions')")
     ap.add_argument("--csv", type=Path, required=True)
     ap.add_argument("--resume", action="store_true", help="skip instances already in --csv")
     ap.add_argument("--summary-only", action="store_true", help="only summarise an existing --csv")
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
         done = {(r["onnx"], r["vnnlib"]): r for r in csv.DictReader(open(args.csv))}
     new_file = not (args.resume and args.csv.exists())
     args.csv.parent.mkdir(parents=True, exist_ok=True)
-    opts = BabOptions(domain=args.domain, split=args.split, batch_size=args.batch_size, workers=args.workers,
+    extra = {} if args.input_heuristic is None else {"input_heuristic": args.input_heuristic}
+    opts = BabOptions(**extra, domain=args.domain, split=args.split, batch_size=args.batch_size, workers=args.workers,
                       bounding=args.bounding, beta_iters=args.beta_iters)
     nets_cache: dict[str, absint.Graph] = {}
     with open(args.csv, "w" if new_file else "a", newline="") as f:

@@ -52,27 +52,31 @@ def threshold_prop(t: float) -> OutputProperty:
 BOX = InputBox(np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
 
 
+@pytest.mark.parametrize("heuristic", ["smear", "lookahead", "portfolio"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("domain", ["box", "deeppoly"])
-def test_verifies_true_and_falsifies_false_properties(seed, domain):
+def test_verifies_true_and_falsifies_false_properties(seed, domain, heuristic):
     g = mlp(seed)
     m = grid_min(g, BOX)
     # Holds with a margin (dense grid + Lipschitz-free slack): must be verified by input splitting.
-    r = verify_bab(g, Instance(BOX, threshold_prop(m - 0.05)), timeout=20, domain=domain)
+    r = verify_bab(g, Instance(BOX, threshold_prop(m - 0.05)), timeout=20, domain=domain, input_heuristic=heuristic)
     assert r.verified, r.reason
+    assert r.details["proved_fraction"] == pytest.approx(1.0)  # halves closed by a look-ahead count too
     # Violated at a grid point: never verified, and falsified with a checked counterexample.
-    r = verify_bab(g, Instance(BOX, threshold_prop(m + 0.02)), timeout=20, domain=domain, attack=False)
+    r = verify_bab(g, Instance(BOX, threshold_prop(m + 0.02)), timeout=20, domain=domain, attack=False,
+                   input_heuristic=heuristic)
     assert r.falsified, r.reason
     y = g.forward(torch.as_tensor(r.counterexample[None])).numpy()[0]
     assert y[0] - y[1] <= m + 0.02
 
 
+@pytest.mark.parametrize("heuristic", ["smear", "lookahead", "portfolio"])
 @pytest.mark.parametrize("seed", range(6))
-def test_never_verified_where_sampling_finds_a_counterexample(seed):
+def test_never_verified_where_sampling_finds_a_counterexample(seed, heuristic):
     """Thresholds just above the sampled minimum: BaB without any attack must not say verified."""
     g = mlp(10 + seed)
     m = grid_min(g, BOX, 101)
-    an = BabAnalysis(domain="deeppoly", attack=False, max_depth=24)
+    an = BabAnalysis(domain="deeppoly", attack=False, max_depth=24, input_heuristic=heuristic)
     C, d, owner = threshold_prop(m + 1e-3).stacked()
     res = an.search(g, BOX, C, d, owner, deadline=time.perf_counter() + 3)
     assert res.status != "verified"
@@ -126,6 +130,19 @@ def test_timeout_gives_unknown_with_partial_results(bench):
     assert "time-out" in r.reason and "% of the input volume proved" in r.reason
     assert 0 < r.details["proved_fraction"] < 1
     assert r.seconds < 4
+
+
+def test_portfolio_decides_what_one_heuristic_alone_is_slow_on(bench):
+    """ACAS Xu 5_5 prop_1: smear needs ~5600 sub-boxes, the look-ahead ~100 (+ ~1000 look-ahead
+    bounds); the portfolio answers with whichever finishes first and says which."""
+    acas = bench / "acasxu"
+    net, spec = acas / "onnx/ACASXU_run2a_5_5_batch_2000.onnx", acas / "vnnlib/prop_1.vnnlib"
+    la = verify_bab(net, spec, timeout=60, input_heuristic="lookahead")
+    assert la.verified, la.reason
+    assert la.details["bounded"] < 1000 and la.details["proved_fraction"] == pytest.approx(1.0)
+    pf = verify_bab(net, spec, timeout=60)
+    assert pf.verified, pf.reason
+    assert pf.details["heuristic"] in ("smear", "lookahead")
 
 
 # (net, property, truth): quick ACAS Xu instances (truth.csv), unsat = verified.

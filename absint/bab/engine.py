@@ -141,6 +141,15 @@ class Search:
                 k = max(1, min(k, int(0.5 * (deadline - time.perf_counter()) / per_item)))
             batch = q.pop(k)
             tb = time.perf_counter()
+            # Sub-problems whose inherited bounds already refute every clause (a look-ahead bounded
+            # them when their parent was split) are closed without bounding them again.
+            pre_lb = self.clause_bounds(batch["row_lb"])
+            pre_done = (pre_lb > self.tolerance).all(dim=1)
+            if bool(pre_done.any()):
+                self._close(batch["row_lb"][pre_done], pre_lb[pre_done], self.s.measure(batch)[pre_done])
+                if bool(pre_done.all()):
+                    continue
+                batch = batch_select(batch, torch.nonzero(~pre_done).flatten())
             try:
                 rows, infeasible, extra = self.s.bound(batch, deadline)
             except TimeoutError:
@@ -214,6 +223,7 @@ class Search:
                 orows, open_clause = orows[keep], open_clause[keep]
             children = self.s.branch(ob, oextra, orows, open_clause)
             q.push(children)
+            per_item = (time.perf_counter() - tb) / batch_len(batch)  # bounding + branching
         if status == "verified" and self.stats["stuck"]:
             status = "stuck"
         return self._finish(status, None, t0)

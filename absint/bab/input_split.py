@@ -37,6 +37,7 @@ class InputSplitting:
         self.root_hi = torch.as_tensor(region.upper.reshape(-1), dtype=torch.float64)
         self.root_w = (self.root_hi - self.root_lo).clamp(min=1e-300)
         self.log_root = float(torch.log(self.root_w[self.root_hi > self.root_lo]).sum())
+        self.lookahead_bounded = 0
 
     def root(self) -> Batch:
         m = self.C.shape[0]
@@ -104,9 +105,37 @@ class InputSplitting:
             score[flat] = (w / self.root_w)[flat]
         return score
 
+    def _lookahead(self, batch: Batch, open_clause: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bound both halves of every possible bisection (``2n`` boxes per sub-problem).
+
+        The score of a dimension is the sum over its two halves of the worst open clause's bound,
+        clipped at 0 (a proved half counts as 0); returns the scores ``[k, n]`` and the halves' row
+        bounds ``[k, 2, n, m]`` (left, right), which the chosen children keep as their ``row_lb``
+        (a child whose bounds already prove it is closed without being bounded again).
+        """
+        lo, hi = batch["lo"], batch["hi"]
+        k, n = lo.shape
+        mid = (lo + hi) / 2
+        eye = torch.eye(n, dtype=torch.bool)[None]
+        lo_k, hi_k, mid_k = (t[:, None, :].expand(k, n, n) for t in (lo, hi, mid))
+        los = torch.cat([lo_k, torch.where(eye, mid_k, lo_k)], 1).reshape(2 * k * n, n)
+        his = torch.cat([torch.where(eye, mid_k, hi_k), hi_k], 1).reshape(2 * k * n, n)
+        rows = self.b.bound(los, his, self.C, self.d).rows.reshape(k, 2, n, -1)
+        self.lookahead_bounded += 2 * k * n
+        clb = _clause_lb(rows.reshape(2 * k * n, -1), self.onehot).reshape(k, 2, n, -1)
+        clb = torch.where(open_clause[:, None, None, :], clb, torch.full_like(clb, float("inf")))
+        score = clb.min(dim=3).values.clamp(max=0.0).sum(dim=1)
+        score = torch.where(hi - lo > 0, score, torch.full_like(score, -float("inf")))
+        return score, rows
+
     def branch(self, batch: Batch, extra: Any, rows: torch.Tensor, open_clause: torch.Tensor) -> Batch:
         k = rows.shape[0]
-        dim = self._scores(batch, extra, rows, open_clause).argmax(dim=1)
+        halves = None
+        if self.heuristic == "lookahead":
+            score, halves = self._lookahead(batch, open_clause)
+            dim = score.argmax(dim=1)
+        else:
+            dim = self._scores(batch, extra, rows, open_clause).argmax(dim=1)
         if self.max_aspect:
             # Smear only sees the linear part of the bound: a dimension can have a tiny symbolic
             # coefficient yet cause the relaxation error (ACAS Xu 5_9 prop_1 kept one dimension
@@ -119,6 +148,9 @@ class InputSplitting:
         lo, hi = batch["lo"], batch["hi"]
         mid = ((lo + hi) / 2).gather(1, dim[:, None]).squeeze(1)
         ar = torch.arange(k)
+        child_rows = (rows, rows)
+        if halves is not None:  # a child is a subset of its parent: keep the better bound
+            child_rows = (torch.maximum(halves[ar, 0, dim], rows), torch.maximum(halves[ar, 1, dim], rows))
         hi_left = hi.clone()
         hi_left[ar, dim] = mid
         lo_right = lo.clone()
@@ -126,7 +158,7 @@ class InputSplitting:
         clause_lb = torch.where(open_clause, _clause_lb(rows, self.onehot), torch.full_like(open_clause, 0, dtype=rows.dtype) + float("inf"))
         prio = clause_lb.min(dim=1).values
         return {"lo": torch.cat([lo, lo_right]), "hi": torch.cat([hi_left, hi]),
-                "row_lb": torch.cat([rows, rows]), "depth": torch.cat([batch["depth"] + 1] * 2),
+                "row_lb": torch.cat(child_rows), "depth": torch.cat([batch["depth"] + 1] * 2),
                 "priority": torch.cat([prio, prio])}
 
 

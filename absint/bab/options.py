@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 SplitMode = Literal["input", "relu", "auto"]
-InputHeuristic = Literal["smear", "smear_worst", "width"]
+InputHeuristic = Literal["portfolio", "smear", "smear_worst", "width", "lookahead"]
 ReluHeuristic = Literal["babsr", "width"]
 
 
@@ -22,7 +22,11 @@ class BabOptions:
     * ``input_heuristic`` — ``smear``: the dimension maximising Σ_r |∂bound_r/∂x_i|·width_i/|bound_r|
       over the open rows (from the domain's symbolic input coefficients when it has them, else
       the concrete gradient at the centre); ``smear_worst``: the same for the single worst row;
-      ``width``: the widest dimension (relative to the root box). ``max_aspect``: bisect the
+      ``width``: the widest dimension (relative to the root box); ``lookahead``: bound both halves
+      of every bisection and keep the dimension whose halves' worst bounds sum highest (``2n``
+      extra bounds per split; the halves keep these bounds); ``portfolio`` (default): a smear and a
+      lookahead search in alternating, doubling time slices, the first to decide answers (one
+      worker; with several workers, smear). ``max_aspect``: bisect the
       relatively widest dimension instead when it is more than this many times wider than the
       heuristic's choice (0: never), so no dimension is starved.
     * ``relu_heuristic`` — ``babsr``: |gradient of the worst row w.r.t. the neuron| times the
@@ -53,7 +57,7 @@ class BabOptions:
     domain_options: Any = None
     split: SplitMode = "auto"
     auto_input_dims: int = 10
-    input_heuristic: InputHeuristic = "smear"
+    input_heuristic: InputHeuristic = "portfolio"
     max_aspect: float = 200.0
     relu_heuristic: ReluHeuristic = "babsr"
     batch_size: int = 256
@@ -70,8 +74,9 @@ class BabOptions:
     def __post_init__(self) -> None:
         if self.split not in ("input", "relu", "auto"):
             raise ValueError(f"split must be 'input', 'relu' or 'auto', got {self.split!r}")
-        if self.input_heuristic not in ("smear", "smear_worst", "width"):
-            raise ValueError(f"input_heuristic must be 'smear' or 'width', got {self.input_heuristic!r}")
+        if self.input_heuristic not in ("portfolio", "smear", "smear_worst", "width", "lookahead"):
+            raise ValueError("input_heuristic must be 'portfolio', 'smear', 'lookahead', 'smear_worst' or 'width', "
+                             f"got {self.input_heuristic!r}")
         if self.relu_heuristic not in ("babsr", "width"):
             raise ValueError(f"relu_heuristic must be 'babsr' or 'width', got {self.relu_heuristic!r}")
         if self.bounding not in ("domain", "alpha-beta"):
