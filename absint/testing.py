@@ -123,6 +123,27 @@ class _Unsupported(Exception):
 
 
 # -- random networks -------------------------------------------------------------------------
+def random_mlp(seed: int, sizes: tuple[int, ...], *, act: type[Op] = Relu, bias_scale: float = 0.1) -> Graph:
+    """A random fully connected network ``sizes[0] → … → sizes[-1]`` for tests.
+
+    Layer ``i`` is ``fc{i}`` (weights ``N(0, 1)·1.5/√fan_in``, biases ``N(0, 1)·bias_scale``, drawn in
+    that order from ``torch.Generator().manual_seed(seed)``), followed by ``act{i}`` except after
+    the last layer.
+    """
+    g = torch.Generator().manual_seed(seed)
+    nodes: list[Op] = [Input("x", (), (sizes[0],))]
+    src = "x"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = torch.randn(b, a, generator=g, dtype=torch.float64) * (1.5 / a ** 0.5)
+        bias = torch.randn(b, generator=g, dtype=torch.float64) * bias_scale
+        nodes.append(Affine(f"fc{i}", (src,), (b,), DenseOperator(w), bias))
+        src = f"fc{i}"
+        if i < len(sizes) - 2:
+            nodes.append(act(f"act{i}", (src,), (b,)))  # type: ignore[call-arg]
+            src = f"act{i}"
+    return Graph(tuple(nodes), src)
+
+
 class _Net:
     """Builds a small random IR graph node by node (weights from a seeded generator)."""
 

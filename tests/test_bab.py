@@ -15,24 +15,14 @@ from absint.bab.queue import SubproblemQueue
 from absint.ir import Affine, Graph, Input, Relu
 from absint.linear import DenseOperator
 from absint.specs import Clause, Instance, InputBox, OutputProperty
+from absint.testing import random_mlp
 from absint.verify import verify
 
 F64 = torch.float64
 
 
 def mlp(seed: int, sizes=(2, 16, 16, 2)) -> Graph:
-    g = torch.Generator().manual_seed(seed)
-    nodes = [Input("x", (), (sizes[0],))]
-    src = "x"
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = torch.randn(b, a, generator=g, dtype=F64) * (1.5 / a ** 0.5)
-        bias = torch.randn(b, generator=g, dtype=F64) * 0.1
-        nodes.append(Affine(f"fc{i}", (src,), (b,), DenseOperator(w), bias))
-        src = f"fc{i}"
-        if i < len(sizes) - 2:
-            nodes.append(Relu(f"r{i}", (src,), (b,)))
-            src = f"r{i}"
-    return Graph(tuple(nodes), src)
+    return random_mlp(seed, sizes)
 
 
 def grid_min(graph: Graph, box: InputBox, n: int = 201) -> float:

@@ -11,27 +11,16 @@ import absint  # noqa: F401  (import order: absint before domains)
 from absint.bab import BabOptions, verify_bab
 from absint.bab.beta import BetaBounder, BetaOptions
 from absint.bab.bounding import Bounder
-from absint.ir import Affine, Graph, Input, Relu
-from absint.linear import DenseOperator
+from absint.ir import Affine, Graph, Relu
 from absint.plugins import get_domain
 from absint.specs import Clause, InputBox, OutputProperty
+from absint.testing import random_mlp
 
 F64 = torch.float64
 
 
 def mlp(seed: int, sizes=(4, 12, 12, 10, 3)) -> Graph:
-    g = torch.Generator().manual_seed(seed)
-    nodes = [Input("x", (), (sizes[0],))]
-    src = "x"
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = torch.randn(b, a, generator=g, dtype=F64) * (1.5 / a ** 0.5)
-        bias = torch.randn(b, generator=g, dtype=F64) * 0.2
-        nodes.append(Affine(f"fc{i}", (src,), (b,), DenseOperator(w), bias))
-        src = f"fc{i}"
-        if i < len(sizes) - 2:
-            nodes.append(Relu(f"r{i}", (src,), (b,)))
-            src = f"r{i}"
-    return Graph(tuple(nodes), src)
+    return random_mlp(seed, sizes, bias_scale=0.2)
 
 
 def deeppoly_bounder(g: Graph) -> Bounder:

@@ -13,6 +13,7 @@ from absint.frontends.onnx_loader import load_onnx
 from absint.interpreter import propagate
 from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator
+from absint.testing import random_mlp
 from domains.box import BoxDomain
 from domains.deeppoly import DeepPolyDomain, DeepPolyOptions
 
@@ -28,16 +29,7 @@ def _dense(name, src, n_in, n_out, g, scale=None):
 
 
 def mlp(seed: int, act=Relu, sizes=(6, 12, 10, 8, 4)) -> Graph:
-    g = torch.Generator().manual_seed(seed)
-    nodes = [Input("x", (), (sizes[0],))]
-    src = "x"
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        nodes.append(_dense(f"fc{i}", src, a, b, g))
-        src = f"fc{i}"
-        if i < len(sizes) - 2:
-            nodes.append(act(f"act{i}", (src,), (b,)))
-            src = f"act{i}"
-    return Graph(tuple(nodes), src)
+    return random_mlp(seed, sizes, act=act)
 
 
 def _conv(name, src, in_shape, c_out, k, stride, pad, groups, g):
