@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from absint.analyses import Analysis, BoundResult
-from absint.interpreter import propagate
+from absint.interpreter import bounds_recorder, propagate
 from absint.ir import Graph
 from domains.alpha import AlphaBounder, AlphaOptions, chain_of
 from domains.deeppoly import DeepPolyDomain
@@ -46,13 +46,7 @@ class AlphaPolyAnalysis(Analysis):
         out, notes = [], []
         for b in range(int(lower.shape[0])):
             rec: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-            def hook(node, element, rec=rec):
-                if node.name in pres:
-                    lo, hi = dom.bounds(element)
-                    rec[node.name] = (lo.reshape(-1), hi.reshape(-1))
-                return element
-
+            hook = bounds_recorder(dom, lambda node: node.name in pres, rec)
             lo_b, hi_b = lower[b:b + 1].to(self.device, dom.dtype), upper[b:b + 1].to(self.device, dom.dtype)
             prop = propagate(g, dom, lo_b, hi_b, refine=hook, deadline=deadline)
             Cb, db = C[b].to(self.device, dom.dtype), d[b].to(self.device, dom.dtype)

@@ -58,6 +58,19 @@ class Propagation:
     seconds: float = 0.0
 
 
+def bounds_recorder(domain: Domain, keep: Callable[[Op], bool], into: dict[str, tuple[Any, Any]],
+                    convert: Callable[[torch.Tensor], Any] = lambda t: t.reshape(-1)) -> RefineHook:
+    """A ``refine`` hook for :func:`propagate` that records ``into[node.name] = (lower, upper)``
+    (each passed through ``convert``; default: flattened tensors) for the nodes ``keep`` selects,
+    and leaves every element unchanged."""
+    def hook(node: Op, element: Any) -> Any:
+        if keep(node):
+            lo, hi = domain.bounds(element)
+            into[node.name] = (convert(lo), convert(hi))
+        return element
+    return hook
+
+
 def propagate(graph: Graph, domain: Domain, lower: torch.Tensor, upper: torch.Tensor, *,
               keep_all: bool = False, refine: RefineHook | None = None,
               deadline: float | None = None) -> Propagation:

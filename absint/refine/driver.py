@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from absint.interpreter import propagate
+from absint.interpreter import bounds_recorder, propagate
 from absint.ir import Add, Affine, Graph, Op, Relu
 from absint.refine.encoding import Encoding, KReluRows, NetworkEncoder
 from absint.refine.krelu_rows import krelu_rows
@@ -414,12 +414,7 @@ class RefineRun:
 
     @staticmethod
     def _record(bounds: dict, dom: Domain):
-        def hook(node: Op, element: Any) -> Any:
-            if isinstance(node, (Affine, Add)):
-                lo, hi = dom.bounds(element)
-                bounds[node.name] = (_flat(lo), _flat(hi))
-            return element
-        return hook
+        return bounds_recorder(dom, lambda node: isinstance(node, (Affine, Add)), bounds, _flat)
 
     # -- final check --------------------------------------------------------------------------
     def _row_objectives(self, enc: Encoding, C: np.ndarray, rows: np.ndarray) -> list[tuple[dict[int, float], str]]:
