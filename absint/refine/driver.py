@@ -71,6 +71,16 @@ def _meet(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarr
     return lo, hi
 
 
+def _solve_options(time_limit: float, deadline: float | None, backend: str | None) -> SolveOptions | None:
+    """Options for one solve: ``time_limit`` capped by the time left before ``deadline`` (None when
+    less than 50 ms are left). One thread on Gurobi; HiGHS keeps its default (it refuses to change
+    ``threads`` once its global scheduler runs, and the MIP then fails)."""
+    left = _remaining(deadline)
+    if left <= 0.05:
+        return None
+    return SolveOptions(time_limit=float(max(0.01, min(time_limit, left))), threads=1 if backend == "gurobi" else None)
+
+
 def _flat(t: torch.Tensor) -> np.ndarray:
     return t.detach().reshape(-1).cpu().double().numpy().copy()
 
@@ -113,13 +123,10 @@ class RefineRun:
             if workers == 1:
                 session = get_backend(backend).session(enc.model)
             for s0 in range(0, len(objectives), chunk):
-                left = _remaining(deadline)
-                if left <= 0.05:
+                opts = _solve_options(time_limit, deadline, backend)
+                if opts is None:
                     notes.append(f"{what}: {len(objectives) - s0} solve(s) skipped, time limit reached")
                     break
-                # (no ``threads``: HiGHS refuses to change it once its global scheduler runs, and the MIP then fails)
-                opts = SolveOptions(time_limit=float(max(0.01, min(time_limit, left))),
-                                    threads=1 if backend == "gurobi" else None)
                 part = objectives[s0:s0 + chunk]
                 if session is not None:
                     c, sense = part[0]
@@ -152,12 +159,11 @@ class RefineRun:
 
         def one(j: int) -> None:
             nonlocal skipped
-            left = _remaining(deadline)
-            if left <= 0.05:
+            opts = _solve_options(time_limit, deadline, "gurobi")
+            if opts is None:
                 skipped += 1
                 return
             c, sense = objectives[j]
-            opts = SolveOptions(time_limit=float(max(0.01, min(time_limit, left))), threads=1)
             res = GurobiBackend().solve(enc.model.with_objective(c, sense), opts)
             out[j] = res if keep else res.without_arrays()
 
@@ -275,12 +281,11 @@ class RefineRun:
                 use_milp = opt.tighten and (layer - opt.refine_from) < opt.n_milp_refine
                 if opt.tighten and layer >= opt.refine_from and (use_milp or self.lp_tighten) \
                         and _remaining(t_deadline) > 0.1:
-                    check = None
-                    if self.alpha is not None:
-                        def check(lo_, hi_, layer=layer):
-                            self._early_check(layer, lo_, hi_, bounds, first_bounds, C, d, lower, upper, early,
-                                              t_deadline)
-                            return bool(early)
+                    def rows_proved(lo_, hi_, layer=layer):
+                        self._early_check(layer, lo_, hi_, bounds, first_bounds, C, d, lower, upper, early,
+                                          t_deadline)
+                        return bool(early)
+                    check = rows_proved if self.alpha is not None else None
                     lo, hi = self._tighten(node, lo, hi, in_lo, in_hi, bounds, krelu, layer, t_deadline, notes,
                                            stats, use_milp, check)
                     changed = True
