@@ -26,7 +26,8 @@ class BabOptions:
       of every bisection and keep the dimension whose halves' worst bounds sum highest (``2n``
       extra bounds per split; the halves keep these bounds); ``portfolio`` (default): a smear and a
       lookahead search in alternating, doubling time slices, the first to decide answers (one
-      worker; with several workers, smear). ``max_aspect``: bisect the
+      worker; with several workers, smear); each of the two keeps its own queue of at most
+      ``max_queue`` sub-problems. ``max_aspect``: bisect the
       relatively widest dimension instead when it is more than this many times wider than the
       heuristic's choice (0: never), so no dimension is starved.
     * ``relu_heuristic`` — ``babsr``: |gradient of the worst row w.r.t. the neuron| times the
