@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from absint.bench.report import format_report, image_table, vnn_table
+from absint.bench.report import format_report, image_table, summary_table, vnn_table
 from absint.bench.store import ResultStore, read_rows
 from absint.cli import main
 
@@ -49,6 +49,23 @@ def test_tables() -> None:
     assert "certified = correctly classified inputs proven robust" in text
     assert "median s" in text and "mean s" in text
     assert "precision" not in text.lower()
+
+
+def test_summary_cross_table() -> None:
+    rows = _rows()
+    for r in rows:
+        r["timeout"] = 5.0 if r["analysis"] == "deeppoly" else None
+    table = summary_table(rows)
+    head, _, *body = table.splitlines()
+    assert "| box (no limit) | deeppoly (5 s) |" in head  # cheap-to-precise order, limits in the header
+    assert len(body) == 3  # one line per (experiment, eps)
+    for eps, line in zip((0.01, 0.02, 0.04), body):
+        assert line.startswith(f"| img ({eps:g}) | 18 / 20 |")
+        cells = [c.strip() for c in line.split("|")[3:5]]
+        for a, cell in zip(("box", "deeppoly"), cells):
+            n = sum(1 for r in rows if r["analysis"] == a and r["eps"] == eps and r["verdict"] == "verified")
+            assert cell.startswith(f"**{n}** (")
+    assert summary_table([r for r in rows if r["eps"] is None]) == ""
 
 
 def test_report_cli_writes_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

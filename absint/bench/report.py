@@ -17,7 +17,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: Analyses in this order first (cheap to precise), the rest alphabetically.
-ANALYSIS_ORDER = ("box", "symint", "deepzono", "deeppoly", "refinezono", "refinepoly", "kpoly", "lp", "milp", "sdp")
+ANALYSIS_ORDER = ("box", "symint", "deepzono", "deeppoly", "alphapoly", "lp", "refinezono", "refinepoly", "kpoly",
+                  "milp", "bab", "sdp")
 
 
 def analysis_sort_key(name: str) -> tuple[int, str]:
@@ -74,6 +75,41 @@ def image_table(rows: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _limit(rows: list[dict[str, Any]]) -> str:
+    limits = {r.get("timeout") for r in rows}
+    if len(limits) == 1 and None not in limits:
+        return f"{next(iter(limits)):g} s"
+    return "mixed limits" if len(limits) > 1 else "no limit"
+
+
+def summary_table(rows: Iterable[dict[str, Any]]) -> str:
+    """One line per image experiment, one column per analysis: ``certified (median s)``; the header
+    gives each analysis's time limit per input when all its rows share one."""
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    by_analysis: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if is_image_row(r):
+            groups[(r["benchmark"], r["eps"])][r["analysis"]].append(r)
+            by_analysis[r["analysis"]].append(r)
+    if not groups:
+        return ""
+    names = sorted(by_analysis, key=analysis_sort_key)
+    head = " | ".join(f"{a} ({_limit(by_analysis[a])})" for a in names)
+    lines = [f"| experiment (eps) | correctly classified | {head} |", "|---|---:|" + "---:|" * len(names)]
+    for (b, e) in sorted(groups):
+        cols = groups[(b, e)]
+        first = next(iter(cols.values()))
+        cells = []
+        for a in names:
+            if a in cols:
+                st = _stats(cols[a])
+                cells.append(f"**{st['verified']}** ({_f(st['median'], '.2g')} s)")
+            else:
+                cells.append("–")
+        lines.append(f"| {b} ({e:g}) | {_stats(first)['correct']} / {len(first)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def vnn_table(rows: Iterable[dict[str, Any]]) -> str:
     """Markdown table of the VNN-COMP rows (no truth needed; see ``absint score`` for correctness)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
@@ -114,7 +150,11 @@ def format_report(rows: list[dict[str, Any]]) -> str:
     parts = []
     img = image_table(rows)
     if img:
-        parts += ["## Robustness (image data sets)", "",
+        parts += ["## Certified per analysis (image data sets)", "",
+                  "certified = correctly classified inputs proven robust; each cell: certified count "
+                  "(median seconds per input); the header gives each analysis's time limit per input.", "",
+                  summary_table(rows), "",
+                  "## Robustness (image data sets)", "",
                   "certified = correctly classified inputs proven robust, out of `inputs`; "
                   "falsified includes misclassified inputs.", "", img]
     vnn = vnn_table(rows)
