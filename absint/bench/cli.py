@@ -206,7 +206,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", type=Path, nargs="+", help="results file(s) from `absint bench`")
     p.add_argument("--out", "-o", type=Path, default=None, help="folder for report.md and the figures")
     p.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None,
-                   help="analyses for the margin scatter (default: cheapest vs most precise present)")
+                   help="analyses for the margin scatter (default: the cheapest vs the most precise one run on common instances)")
     p.add_argument("--format", nargs="+", choices=("png", "svg", "pdf"), default=["png"], help="figure formats")
     p.add_argument("--benchmark", nargs="+", default=None, help="only these experiment names")
     p.add_argument("--verbose", "-v", action="count", default=0)

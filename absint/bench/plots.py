@@ -12,7 +12,7 @@ import logging
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -91,27 +91,26 @@ def cactus(rows: list[dict[str, Any]], out: Path, formats: Sequence[str] = ("png
     return paths
 
 
-def default_pair(analyses: Iterable[str]) -> tuple[str, str] | None:
-    """Cheapest vs most precise analysis by :data:`~absint.bench.report.ANALYSIS_ORDER` (None if fewer than two)."""
-    names = sorted(set(analyses), key=analysis_sort_key)
-    return (names[0], names[-1]) if len(names) >= 2 else None
-
-
 def margin_scatter(rows: list[dict[str, Any]], out: Path, pair: tuple[str, str] | None = None,
                    formats: Sequence[str] = ("png",)) -> list[Path]:
     """Scatter of margin lower bounds of two analyses on the instances both ran."""
-    pair = pair or default_pair(r["analysis"] for r in rows)
-    if pair is None:
-        log.info("margin scatter needs two analyses; skipped")
-        return []
-    a, b = pair
-    m: dict[str, dict[tuple, float]] = {a: {}, b: {}}
+    m: dict[str, dict[tuple, float]] = {}
     bench_of: dict[tuple, str] = {}
     for r in rows:
-        if r["analysis"] in m and r.get("margin") is not None:
+        if r.get("margin") is not None:
             k = (r["benchmark"], r["network"], r["input"], r.get("eps"))
-            m[r["analysis"]][k] = float(r["margin"])
+            m.setdefault(r["analysis"], {})[k] = float(r["margin"])
             bench_of[k] = r["benchmark"]
+    if pair is None:
+        # cheapest vs the most precise analysis that ran on some of the same instances
+        names = sorted(m, key=analysis_sort_key)
+        pair = next(((names[0], b) for b in reversed(names[1:]) if set(m[names[0]]) & set(m[b])), None)
+    if pair is None:
+        log.info("margin scatter needs two analyses with margins on common instances; skipped")
+        return []
+    a, b = pair
+    m.setdefault(a, {})
+    m.setdefault(b, {})
     common = sorted(set(m[a]) & set(m[b]), key=str)
     if not common:
         log.info("no instance has margins from both %s and %s; scatter skipped", a, b)
