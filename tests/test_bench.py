@@ -9,6 +9,7 @@ import pytest
 from absint.bench import BenchConfigError, ResultStore, load_config, parse_config, plan_tasks, read_rows, run_config
 from absint.bench.config import check_analyses
 from absint.bench.store import row_key
+from absint.bench.tasks import analysis_call
 from absint.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +191,7 @@ def test_analysis_tables_options_timeout_and_report(tmp_path: Path) -> None:
     cfg = check_analyses(parse_config(data, root=tmp_path))
     assert cfg.spec("alpha0").kwargs == {"iters": 0, "final_iters": 0} and cfg.spec("alphapoly").base == "alphapoly"
     tasks = plan_tasks(cfg)
-    assert {(t.analysis, t.timeout, t.make_analysis_args()[0]) for t in tasks} == {
+    assert {(t.analysis, t.timeout, analysis_call(t)[0]) for t in tasks} == {
         ("alphapoly", 50, "alphapoly"), ("alpha0", 7, "alphapoly")}
     own = parse_config({**data, "experiment": [{**data["experiment"][0], "timeout": 3}]}, root=tmp_path)
     assert {t.timeout for t in plan_tasks(check_analyses(own))} == {3}  # an experiment's own limit wins

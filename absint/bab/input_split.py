@@ -37,7 +37,6 @@ class InputSplitting:
         self.root_hi = torch.as_tensor(region.upper.reshape(-1), dtype=torch.float64)
         self.root_w = (self.root_hi - self.root_lo).clamp(min=1e-300)
         self.log_root = float(torch.log(self.root_w[self.root_hi > self.root_lo]).sum())
-        self.lookahead_bounded = 0
 
     def root(self) -> Batch:
         m = self.C.shape[0]
@@ -121,7 +120,6 @@ class InputSplitting:
         los = torch.cat([lo_k, torch.where(eye, mid_k, lo_k)], 1).reshape(2 * k * n, n)
         his = torch.cat([torch.where(eye, mid_k, hi_k), hi_k], 1).reshape(2 * k * n, n)
         rows = self.b.bound(los, his, self.C, self.d).rows.reshape(k, 2, n, -1)
-        self.lookahead_bounded += 2 * k * n
         clb = _clause_lb(rows.reshape(2 * k * n, -1), self.onehot).reshape(k, 2, n, -1)
         clb = torch.where(open_clause[:, None, None, :], clb, torch.full_like(clb, float("inf")))
         score = clb.min(dim=3).values.clamp(max=0.0).sum(dim=1)

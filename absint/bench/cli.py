@@ -137,12 +137,14 @@ def _run_bench(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {summary.instances} row(s) to {cfg.results} in {summary.wall_seconds:.1f} s wall "
               f"({', '.join(f'{k} {v}' for k, v in sorted(summary.counts.items())) or 'nothing to do'})")
-    names = {e.name for e in cfg.experiments}
-    rows = [r for r in read_rows(cfg.results) if r["benchmark"] in names] if cfg.results.exists() else []
-    if rows and not args.quiet:
-        print(format_report(rows))
-    if rows and cfg.report is not None and not args.no_report and not summary.interrupted:
-        write_report(rows, cfg.report)
+    draw = cfg.report is not None and not args.no_report and not summary.interrupted
+    if (draw or not args.quiet) and cfg.results.exists():
+        names = {e.name for e in cfg.experiments}
+        rows = [r for r in read_rows(cfg.results) if r["benchmark"] in names]
+        if rows and not args.quiet:
+            print(format_report(rows))
+        if rows and draw:
+            write_report(rows, cfg.report)
     return 130 if summary.interrupted else 0
 
 

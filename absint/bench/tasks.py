@@ -33,10 +33,6 @@ class ImageTask:
     base: str = ""                            # registered analysis behind the column (default: ``analysis``)
     options: tuple[tuple[str, Any], ...] = ()  # its keyword options
 
-    def make_analysis_args(self) -> tuple[str, dict[str, Any]]:
-        """``(registered analysis name, options)`` to run this task with."""
-        return self.base or self.analysis, dict(self.options)
-
     @property
     def size(self) -> int:
         return len(self.indices)
@@ -58,12 +54,8 @@ class VnnTask:
     timeout: float | None = None
     attack: bool = True
     attack_budget: float | None = None  # None: verify()'s default
-    base: str = ""
+    base: str = ""                            # as in ImageTask
     options: tuple[tuple[str, Any], ...] = ()
-
-    def make_analysis_args(self) -> tuple[str, dict[str, Any]]:
-        """``(registered analysis name, options)`` to run this task with."""
-        return self.base or self.analysis, dict(self.options)
 
     @property
     def size(self) -> int:
@@ -74,6 +66,11 @@ class VnnTask:
 
 
 Task = Union[ImageTask, VnnTask]
+
+
+def analysis_call(task: Task) -> tuple[str, dict[str, Any]]:
+    """``(registered analysis name, keyword options)`` that run ``task``'s column."""
+    return task.base or task.analysis, dict(task.options)
 
 
 def total_instances(tasks: list[Task]) -> int:

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from absint.bench.tasks import ImageTask, Task, VnnTask
+from absint.bench.tasks import ImageTask, Task, VnnTask, analysis_call
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _run_images(task: ImageTask) -> list[dict[str, Any]]:
         x = torch.as_tensor(task.images, dtype=graph.dtype, device=graph.device)
         preds = graph.forward(x).reshape(len(task.images), -1).argmax(1).cpu().numpy()
     c0 = time.process_time()
-    analysis, options = task.make_analysis_args()
+    analysis, options = analysis_call(task)
     results = verify_robustness(graph, task.images, list(task.labels), task.eps, analysis=analysis,
                                 clip=task.clip, timeout=task.timeout, attack=task.attack,
                                 batch_size=max(1, task.size), names=[str(i) for i in task.indices], **options)
@@ -124,7 +124,7 @@ def _run_vnn(task: VnnTask) -> list[dict[str, Any]]:
     graph = _graph(task.network_path)
     t0, c0 = time.perf_counter(), time.process_time()
     kw = {} if task.attack_budget is None else {"attack_budget": task.attack_budget}
-    analysis, options = task.make_analysis_args()
+    analysis, options = analysis_call(task)
     r = verify(graph, task.vnnlib_path, analysis=analysis, timeout=task.timeout, attack=task.attack, **kw, **options)
     seconds = time.perf_counter() - t0  # includes parsing the VNN-LIB file, like a competition run
     cpu = time.process_time() - c0
