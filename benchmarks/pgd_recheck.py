@@ -1,6 +1,8 @@
-"""Re-attack every image a ``refine_bench.py`` run verified with a strong PGD (soundness cross-check).
+"""Re-attack every image a ``refine_bench.py`` run (CSV) or an ``absint bench`` run (JSON Lines: any
+analysis, rows of this network) verified, with a strong PGD (soundness cross-check).
 
     python benchmarks/pgd_recheck.py mnist_convsmall 0.12 benchmarks/results/refine_convsmall_partialmilp.csv
+    python benchmarks/pgd_recheck.py mnist_relu_6_100 0.026 benchmarks/results/compare_all.jsonl
 
 Prints each contradiction (an image verified by the run but broken by PGD: a soundness bug) and
 the count; it should be 0.
@@ -26,8 +28,14 @@ def main(net: str, eps: float, path: str) -> int:
     g = absint.load_network(BENCH / f"{net}.onnx")
     data = np.load(BENCH / "mnist_test_1000.npz")
     X, Y = data["images"].astype(np.float64), data["labels"]
-    with open(path) as fh:
-        verified = [int(r["image"]) for r in csv.DictReader(fh) if r["verdict"] == "verified"]
+    if path.endswith(".jsonl"):
+        from absint.bench.store import read_rows
+
+        verified = sorted({int(r["input"]) for r in read_rows(path)
+                           if r["network"] == f"{net}.onnx" and r["verdict"] == "verified"})
+    else:
+        with open(path) as fh:
+            verified = [int(r["image"]) for r in csv.DictReader(fh) if r["verdict"] == "verified"]
     bad = 0
     n_out = int(np.prod(g.output_shape))
     for i in verified:
