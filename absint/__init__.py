@@ -10,6 +10,15 @@ Quick start::
 
     result = absint.verify("net.onnx", "prop.vnnlib", analysis="deeppoly", timeout=60)
 """
+import os as _os
+
+# The repository keeps domains/ and solvers/ as top-level folders (the design card); they import as
+# absint.domains and absint.solvers. An installed wheel places them inside this package (setup.cfg
+# package_dir); in a source checkout they are found through the checkout root, added here.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "domains")) and _os.path.isfile(
+        _os.path.join(_checkout, "domains", "__init__.py")):
+    __path__.append(_checkout)
 from absint.analyses import Analysis, BoundResult, available_analyses, get_analysis, register_analysis
 from absint.attack import AttackOptions, pgd_attack
 from absint.data import load_images

@@ -1,6 +1,6 @@
 """``alphapoly``: DeepPoly with per-row optimised ReLU lower slopes (α-CROWN style).
 
-DeepPoly's pass gives the pre-activation bounds; :class:`domains.alpha.AlphaBounder` then
+DeepPoly's pass gives the pre-activation bounds; :class:`absint.domains.alpha.AlphaBounder` then
 re-bounds every ReLU layer's inputs and the safety rows with slopes optimised by projected
 gradient ascent (Xu et al., "Fast and Complete", ICLR 2021). Each bound is the best of DeepPoly's
 and the optimised one, so ``alphapoly`` is never looser than ``deeppoly``. Networks that are not
@@ -17,8 +17,8 @@ import torch
 from absint.analyses import Analysis, BoundResult
 from absint.interpreter import bounds_recorder, propagate
 from absint.ir import Graph
-from domains.alpha import AlphaBounder, AlphaOptions, chain_of
-from domains.deeppoly import DeepPolyDomain
+from absint.domains.alpha import AlphaBounder, AlphaOptions, chain_of
+from absint.domains.deeppoly import DeepPolyDomain
 
 __all__ = ["AlphaPolyAnalysis"]
 

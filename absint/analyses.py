@@ -21,7 +21,7 @@ import torch
 from absint.errors import AbsintError
 from absint.interpreter import propagate
 from absint.ir import Graph
-from domains.base import Domain, default_device
+from absint.domains.base import Domain, default_device
 
 
 @dataclass

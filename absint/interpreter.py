@@ -15,7 +15,7 @@ import torch
 
 from absint.errors import DomainError
 from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Op, Relu, Reshape, Sigmoid, Tanh
-from domains.base import Domain
+from absint.domains.base import Domain
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,11 @@
 Built-ins register through the same entry-point groups a third party uses (as xarray's backends
 do), so there is one code path for both:
 
-* ``absint.domains`` — ``name = package.module:DomainClass`` (a :class:`~domains.base.Domain`
+* ``absint.domains`` — ``name = package.module:DomainClass`` (a :class:`~absint.domains.base.Domain`
   subclass whose ``name`` equals the entry-point name). Each domain also becomes an analysis of
   the same name (propagate with the domain, then bound the property), so ``absint verify -a
   NAME`` works at once.
-* ``absint.solvers`` — ``name = package.module:BackendClass`` (a :class:`solvers.base.Backend`
+* ``absint.solvers`` — ``name = package.module:BackendClass`` (a :class:`absint.solvers.base.Backend`
   subclass). Loaded lazily (on :func:`available_solvers`), since importing a backend may import
   a heavy solver library.
 
@@ -29,7 +29,7 @@ Rules (tested in tests/test_plugins.py):
   raises :class:`PluginError` unless ``replace=True`` is passed explicitly.
 * Plugin modules must not read attributes of the ``absint`` package at import time (they are
   imported while ``absint`` itself is being imported); import the submodules they need
-  (``from domains.base import Domain``, ``from absint.linear import LinearOperator``).
+  (``from absint.domains.base import Domain``, ``from absint.linear import LinearOperator``).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from absint.analyses import (
     register_analysis,
 )
 from absint.errors import AbsintError
-from domains.base import Domain
+from absint.domains.base import Domain
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ SOLVER_GROUP = "absint.solvers"
 BUILTIN_DISTRIBUTION = "absint"
 #: Built-in solver backends (fallback when the package metadata lacks the entry points).
 _BUILTIN_SOLVERS = {
-    "highs": "solvers.highs_backend:HighsBackend",
-    "gurobi": "solvers.gurobi_backend:GurobiBackend",
-    "scipy": "solvers.scipy_backend:ScipyBackend",
+    "highs": "absint.solvers.highs_backend:HighsBackend",
+    "gurobi": "absint.solvers.gurobi_backend:GurobiBackend",
+    "scipy": "absint.solvers.scipy_backend:ScipyBackend",
 }
 
 
@@ -121,7 +121,7 @@ def register_domain(cls: type[Domain], *, replace: bool = False) -> type[Domain]
     unless ``replace=True`` (replacing a built-in is logged as a warning).
     """
     if not (isinstance(cls, type) and issubclass(cls, Domain)):
-        raise PluginError(f"{cls!r} is not a subclass of domains.base.Domain")
+        raise PluginError(f"{cls!r} is not a subclass of absint.domains.base.Domain")
     name = cls.name
     if not name or not isinstance(name, str):
         raise PluginError(f"{cls.__name__} must set a non-empty class attribute 'name'")
@@ -187,11 +187,11 @@ def domain_origin(name: str) -> str:
 
 # -- solvers ---------------------------------------------------------------------------------
 def register_solver(cls: type, *, replace: bool = False) -> type:
-    """Register an LP/MILP backend class (a :class:`solvers.base.Backend` subclass) under ``cls.name``."""
-    from solvers.base import Backend
+    """Register an LP/MILP backend class (a :class:`absint.solvers.base.Backend` subclass) under ``cls.name``."""
+    from absint.solvers.base import Backend
 
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise PluginError(f"{cls!r} is not a subclass of solvers.base.Backend")
+        raise PluginError(f"{cls!r} is not a subclass of absint.solvers.base.Backend")
     name = cls.name
     if not name:
         raise PluginError(f"{cls.__name__} must set a non-empty class attribute 'name'")
@@ -217,16 +217,16 @@ def available_solvers() -> dict[str, type]:
 def solver_status() -> dict[str, tuple[bool, str]]:
     """Backend name -> ``(usable, reason)``, e.g. ``"gurobi": (True, "installed, size-limited licence")``.
 
-    Built-ins report through ``solvers.available_backends()``; plugin backends through their
+    Built-ins report through ``absint.solvers.available_backends()``; plugin backends through their
     ``availability()`` classmethod (an exception there counts as unavailable, never a crash).
     """
     status: dict[str, tuple[bool, str]] = {}
     try:
-        from solvers import available_backends
+        from absint.solvers import available_backends
 
         status.update(available_backends())
     except Exception as exc:  # noqa: BLE001 - a broken solver layer must not break `absint list`
-        log.warning("solvers.available_backends() failed: %s", exc)
+        log.warning("absint.solvers.available_backends() failed: %s", exc)
     for name, cls in available_solvers().items():
         if name in status:
             continue
@@ -243,8 +243,8 @@ def solver_status() -> dict[str, tuple[bool, str]]:
 
 def get_solver(name: str | None = None) -> Any:
     """A backend instance: built-ins via :func:`solvers.get_backend`, else a registered plugin."""
-    from solvers import get_backend
-    from solvers.errors import UnknownBackendError
+    from absint.solvers import get_backend
+    from absint.solvers.errors import UnknownBackendError
 
     try:
         return get_backend(name)
@@ -399,9 +399,9 @@ def _load_solvers(*, reload: bool = False) -> None:
 # older than setup.cfg. Keep in sync with the ``absint.domains`` entry points in setup.cfg
 # (tests/test_plugins.py checks that both name the same classes).
 def _register_builtins() -> None:
-    from domains.box import BoxDomain
-    from domains.zonotope import ZonotopeDomain
-    from domains.deeppoly import DeepPolyDomain
+    from absint.domains.box import BoxDomain
+    from absint.domains.zonotope import ZonotopeDomain
+    from absint.domains.deeppoly import DeepPolyDomain
 
     register_domain(BoxDomain)
     register_domain(ZonotopeDomain)

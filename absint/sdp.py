@@ -6,9 +6,9 @@ For each input box and each safety row ``C y + d`` the analysis
    (``bounds="box"``, ``"deeppoly"``, ... — any registered domain, via
    :func:`absint.interpreter.propagate`),
 2. removes stably inactive neurons and substitutes stably active ones
-   (:func:`solvers.sdp_problem.build_problem`),
-3. solves the semidefinite relaxation exactly with cvxpy (:mod:`solvers.sdp_exact`) or with the
-   first-order dual method (:mod:`solvers.sdp_fo`, in the spirit of SDP-FO, Dathathri et al.,
+   (:func:`absint.solvers.sdp_problem.build_problem`),
+3. solves the semidefinite relaxation exactly with cvxpy (:mod:`absint.solvers.sdp_exact`) or with the
+   first-order dual method (:mod:`absint.solvers.sdp_fo`, in the spirit of SDP-FO, Dathathri et al.,
    NeurIPS 2020), and
 4. reports the bound of a *dual certificate* (Lagrangian matrix corrected by its top eigenvalue
    times the trace bound), which is valid however inaccurate the solver was.
@@ -24,9 +24,9 @@ Options (keyword arguments of the analysis, also through ``absint.verify(..., so
 * ``bounds``: domain for the pre-activation bounds (default ``"deeppoly"`` when registered, else
   ``"box"``),
 * ``tol``, ``max_iters``: exact-solver accuracy / iteration cap; ``fo_options``: a
-  :class:`solvers.sdp_fo.FOOptions` or a dict of its fields,
+  :class:`absint.solvers.sdp_fo.FOOptions` or a dict of its fields,
 * ``eliminate_stable``, ``preact_linear``, ``triangle``: problem construction (see
-  :func:`solvers.sdp_problem.build_problem`).
+  :func:`absint.solvers.sdp_problem.build_problem`).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class SDPAnalysis(Analysis):
                  eliminate_stable: bool = True, preact_linear: bool = True, triangle: bool = False,
                  combine: bool = True, exact_max_size: int = EXACT_MAX_SIZE, **options: Any) -> None:
         super().__init__(device=device, **options)
-        from solvers.sdp_fo import FOOptions
+        from absint.solvers.sdp_fo import FOOptions
 
         self.solver = (solver or self.default_solver).lower()
         if self.solver not in ("exact", "fo", "auto"):
@@ -115,7 +115,7 @@ class SDPAnalysis(Analysis):
 
     def bound(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor, *,
               deadline: float | None = None) -> BoundResult:
-        from solvers.sdp_problem import build_problem, relu_chain_from_graph
+        from absint.solvers.sdp_problem import build_problem, relu_chain_from_graph
 
         t0 = time.perf_counter()
         dev = self.device
@@ -158,13 +158,13 @@ class SDPAnalysis(Analysis):
 
     def _solve(self, prob: Any, solver: str, deadline: float | None) -> tuple[np.ndarray, str]:
         if solver == "exact":
-            from solvers.sdp_exact import solve_exact
+            from absint.solvers.sdp_exact import solve_exact
 
             res = solve_exact(prob, backend=self.backend, tol=self.tol, max_iters=self.max_iters, deadline=deadline)
             bad = sorted({s for s in res.status if s != "optimal"})
             note = f"exact/{res.backend}: N={prob.size}" + (f", status {', '.join(bad)}" if bad else "")
             return res.upper, note
-        from solvers.sdp_fo import solve_fo
+        from absint.solvers.sdp_fo import solve_fo
 
         if deadline is not None:
             # leave time for the final dense certificate(s): ~2 eigendecompositions per row

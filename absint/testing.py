@@ -56,8 +56,8 @@ from absint.errors import DomainError
 from absint.interpreter import apply_op
 from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Op, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator, numel
-from domains.base import Domain
-from domains.box import BoxDomain
+from absint.domains.base import Domain
+from absint.domains.box import BoxDomain
 
 __all__ = ["CHECKS", "CheckResult", "ConformanceReport", "check_domain", "run_check", "domain_conformance_tests"]
 
@@ -499,7 +499,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 # -- the checks ------------------------------------------------------------------------------
 def _check_interface(h: _Harness) -> None:
     cls = h.cls
-    assert isinstance(cls, type) and issubclass(cls, Domain), f"{cls!r} is not a subclass of domains.base.Domain"
+    assert isinstance(cls, type) and issubclass(cls, Domain), f"{cls!r} is not a subclass of absint.domains.base.Domain"
     assert isinstance(cls.name, str) and cls.name, f"{cls.__name__} must set a non-empty class attribute 'name'"
     domain = h.domain()
     assert isinstance(domain.options, cls.options_class), "the domain's options are not of its options_class"

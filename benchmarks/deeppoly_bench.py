@@ -28,7 +28,7 @@ import torch
 import absint  # noqa: F401  (imports absint before domains)
 from absint.frontends.onnx_loader import load_onnx
 from absint.interpreter import propagate
-from domains.deeppoly import DeepPolyDomain, DeepPolyOptions
+from absint.domains.deeppoly import DeepPolyDomain, DeepPolyOptions
 
 log = logging.getLogger("deeppoly_bench")
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,15 +28,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 try:
-    import domains.krelu as K
+    import absint.domains.krelu as K
 except ImportError:  # pragma: no cover - domains/__init__ pulls in the whole engine
-    # domains.krelu needs nothing from the rest of ``domains``: import it standalone.
+    # absint.domains.krelu needs nothing from the rest of ``domains``: import it standalone.
     import types
 
     _pkg = types.ModuleType("domains")
     _pkg.__path__ = [os.path.join(ROOT, "domains")]
     sys.modules["domains"] = _pkg
-    import domains.krelu as K
+    import absint.domains.krelu as K
 
 
 def random_group(rng: np.random.Generator, k: int):

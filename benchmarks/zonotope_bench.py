@@ -27,9 +27,9 @@ import torch
 
 from absint.frontends.onnx_loader import load_onnx
 from absint.interpreter import propagate
-from domains.base import default_device
-from domains.box import BoxDomain
-from domains.zonotope import ZonotopeDomain, ZonotopeOptions
+from absint.domains.base import default_device
+from absint.domains.box import BoxDomain
+from absint.domains.zonotope import ZonotopeDomain, ZonotopeOptions
 
 log = logging.getLogger("zonotope_bench")
 

@@ -28,7 +28,7 @@ import torch
 
 from absint.ir import Affine, Graph, Input, Relu, Reshape
 from absint.linear import LinearOperator
-from domains.relaxations import relu_lower_slope, relu_upper_line
+from absint.domains.relaxations import relu_lower_slope, relu_upper_line
 
 __all__ = ["Chain", "chain_of", "AlphaOptions", "AlphaBounder"]
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from absint.linear import LinearOperator
-from domains.base import Domain
+from absint.domains.base import Domain
 
 
 @dataclass(frozen=True, eq=False)

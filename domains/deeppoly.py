@@ -4,7 +4,7 @@ Networks", POPL 2019).
 Every neuron ``x_i`` carries one symbolic lower and one symbolic upper bound, linear in the
 neurons of the layer(s) it reads, plus concrete bounds ``[l_i, u_i]``. The concrete bounds of each
 new layer come from back-substituting its symbolic bounds down to the input box
-(:mod:`domains.deeppoly_backsub`); the output property rows ``C y + d`` are back-substituted
+(:mod:`absint.domains.deeppoly_backsub`); the output property rows ``C y + d`` are back-substituted
 themselves (never bounded through separate logit bounds).
 
 Transformers: affine/conv (exact, through :class:`~absint.linear.LinearOperator` — convolutions
@@ -33,11 +33,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from absint.linear import DenseOperator, DiagonalOperator, LinearOperator, PermuteOperator, numel
-from domains.base import Domain
-from domains.deeppoly_backsub import BackSubstitution, dense_block
-from domains.deeppoly_element import (ACT, ADD, AFFINE, INPUT, MAXPOOL, RESHAPE, ActLines, DeepPolyElement,
+from absint.domains.base import Domain
+from absint.domains.deeppoly_backsub import BackSubstitution, dense_block
+from absint.domains.deeppoly_element import (ACT, ADD, AFFINE, INPUT, MAXPOOL, RESHAPE, ActLines, DeepPolyElement,
                                       PoolLines, Prune)
-from domains.relaxations import ReluLowerMode, maxpool_deeppoly, relu_deeppoly, sigmoid_deeppoly, tanh_deeppoly
+from absint.domains.relaxations import ReluLowerMode, maxpool_deeppoly, relu_deeppoly, sigmoid_deeppoly, tanh_deeppoly
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class DeepPolyOptions:
     """Options of :class:`DeepPolyDomain`.
 
     * ``relu_lower`` — slope of the ReLU lower line for unstable neurons: ``area`` (the paper's
-      heuristic), ``zero``, ``one`` or ``parallel`` (see :func:`domains.relaxations.relu_lower_slope`).
+      heuristic), ``zero``, ``one`` or ``parallel`` (see :func:`absint.domains.relaxations.relu_lower_slope`).
     * ``early_stop`` — for ReLU inputs, concretise the frontier after each layer of
       back-substitution and stop refining a neuron once its sign is proved (its relaxation is then
       exact whatever the bounds); :meth:`DeepPolyDomain.bounds` still returns fully
@@ -140,18 +140,18 @@ class DeepPolyDomain(Domain[DeepPolyElement]):
 
     @torch.no_grad()
     def sigmoid(self, x: DeepPolyElement) -> DeepPolyElement:
-        """Sigmoid with DeepPoly's S-shaped lines (:func:`domains.relaxations.sigmoid_deeppoly`)."""
+        """Sigmoid with DeepPoly's S-shaped lines (:func:`absint.domains.relaxations.sigmoid_deeppoly`)."""
         return self._s_shaped(x, "sigmoid")
 
     @torch.no_grad()
     def tanh(self, x: DeepPolyElement) -> DeepPolyElement:
-        """Tanh with DeepPoly's S-shaped lines (:func:`domains.relaxations.tanh_deeppoly`)."""
+        """Tanh with DeepPoly's S-shaped lines (:func:`absint.domains.relaxations.tanh_deeppoly`)."""
         return self._s_shaped(x, "tanh")
 
     @torch.no_grad()
     def maxpool(self, x: DeepPolyElement, kernel: tuple[int, int], stride: tuple[int, int],
                 padding: tuple[int, int]) -> DeepPolyElement:
-        """Max pooling (ERAN's rule, :func:`domains.relaxations.maxpool_deeppoly`)."""
+        """Max pooling (ERAN's rule, :func:`absint.domains.relaxations.maxpool_deeppoly`)."""
         l, u = self._bounds(x, 2)
         mp = maxpool_deeppoly(l, u, tuple(kernel), tuple(stride), tuple(padding))
         b = x.batch

@@ -39,7 +39,7 @@ from typing import Callable
 import torch
 
 from absint.linear import DenseOperator
-from domains.deeppoly_element import ACT, ADD, AFFINE, INPUT, MAXPOOL, RESHAPE, DeepPolyElement
+from absint.domains.deeppoly_element import ACT, ADD, AFFINE, INPUT, MAXPOOL, RESHAPE, DeepPolyElement
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Kinds:
 * ``act`` — element-wise activation with lines ``ls·x + lo ≤ y ≤ us·x + uo`` (ReLU, sigmoid, tanh);
 * ``reshape`` — same neurons, another shape (row-major, exact);
 * ``add`` — ``y = a + b`` of two parents (exact; makes the graph a DAG);
-* ``maxpool`` — :class:`~domains.relaxations.MaxPoolLines` (one input per output, or a constant).
+* ``maxpool`` — :class:`~absint.domains.relaxations.MaxPoolLines` (one input per output, or a constant).
 
 Concrete bounds are memoised in ``cache`` with a precision level (0: interval arithmetic from the
 parents; 1: back-substituted until the sign of each neuron is known; 2: full back-substitution).
@@ -70,7 +70,7 @@ class Prune:
 
 @dataclass(frozen=True)
 class PoolLines:
-    """Max-pool lines flattened for back-substitution (see :class:`~domains.relaxations.MaxPoolLines`)."""
+    """Max-pool lines flattened for back-substitution (see :class:`~absint.domains.relaxations.MaxPoolLines`)."""
 
     index: torch.Tensor  # long [B, n_out], flat input index
     exact: torch.Tensor  # bool [B, n_out]

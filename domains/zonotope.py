@@ -22,7 +22,7 @@ intersection of the zonotope's own bounds with that box.
 * **MaxPool**: the window's output *is* input ``j`` when ``x_i − x_j ≤ 0`` is proved for every
   other ``i`` (upper bound of the difference taken on the zonotope, so correlations count);
   otherwise a new symbol spans ``[max_i l_i, max_i u_i]`` (as ERAN's DeepZ).
-* **Add** (exact): generator rows aligned by noise-symbol id (see :mod:`domains.zonotope_ops`).
+* **Add** (exact): generator rows aligned by noise-symbol id (see :mod:`absint.domains.zonotope_ops`).
 * **Reshape** (exact).
 * **linear_bounds** bounds ``C y + d`` on the zonotope itself: ``C·centre − Σ_i |C·g_i|``
   (back-substitution of the property rows), and never worse than interval arithmetic on
@@ -33,7 +33,7 @@ order reduction (``max_generators``); it propagates like a box (``|A|·err``).
 
 Floating point (``sound_fp=True``, the default): every transformer adds to ``err`` an a-priori
 bound on its own rounding error (``γ_n |A|(|c| + Σ|g| + err)`` for an ``n``-term affine map,
-a few ulps for ReLU/S-shaped/max-pool relaxations, see :mod:`domains.zonotope_ops`), and
+a few ulps for ReLU/S-shaped/max-pool relaxations, see :mod:`absint.domains.zonotope_ops`), and
 ``bounds``/``linear_bounds`` widen their results outward by the rounding of the final sums. Not
 covered: non-standard convolution algorithms (Winograd/FFT) whose error exceeds the dot-product
 bound, reduced-precision modes, and the accuracy of the library's sigmoid/tanh beyond 8 ulps.
@@ -49,9 +49,9 @@ import torch.nn.functional as F
 
 from absint.errors import DomainError
 from absint.linear import DenseOperator, DiagonalOperator, LinearOperator, numel
-from domains.base import Domain
-from domains.relaxations import relu_zonotope, sigmoid_zonotope, tanh_zonotope
-from domains.zonotope_ops import (dot_length, gamma, new_ids, pack_new_generators, union_generators,
+from absint.domains.base import Domain
+from absint.domains.relaxations import relu_zonotope, sigmoid_zonotope, tanh_zonotope
+from absint.domains.zonotope_ops import (dot_length, gamma, new_ids, pack_new_generators, union_generators,
                                   unfold_windows, unit_roundoff, window_validity)
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
         return x.diag_values.reshape(b, k, *[1] * (images.dim() - 1)) * images.unsqueeze(0)
 
     def relu(self, x: ZonotopeElement) -> ZonotopeElement:
-        """DeepZ minimal-area ReLU (:func:`~domains.relaxations.relu_zonotope`) on the best bounds."""
+        """DeepZ minimal-area ReLU (:func:`~absint.domains.relaxations.relu_zonotope`) on the best bounds."""
         l, u = self.bounds(x)
         lam, mu, beta = relu_zonotope(l, u)
         center = lam * x.center + mu
@@ -372,11 +372,11 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
                             check_rows=x.n_generators, abs_sum=abs_sum)
 
     def sigmoid(self, x: ZonotopeElement) -> ZonotopeElement:
-        """DeepZ sigmoid (:func:`~domains.relaxations.sigmoid_zonotope`)."""
+        """DeepZ sigmoid (:func:`~absint.domains.relaxations.sigmoid_zonotope`)."""
         return self._s_shaped(x, sigmoid_zonotope, torch.sigmoid, 0.0)
 
     def tanh(self, x: ZonotopeElement) -> ZonotopeElement:
-        """DeepZ tanh (:func:`~domains.relaxations.tanh_zonotope`)."""
+        """DeepZ tanh (:func:`~absint.domains.relaxations.tanh_zonotope`)."""
         return self._s_shaped(x, tanh_zonotope, torch.tanh, -1.0)
 
     def maxpool(self, x: ZonotopeElement, kernel: tuple[int, int], stride: tuple[int, int],
@@ -476,7 +476,7 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
         whose first non-zero entry is +1 (13 for s = 3; lower bounds give the negated ones).
         Returns ``(directions, lower [B, G, D], upper [B, G, D])``, each the better of the
         zonotope and the stored box. The row order matches the positive half of
-        :func:`domains.krelu.octahedron.octahedral_directions`, so that module's full bound
+        :func:`absint.domains.krelu.octahedron.octahedral_directions`, so that module's full bound
         vector is ``torch.cat([upper, -lower], -1)``.
         """
         b, n = x.batch_size, numel(x.shape)

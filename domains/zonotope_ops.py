@@ -1,6 +1,6 @@
 """Helpers of the Zonotope (DeepZ) domain: noise-symbol bookkeeping and rounding-error budgets.
 
-Kept apart from :mod:`domains.zonotope` so the domain module reads as a list of transformers.
+Kept apart from :mod:`absint.domains.zonotope` so the domain module reads as a list of transformers.
 
 Noise symbols. Every generator row of an element carries a global integer id (``ids``). Rows
 are only ever created (input box, one per unstable ReLU / S-shaped neuron, one per relaxed

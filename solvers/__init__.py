@@ -4,13 +4,13 @@ Build a :class:`LinearModel`, pick a backend with :func:`get_backend`
 (HiGHS by default), and read :attr:`SolveResult.proved_bound` — a bound on
 the optimum that stays valid regardless of solver tolerances (LPs) — rather
 than :attr:`SolveResult.objective`.  Many objectives over one model (per-neuron
-bound tightening) go through :func:`solvers.parallel.solve_objectives` /
-:func:`solvers.parallel.tighten_bounds`.
+bound tightening) go through :func:`absint.solvers.parallel.solve_objectives` /
+:func:`absint.solvers.parallel.tighten_bounds`.
 
 Example::
 
     import numpy as np
-    from solvers import LinearModel, get_backend
+    from absint.solvers import LinearModel, get_backend
     m = LinearModel()
     x = m.add_vars(lb=[0, 0], ub=[1, 1])
     m.add_constraints([[1.0, 1.0]], lo=-np.inf, hi=1.5)

@@ -1,6 +1,6 @@
 """Backend interface: :class:`Backend`, :class:`Session`, options and results.
 
-Every backend solves a :class:`~solvers.model.LinearModel` and returns a
+Every backend solves a :class:`~absint.solvers.model.LinearModel` and returns a
 :class:`SolveResult`.  Solver outcomes (infeasible, time limit, licence
 limit, solver failure) are statuses, never exceptions.
 
@@ -10,7 +10,7 @@ limit, solver failure) are statuses, never exceptions.
 * maximisation: an upper bound on the true optimum,
 
 valid regardless of the solver's tolerances for LPs (computed from the duals
-by :mod:`solvers.safe_bound`), and the solver's own dual bound widened by the
+by :mod:`absint.solvers.safe_bound`), and the solver's own dual bound widened by the
 MIP gap tolerances for MILPs.  ``None`` means nothing was proved.
 """
 

@@ -1,7 +1,7 @@
 """Typed errors raised by the solver layer.
 
 Solver *outcomes* (infeasible, time limit, licence limit, ...) are never
-raised; they are reported through :class:`solvers.base.Status`.  Exceptions
+raised; they are reported through :class:`absint.solvers.base.Status`.  Exceptions
 are reserved for programming errors (malformed models) and for asking for a
 backend that cannot be provided.
 """
@@ -21,7 +21,7 @@ class SolverLayerError(Exception):
 
 
 class ModelError(SolverLayerError, ValueError):
-    """A :class:`~solvers.model.LinearModel` was built or modified inconsistently."""
+    """A :class:`~absint.solvers.model.LinearModel` was built or modified inconsistently."""
 
 
 class BackendUnavailableError(SolverLayerError, RuntimeError):

@@ -1,8 +1,8 @@
 """Exact SDP-cert with cvxpy (SCS by default; Clarabel and MOSEK when usable).
 
 Solves the semidefinite relaxation of Raghunathan, Steinhardt & Liang (NeurIPS 2018) built by
-:mod:`solvers.sdp_problem` for each objective row, then turns the solver's dual multipliers into
-a proved bound with :func:`solvers.sdp_problem.certify` (Lagrangian matrix, its top eigenvalue
+:mod:`absint.solvers.sdp_problem` for each objective row, then turns the solver's dual multipliers into
+a proved bound with :func:`absint.solvers.sdp_problem.certify` (Lagrangian matrix, its top eigenvalue
 times the trace bound). The returned bound is valid whatever the solver's accuracy — also after
 an iteration or time limit, or a failed solve (then the multipliers fall back to the interval
 ones and the bound is the interval bound).
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from solvers.sdp_problem import SDPProblem, certify, interval_multipliers
+from absint.solvers.sdp_problem import SDPProblem, certify, interval_multipliers
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def solve_exact(prob: SDPProblem, *, backend: str = "auto", tol: float = 1e-6, m
 
 
 def _duals(cons: list, K: int, U: int, N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Multipliers in the convention of :func:`solvers.sdp_problem.certify` from cvxpy's duals.
+    """Multipliers in the convention of :func:`absint.solvers.sdp_problem.certify` from cvxpy's duals.
 
     cvxpy reports, for ``max f`` subject to ``g ≤ 0`` / ``h = 0``, duals ``y ≥ 0`` / ``ν`` with
     ``∇f = Σ y ∇g + Σ ν ∇h − Z``; our Lagrangian ``M = Q + Lᵀα e₀ + Σ μ B − diag κ`` then has

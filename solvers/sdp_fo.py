@@ -2,7 +2,7 @@
 
 In the spirit of SDP-FO (Dathathri et al., "Enabling certification of verification-agnostic
 networks via memory-efficient semidefinite programming", NeurIPS 2020) for the relaxation of
-Raghunathan, Steinhardt & Liang (NeurIPS 2018) built by :mod:`solvers.sdp_problem`.
+Raghunathan, Steinhardt & Liang (NeurIPS 2018) built by :mod:`absint.solvers.sdp_problem`.
 
 For multipliers ``α ≥ 0`` (linear rows), ``μ`` (complementarity) and ``κ`` (diagonal) the dual
 function
@@ -10,7 +10,7 @@ function
     F(α, μ, κ) = κ₀ + t + Σ_{i≥1} max(κᵢ + t, 0),   t = λ_max(M(α, μ, κ)),
 
 is an upper bound of the SDP optimum for *every* choice of multipliers (see
-:func:`solvers.sdp_problem.certify`). It is minimised with Adam; three things make that work
+:func:`absint.solvers.sdp_problem.certify`). It is minimised with Adam; three things make that work
 (measured: without them the iterates never left the interval bound on mnist-net_256x2, and
 needed 2–3× more iterations on the digits networks):
 
@@ -26,13 +26,13 @@ needed 2–3× more iterations on the digits networks):
   temperature that decays to ~0, which averages the gradient over near-multiple eigenvalues.
 
 The top eigenpairs come from a warm-started Lanczos run that only uses products ``M w``
-(:func:`solvers.sdp_problem.lagrangian_matvec`), so neither ``P`` nor ``M`` is formed while
+(:func:`absint.solvers.sdp_problem.lagrangian_matvec`), so neither ``P`` nor ``M`` is formed while
 optimising; the gradient of ``t`` is ``uᵀ (∂M) u`` (autograd through one extra product).
 
 Anytime: every iterate is a valid certificate. The Lanczos value is an estimate (from below),
 so the iterate with the best *estimated* bound is kept and, when the run stops (iterations,
 deadline, ``stop_below`` or the callback), certified rigorously by
-:func:`~solvers.sdp_problem.certify` (dense float64 eigenvalue with a rounding margin); the
+:func:`~absint.solvers.sdp_problem.certify` (dense float64 eigenvalue with a rounding margin); the
 returned numbers are always proved bounds. Device-agnostic (CPU or CUDA via ``device``).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from solvers.sdp_problem import (SDPProblem, certify, interval_bound, interval_multipliers, lagrangian_dense,
+from absint.solvers.sdp_problem import (SDPProblem, certify, interval_bound, interval_multipliers, lagrangian_dense,
                                  lagrangian_matvec, lanczos_top)
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Optimised-slope back-substitution (domains.alpha) and the ``alphapoly`` analysis: sampled soundness."""
+"""Optimised-slope back-substitution (absint.domains.alpha) and the ``alphapoly`` analysis: sampled soundness."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +10,8 @@ from absint.frontends.torch_loader import load_torch
 from absint.interpreter import propagate
 from absint.refine.driver import RefineRun
 from absint.refine.options import make_options
-from domains.alpha import AlphaBounder, AlphaOptions, chain_of
-from domains.deeppoly import DeepPolyDomain
+from absint.domains.alpha import AlphaBounder, AlphaOptions, chain_of
+from absint.domains.deeppoly import DeepPolyDomain
 
 
 def _net(sizes, seed, conv=False):

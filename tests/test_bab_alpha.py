@@ -24,7 +24,7 @@ def mlp(seed: int, sizes=(4, 12, 12, 10, 3)) -> Graph:
 
 
 def deeppoly_bounder(g: Graph) -> Bounder:
-    from domains.deeppoly import DeepPolyOptions
+    from absint.domains.deeppoly import DeepPolyOptions
 
     return Bounder(g, get_domain("deeppoly")(DeepPolyOptions(early_stop=False)))
 

@@ -12,7 +12,7 @@ from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Relu, Reshape, Sigmo
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator
 from absint.results import Verdict
 from absint.specs import Instance, linf_ball, robustness_property
-from domains.box import BoxDomain
+from absint.domains.box import BoxDomain
 
 
 def _t(a):

@@ -19,7 +19,7 @@ import absint  # noqa: F401  (absint before domains: see docs/writing-a-domain.m
 from absint.linear import ConvOperator
 from absint.plugins import available_domains
 from absint.testing import CHECKS, CheckResult, ConformanceReport, check_domain, domain_conformance_tests, run_check
-from domains.box import BoxDomain, BoxElement
+from absint.domains.box import BoxDomain, BoxElement
 
 torch.set_num_threads(1)
 

@@ -14,8 +14,8 @@ from absint.interpreter import propagate
 from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator
 from absint.testing import random_mlp
-from domains.box import BoxDomain
-from domains.deeppoly import DeepPolyDomain, DeepPolyOptions
+from absint.domains.box import BoxDomain
+from absint.domains.deeppoly import DeepPolyDomain, DeepPolyOptions
 
 F64 = torch.float64
 TOL = 1e-8
@@ -149,7 +149,7 @@ def test_sampled_soundness_and_never_looser_than_box(name, seed):
 def _reference_deeppoly(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor):
     """Textbook DeepPoly for one box on a chain of dense + activation layers (dense matrices,
     full back-substitution of every neuron to the input, no shortcuts), best of it and intervals."""
-    from domains.relaxations import relu_deeppoly, sigmoid_deeppoly, tanh_deeppoly
+    from absint.domains.relaxations import relu_deeppoly, sigmoid_deeppoly, tanh_deeppoly
 
     layers = []  # ("affine", W, b) or ("act", ls, lo, us, uo)
     bounds = [(lo.reshape(-1), hi.reshape(-1))]
@@ -266,7 +266,7 @@ def test_conv_backsubstitution_matches_dense():
 @pytest.mark.parametrize("name", ["conv_pool", "residual", "mlp_tanh", "mlp_relu"])
 def test_batch_equals_separate_runs(name, segments, monkeypatch):
     if segments:  # force the per-member segment code paths (used for large row blocks)
-        from domains.deeppoly_backsub import RowLayout
+        from absint.domains.deeppoly_backsub import RowLayout
         monkeypatch.setattr(RowLayout, "SEGMENT_MIN", 1)
     graph = NETS[name](5)
     lo, hi = _boxes(graph.input_shape, 4, 5, width=0.3)

@@ -1,4 +1,4 @@
-"""Tests of the k-ReLU machinery (domains.krelu): grouping, octahedra, exact and fast hulls.
+"""Tests of the k-ReLU machinery (absint.domains.krelu): grouping, octahedra, exact and fast hulls.
 
 Soundness is checked exactly where it matters: the fast hull (and the float rounding of the
 exact hull) must contain every vertex of the exact rational hull, checked in exact
@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-import domains.krelu as K
-from domains.krelu.certify import add_down, add_up, mul_up
-from domains.krelu.grouping import KReluOptions, group_neurons, sparse_cover, unstable_ranking
-from domains.krelu.hull_exact import rational_rows_to_float
+import absint.domains.krelu as K
+from absint.domains.krelu.certify import add_down, add_up, mul_up
+from absint.domains.krelu.grouping import KReluOptions, group_neurons, sparse_cover, unstable_ranking
+from absint.domains.krelu.hull_exact import rational_rows_to_float
 
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

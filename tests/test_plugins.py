@@ -27,15 +27,15 @@ from absint.ir import Affine, Graph, Input, Relu
 from absint.linear import DenseOperator
 from absint.plugins import PluginError, PluginWarning, register_domain, unregister_domain
 from absint.specs import InputBox, robustness_property
-from domains.box import BoxDomain
+from absint.domains.box import BoxDomain
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 PLUGIN_MODULE = '''
 import absint.linear  # absint first, then domains
-from domains.box import BoxDomain
-from solvers.base import Backend
+from absint.domains.box import BoxDomain
+from absint.solvers.base import Backend
 
 
 class FakeDomain(BoxDomain):
@@ -204,7 +204,7 @@ def test_plugin_cannot_shadow_a_builtin(fake_eps, capsys) -> None:
     with pytest.warns(PluginWarning, match="'highs'.*ignored"):
         plugins._load_solvers(reload=True)
     assert plugins.available_domains()["box"] is BoxDomain
-    assert plugins.available_solvers()["highs"].__module__ == "solvers.highs_backend"
+    assert plugins.available_solvers()["highs"].__module__ == "absint.solvers.highs_backend"
     assert "box" not in analyses._UNAVAILABLE
     out = _listing(capsys)
     assert "ignored" in out and "box          intervals per neuron" in out
@@ -306,7 +306,7 @@ def test_absint_list(registry, capsys) -> None:
     for name in ("highs", "gurobi", "scipy"):
         assert f"  {name:<12} " in out
     assert main(["list", "-v"]) == 0
-    assert "domains.box.BoxDomain" in capsys.readouterr().out
+    assert "absint.domains.box.BoxDomain" in capsys.readouterr().out
 
 
 # -- end to end: a real dist-info on the path, as `pip install` leaves it -----------------------

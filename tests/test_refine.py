@@ -13,9 +13,9 @@ from absint.refine import NetworkEncoder, UnsupportedNetworkError
 from absint.refine.driver import RefineRun
 from absint.refine.options import PRESETS, make_options
 from absint.specs import linf_ball, robustness_property
-from domains.box import BoxDomain
-from domains.deeppoly import DeepPolyDomain
-from solvers import SolveOptions, get_backend
+from absint.domains.box import BoxDomain
+from absint.domains.deeppoly import DeepPolyDomain
+from absint.solvers import SolveOptions, get_backend
 
 
 def _mlp(sizes, seed=0, scale=1.0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from domains import relaxations as R
+from absint.domains import relaxations as R
 
 TOL = 1e-9
 

@@ -18,9 +18,9 @@ pytest.importorskip("cvxpy")
 
 import absint  # noqa: E402
 from absint.sdp import preactivation_bounds  # noqa: E402
-from solvers.sdp_exact import solve_exact  # noqa: E402
-from solvers.sdp_fo import FOOptions, solve_fo  # noqa: E402
-from solvers.sdp_problem import (  # noqa: E402
+from absint.solvers.sdp_exact import solve_exact  # noqa: E402
+from absint.solvers.sdp_fo import FOOptions, solve_fo  # noqa: E402
+from absint.solvers.sdp_problem import (  # noqa: E402
     build_problem,
     certify,
     interval_multipliers,
@@ -166,7 +166,7 @@ def test_first_order_never_beats_exact_and_gets_close(sizes, seed, eps):
 
 
 def test_exact_backends_agree():
-    from solvers.sdp_exact import available_backends
+    from absint.solvers.sdp_exact import available_backends
 
     backends = available_backends()
     assert set(backends) == {"mosek", "scs", "clarabel"}

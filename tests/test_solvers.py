@@ -5,21 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.optimize as so
 import scipy.sparse as sp
 
-try:  # allow running from a checkout without an installed package
-    import solvers  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import solvers  # noqa: E402
-from solvers import (  # noqa: E402
+import absint.solvers  # noqa: E402
+from absint.solvers import (  # noqa: E402
     LinearModel,
     ModelError,
     Sense,
@@ -29,8 +22,8 @@ from solvers import (  # noqa: E402
     available_backends,
     get_backend,
 )
-from solvers.parallel import objective_bounds, solve_objectives, tighten_bounds  # noqa: E402
-from solvers.safe_bound import safe_lp_lower_bound  # noqa: E402
+from absint.solvers.parallel import objective_bounds, solve_objectives, tighten_bounds  # noqa: E402
+from absint.solvers.safe_bound import safe_lp_lower_bound  # noqa: E402
 
 AVAIL = available_backends()
 BACKENDS = [
@@ -334,7 +327,7 @@ def test_gurobi_licence_fallback(caplog: pytest.LogCaptureFixture) -> None:
     model = LinearModel.from_arrays(rng.normal(size=n), A, A @ x0 - 1, A @ x0 + 1, -1, 1)
     ref = get_backend("highs").solve(model)
     if HAS_GUROBI:
-        from solvers import gurobi_backend
+        from absint.solvers import gurobi_backend
 
         gurobi_backend._notice_logged = False  # make the once-per-process notice observable
     with caplog.at_level(logging.WARNING, logger="solvers"):
@@ -401,12 +394,12 @@ def test_session_limits_are_per_solve() -> None:
 
 
 def test_backend_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from solvers.gurobi_backend import GurobiBackend
-    from solvers.highs_backend import HighsBackend
+    from absint.solvers.gurobi_backend import GurobiBackend
+    from absint.solvers.highs_backend import HighsBackend
 
     monkeypatch.setattr(GurobiBackend, "availability", classmethod(lambda cls: (False, "test")))
     assert get_backend("gurobi").name == AVAIL_DEFAULT
-    with pytest.raises(solvers.BackendUnavailableError):
+    with pytest.raises(absint.solvers.BackendUnavailableError):
         get_backend("gurobi", strict=True)
     monkeypatch.setattr(HighsBackend, "availability", classmethod(lambda cls: (False, "test")))
     assert get_backend().name == "scipy"
@@ -437,6 +430,6 @@ def test_top_level_solve_convenience() -> None:
     m.add_vars([0, 0], [1, 1])
     m.add_constraints([[1.0, 1.0]], hi=1.5)
     m.set_objective([1.0, 2.0], "max")
-    res = solvers.solve(m)
+    res = absint.solvers.solve(m)
     assert res.status is Status.OPTIMAL and res.objective == pytest.approx(2.5)
     assert 2.5 <= res.proved_bound < 2.5 + 1e-9

@@ -16,8 +16,8 @@ from absint.frontends.onnx_loader import load_onnx
 from absint.interpreter import apply_op, propagate
 from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator
-from domains.box import BoxDomain
-from domains.zonotope import ZonotopeDomain, ZonotopeOptions, node_bounds, octahedral_directions
+from absint.domains.box import BoxDomain
+from absint.domains.zonotope import ZonotopeDomain, ZonotopeOptions, node_bounds, octahedral_directions
 
 DT = torch.float64
 TOL = 1e-9
@@ -412,7 +412,7 @@ def test_octahedral_bounds() -> None:
     assert dirs.shape == (13, 3) and lo.shape == (2, 2, 13)
     assert torch.equal(dirs, octahedral_directions(3))
     try:  # same row order as the k-ReLU code's half matrix: b = cat([upper, −lower])
-        from domains.krelu.octahedron import octahedral_directions as krelu_dirs
+        from absint.domains.krelu.octahedron import octahedral_directions as krelu_dirs
     except ImportError:  # pragma: no cover - module owned by another component
         krelu_dirs = None
     if krelu_dirs is not None:

@@ -33,7 +33,7 @@ from absint.bab.queue import Batch, batch_len, batch_select
 from absint.bab.relu_split import ReluSplitting
 from absint.ir import Graph
 from absint.specs import InputBox
-from domains.alpha import chain_of
+from absint.domains.alpha import chain_of
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class BabAnalysis(Analysis):
         if dom_opts is None and name == "deeppoly":
             # Fully back-substituted intermediate bounds: ~2× the cost per sub-problem but tighter,
             # so fewer sub-problems (ACAS Xu 2_7 prop_1: verified in 16 s vs. 87 % after 20 s).
-            from domains.deeppoly import DeepPolyOptions
+            from absint.domains.deeppoly import DeepPolyOptions
 
             dom_opts = DeepPolyOptions(early_stop=False)
         domain = dom_cls(dom_opts, device=self.device)

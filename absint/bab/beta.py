@@ -5,10 +5,10 @@ Per-neuron Split Constraints for Neural Network Robustness Verification", NeurIP
 
 A sub-problem is the root input box plus a phase per ReLU (``+1``: ``z ≥ 0``, ``−1``: ``z ≤ 0``,
 ``0``: free). Its bound is computed as follows (chain networks only, see
-:func:`domains.alpha.chain_of`):
+:func:`absint.domains.alpha.chain_of`):
 
 1. Intermediate pre-activation bounds ``l, u`` of the *root* (DeepPoly, then α-optimised per layer
-   by :class:`domains.alpha.AlphaBounder`) are computed once; they hold on every sub-problem. Per
+   by :class:`absint.domains.alpha.AlphaBounder`) are computed once; they hold on every sub-problem. Per
    sub-problem they are clamped by its split constraints (active: ``l = max(l, 0)``, inactive:
    ``u = min(u, 0)``); a sub-problem whose clamped bounds are contradictory (``l > u``) is empty
    (*infeasible*, proved vacuously).
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import torch
 
 from absint.ir import Graph
-from domains.alpha import AlphaBounder, AlphaOptions, chain_of
-from domains.relaxations import relu_lower_slope, relu_upper_line
+from absint.domains.alpha import AlphaBounder, AlphaOptions, chain_of
+from absint.domains.relaxations import relu_lower_slope, relu_upper_line
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class BetaBounder:
     def _deeppoly_pre(self, graph: Graph):
         from absint.bab.bounding import Bounder
         from absint.plugins import get_domain
-        from domains.deeppoly import DeepPolyOptions
+        from absint.domains.deeppoly import DeepPolyOptions
 
         b = Bounder(graph, get_domain("deeppoly")(DeepPolyOptions(early_stop=False)))
         out = b.bound(self.lo_in[None], self.hi_in[None], self.C, self.d, want_pre=True)

@@ -2,7 +2,7 @@
 
 A sub-problem is an input box plus (ReLU splitting) a phase per ReLU: ``+1`` active
 (pre-activation ``≥ 0``), ``−1`` inactive (``≤ 0``), ``0`` free. Phases reach the domain through
-the interpreter's refine hook as a :meth:`~domains.base.Domain.meet_box` on the pre-activation
+the interpreter's refine hook as a :meth:`~absint.domains.base.Domain.meet_box` on the pre-activation
 bounds (the interval form of the split constraint, as in Bunel et al. JMLR 2020 and ERAN's
 DeepPoly-based BaB). A sub-problem whose constraints contradict the proved pre-activation bounds
 is empty: it is reported ``infeasible`` (nothing to prove there).
@@ -17,7 +17,7 @@ import torch
 
 from absint.interpreter import propagate
 from absint.ir import Graph, Relu, run_op
-from domains.base import Domain
+from absint.domains.base import Domain
 
 log = logging.getLogger(__name__)
 

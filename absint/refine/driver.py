@@ -35,10 +35,10 @@ from absint.ir import Add, Affine, Graph, Op, Relu
 from absint.refine.encoding import Encoding, KReluRows, NetworkEncoder
 from absint.refine.krelu_rows import krelu_rows
 from absint.refine.options import RefineOptions
-from domains.alpha import AlphaBounder, AlphaOptions, chain_of
-from domains.base import Domain
-from solvers import SolveOptions, SolveResult, Status, get_backend
-from solvers.parallel import solve_objectives
+from absint.domains.alpha import AlphaBounder, AlphaOptions, chain_of
+from absint.domains.base import Domain
+from absint.solvers import SolveOptions, SolveResult, Status, get_backend
+from absint.solvers.parallel import solve_objectives
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class RefineRun:
         each thread has its own environment), in order, each within the time left."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from solvers.gurobi_backend import GurobiBackend
+        from absint.solvers.gurobi_backend import GurobiBackend
 
         out: list[SolveResult | None] = [None] * len(objectives)
         _ = enc.model.A  # assemble the shared constraint matrix once, before the threads read it
@@ -182,7 +182,7 @@ class RefineRun:
         size (it solves the small per-neuron MILPs ~5x faster than HiGHS here), else HiGHS."""
         if self.opt.backend is not None:
             return self.opt.backend
-        from solvers.gurobi_backend import fits_licence
+        from absint.solvers.gurobi_backend import fits_licence
 
         return "gurobi" if fits_licence(enc.model) else None
 

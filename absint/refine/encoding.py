@@ -36,7 +36,7 @@ import torch
 from absint.errors import UnsupportedOpError
 from absint.ir import Add, Affine, Graph, Input, Op, Relu, Reshape
 from absint.linear import DenseOperator, LinearOperator, numel
-from solvers import LinearModel
+from absint.solvers import LinearModel
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """k-ReLU joint constraints of one ReLU layer, domain-independent (kPoly, Singh et al., NeurIPS 2019).
 
 For the pre-activations ``z`` of a ReLU layer: group the unstable neurons (ERAN's sparse cover,
-:func:`domains.krelu.group_neurons`), ask the domain for octahedral bounds ``b_d ≥ max d·z_g``
+:func:`absint.domains.krelu.group_neurons`), ask the domain for octahedral bounds ``b_d ≥ max d·z_g``
 over every direction ``d ∈ {−1,0,1}^k \\ {0}`` of each group (one batched call), intersect the
 unit directions with the proved box, and compute the hull of ``{(z, relu(z)) : D z ≤ b}``
-(:func:`domains.krelu.krelu_hull`). The rows go into the LP as :class:`~absint.refine.encoding.KReluRows`.
+(:func:`absint.domains.krelu.krelu_hull`). The rows go into the LP as :class:`~absint.refine.encoding.KReluRows`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from absint.refine.encoding import KReluRows
-from domains.base import Domain
-from domains.krelu import KReluOptions, group_neurons, krelu_hull, octahedral_directions, unit_row_indices
+from absint.domains.base import Domain
+from absint.domains.krelu import KReluOptions, group_neurons, krelu_hull, octahedral_directions, unit_row_indices
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-from domains.krelu import KReluOptions
+from absint.domains.krelu import KReluOptions
 
 __all__ = ["RefineOptions", "PRESETS", "make_options"]
 
@@ -48,7 +48,7 @@ class RefineOptions:
     * ``tighten_share`` — with a deadline, tightening and k-ReLU stop after this share of the time
       left, so that the final LP/MILP still runs.
     * ``alpha_iters`` — before any LP/MILP, each layer's bounds are tightened by back-substitution
-      with optimised ReLU slopes (:mod:`domains.alpha`, α-CROWN style; this many gradient steps,
+      with optimised ReLU slopes (:mod:`absint.domains.alpha`, α-CROWN style; this many gradient steps,
       0 disables). Its bounds match the triangle LP's at a fraction of the cost, so with it
       the per-neuron *LP* tightening (without k-ReLU rows) is skipped unless ``lp_tighten``.
     * ``lp_tighten`` — per-neuron LP tightening of the layers not tightened by MILP: ``None``

@@ -2,28 +2,28 @@
 
 Pure functions on numpy arrays, no network code:
 
-* :mod:`~domains.krelu.grouping` — :class:`KReluOptions`, :func:`group_neurons` (ERAN's
+* :mod:`~absint.domains.krelu.grouping` — :class:`KReluOptions`, :func:`group_neurons` (ERAN's
   sparse-cover grouping of the unstable neurons of a layer);
-* :mod:`~domains.krelu.octahedron` — the ``3^k − 1`` octahedral directions ``D`` and helpers
+* :mod:`~absint.domains.krelu.octahedron` — the ``3^k − 1`` octahedral directions ``D`` and helpers
   computing bounds ``b`` (the domain supplies ``b_d ≥ max d·x``); ``P = {x : D x ≤ b}``;
-* :mod:`~domains.krelu.hull_exact` — exact hull of ``{(x, relu(x)) : x ∈ P}`` with cdd.gmp;
-* :mod:`~domains.krelu.hull_fast` — fast over-approximation (PRIMA-style split–bound–lift
+* :mod:`~absint.domains.krelu.hull_exact` — exact hull of ``{(x, relu(x)) : x ∈ P}`` with cdd.gmp;
+* :mod:`~absint.domains.krelu.hull_fast` — fast over-approximation (PRIMA-style split–bound–lift
   candidates) whose right-hand sides are certified by dual bounds with directed rounding
-  (:mod:`~domains.krelu.certify`), so it provably contains the exact hull.
+  (:mod:`~absint.domains.krelu.certify`), so it provably contains the exact hull.
 
 All hulls are returned as ``H`` of shape ``(n, 1 + 2k)`` with rows meaning
-``h0 + hx·x + hy·y ≥ 0`` (cdd/ELINA convention; :mod:`~domains.krelu.hrep`).
+``h0 + hx·x + hy·y ≥ 0`` (cdd/ELINA convention; :mod:`~absint.domains.krelu.hrep`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from domains.krelu.certify import certified_upper_bounds
-from domains.krelu.grouping import KReluOptions, group_neurons, sparse_cover, unstable_ranking
-from domains.krelu.hrep import from_leq, infeasible_hrep, min_slack, to_leq, triangle_candidates
-from domains.krelu.hull_exact import RationalHull, krelu_hull_exact, krelu_hull_exact_rational
-from domains.krelu.hull_fast import krelu_hull_fast
-from domains.krelu.octahedron import (
+from absint.domains.krelu.certify import certified_upper_bounds
+from absint.domains.krelu.grouping import KReluOptions, group_neurons, sparse_cover, unstable_ranking
+from absint.domains.krelu.hrep import from_leq, infeasible_hrep, min_slack, to_leq, triangle_candidates
+from absint.domains.krelu.hull_exact import RationalHull, krelu_hull_exact, krelu_hull_exact_rational
+from absint.domains.krelu.hull_fast import krelu_hull_fast
+from absint.domains.krelu.octahedron import (
     box_from_octahedron,
     negation_index,
     octahedral_bounds_from_box,
@@ -79,7 +79,7 @@ def relu_support_upper_bounds(D: np.ndarray, b: np.ndarray, A: np.ndarray, C: np
     ``b`` are ignored; ``D`` must contain the unit rows; returns ``−inf`` if ``P`` is
     provably empty).
     """
-    from domains.krelu.pieces import enumerate_pieces
+    from absint.domains.krelu.pieces import enumerate_pieces
 
     D = np.atleast_2d(np.asarray(D, dtype=np.float64))
     b = np.asarray(b, dtype=np.float64).reshape(-1)

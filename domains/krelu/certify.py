@@ -13,7 +13,7 @@ by weak duality: with ``P_s ⊆ {x : D_J x ≤ rhs_s[J]} ∩ [lo_s, hi_s]`` for 
 
 (This is the "safe bound" of Neumaier & Shcherbina, *Safe bounds in linear and mixed-integer
 programming*, Math. Prog. 2004, specialised to a box.)  The multipliers ``λ`` are proposed in
-floating point from the bases of :mod:`domains.krelu.pieces` (at an optimal vertex some
+floating point from the bases of :mod:`absint.domains.krelu.pieces` (at an optimal vertex some
 basis is dual feasible), clipped to ``λ ≥ 0``; any proposal is valid.  The right-hand side
 of (★) is then evaluated with *upward-directed rounding* emulated in round-to-nearest
 arithmetic: every sum uses the error-free transformation TwoSum (Knuth) to detect the
@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linprog, nnls
 
-from domains.krelu.pieces import OrthantPieces
+from absint.domains.krelu.pieces import OrthantPieces
 
 __all__ = [
     "certified_upper_bounds",

@@ -49,8 +49,8 @@ class KReluOptions:
     ``k``: group size; ``s``: overlap parameter (max shared neurons = ``k + s``, ERAN's
     convention); ``sparse_n``: window size; ``cutoff``: minimum score ``−l·u`` (absolute,
     as in ERAN, unless ``relative_cutoff``); ``hull``: ``"fast"`` (sound over-approximation,
-    :func:`domains.krelu.hull_fast.krelu_hull_fast`) or ``"exact"`` (cdd.gmp,
-    :func:`domains.krelu.hull_exact.krelu_hull_exact`).
+    :func:`absint.domains.krelu.hull_fast.krelu_hull_fast`) or ``"exact"`` (cdd.gmp,
+    :func:`absint.domains.krelu.hull_exact.krelu_hull_exact`).
     """
 
     k: int = 3

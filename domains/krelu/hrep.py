@@ -1,6 +1,6 @@
 """H-representation conventions shared by the k-ReLU hull functions.
 
-Every hull function of :mod:`domains.krelu` returns a float matrix ``H`` of shape
+Every hull function of :mod:`absint.domains.krelu` returns a float matrix ``H`` of shape
 ``(n, 1 + 2k)`` in the cdd / ELINA convention::
 
     row h = [h0 | hx_1 … hx_k | hy_1 … hy_k]   means   h0 + hx·x + hy·y ≥ 0,
@@ -54,7 +54,7 @@ def triangle_candidates(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.
     * inactive (``hi ≤ 0``): ``y ≤ 0`` and ``−y ≤ 0``.
 
     Only the coefficient rows are returned: right-hand sides are left to the caller, which in
-    :func:`domains.krelu.hull_fast.krelu_hull_fast` recomputes them rigorously, so rounding
+    :func:`absint.domains.krelu.hull_fast.krelu_hull_fast` recomputes them rigorously, so rounding
     in ``λ`` can never make a constraint unsound.
     """
     lo = np.asarray(lo, dtype=np.float64)

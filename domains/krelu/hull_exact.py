@@ -17,7 +17,7 @@ Degenerate inputs need no special casing: empty pieces have no generators, a fla
 yields implicit equalities (returned as two opposite inequalities), and a neuron that is
 stable on ``P`` simply contributes pieces lying on ``x_i = 0``.
 
-Conventions: see :mod:`domains.krelu.hrep` (rows ``h0 + hx·x + hy·y ≥ 0``).
+Conventions: see :mod:`absint.domains.krelu.hrep` (rows ``h0 + hx·x + hy·y ≥ 0``).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import cdd
 import cdd.gmp as cdd_gmp
 import numpy as np
 
-from domains.krelu.hrep import infeasible_hrep
-from domains.krelu.octahedron import as_polytope
+from absint.domains.krelu.hrep import infeasible_hrep
+from absint.domains.krelu.octahedron import as_polytope
 
 __all__ = ["RationalHull", "krelu_hull_exact_rational", "krelu_hull_exact", "rational_rows_to_float"]
 

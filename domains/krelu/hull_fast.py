@@ -5,7 +5,7 @@ in the spirit of PRIMA's SBLM (Müller, Makarchuk, Singh, Püschel, Vechev, "PRI
 Precise Neural Network Certification via Scalable Convex Hull Approximations", POPL 2022):
 
 1. *split* ``P`` into its ``2^k`` orthant pieces ``P_s`` and compute their vertices and
-   facets (:mod:`domains.krelu.pieces`);
+   facets (:mod:`absint.domains.krelu.pieces`);
 2. *bound*: on ``P_s`` ReLU is ``y = s∘x``; a facet ``α·x ≤ β`` of ``P_s`` is a
    constraint of the lifted piece ``L_s = {(x, s∘x) : x ∈ P_s}`` in every form
    ``α·x + γ·g(x) ≤ β`` with ``g_j(x) = relu(x_j) − s_j x_j`` (``g ≥ 0``, ``g = 0`` on
@@ -25,13 +25,13 @@ The single-neuron triangle constraints of every neuron and the input constraints
 ``D x ≤ b`` (zero ``y`` part) are always added.
 
 **Soundness does not depend on step 1–3 being computed exactly**: every candidate's
-right-hand side is recomputed by :func:`domains.krelu.certify.certified_upper_bounds` as a
+right-hand side is recomputed by :func:`absint.domains.krelu.certify.certified_upper_bounds` as a
 rigorous upper bound of ``max_{x ∈ P} a·x + c·relu(x)`` (dual certificates per orthant,
 evaluated with directed rounding).  Hence every returned row is valid for every
 ``(x, relu(x))``, ``x ∈ P``, i.e. the result contains the exact hull, whatever floating-point
 errors occurred in the candidate generation.
 
-Conventions: rows ``h0 + hx·x + hy·y ≥ 0`` (see :mod:`domains.krelu.hrep`).
+Conventions: rows ``h0 + hx·x + hy·y ≥ 0`` (see :mod:`absint.domains.krelu.hrep`).
 """
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from domains.krelu.certify import certified_upper_bounds
-from domains.krelu.hrep import from_leq, infeasible_hrep, triangle_candidates
-from domains.krelu.octahedron import as_polytope, box_from_octahedron, unit_row_indices
-from domains.krelu.pieces import OrthantPieces, enumerate_pieces
+from absint.domains.krelu.certify import certified_upper_bounds
+from absint.domains.krelu.hrep import from_leq, infeasible_hrep, triangle_candidates
+from absint.domains.krelu.octahedron import as_polytope, box_from_octahedron, unit_row_indices
+from absint.domains.krelu.pieces import OrthantPieces, enumerate_pieces
 
 __all__ = ["krelu_hull_fast", "lift_candidates", "lifting_plans"]
 
@@ -181,7 +181,7 @@ def krelu_hull_fast(
 
     Args:
       D: ``(m, k)`` input directions; must contain the unit rows ``±e_i`` (the octahedral
-        matrix of :func:`domains.krelu.octahedron.octahedral_directions` does).
+        matrix of :func:`absint.domains.krelu.octahedron.octahedral_directions` does).
       b: ``(m,)`` upper bounds ``b_d ≥ max_{x ∈ region} d·x``; ``+inf`` rows are ignored,
         the unit rows must be finite.
       level: richness of the candidate generation, see :func:`lifting_plans` (0, 1, 2).

@@ -9,7 +9,7 @@ so the pieces differ only in their right-hand sides ``rhs[s]``.
 This module computes, in floating point and **without any soundness claim**, the vertices
 of every piece, which rows are tight at them, and the *bases* (sets of ``k`` linearly
 independent rows) at those vertices.  The bases are later used only to propose dual
-multipliers for :mod:`domains.krelu.certify`, which is sound for *any* proposal, so errors
+multipliers for :mod:`absint.domains.krelu.certify`, which is sound for *any* proposal, so errors
 here can cost precision but never soundness.
 
 Two enumeration methods:
@@ -35,7 +35,7 @@ import cdd
 import cdd.gmp as cdd_gmp
 import numpy as np
 
-from domains.krelu.octahedron import unit_row_indices
+from absint.domains.krelu.octahedron import unit_row_indices
 
 __all__ = ["OrthantPieces", "enumerate_pieces"]
 
@@ -53,7 +53,7 @@ class OrthantPieces:
       ``D`` (m, k); ``signs`` (O, k) in {0, 1}; ``rhs`` (O, m) right-hand sides per piece;
       ``lo``/``hi`` (O, k) a box containing each piece (exact, read off ``b``);
       ``nonempty`` (O,) False only when the piece is *proven* empty (by its box here, or
-      later by a Farkas certificate in :func:`domains.krelu.certify.certify_empty_pieces`);
+      later by a Farkas certificate in :func:`absint.domains.krelu.certify.certify_empty_pieces`);
       per piece ``o``: ``vertices[o]`` (p, k), ``tight[o]`` (p, m) bool,
       ``basis_rows[o]`` (t, k) int, ``basis_inv_t[o]`` (t, k, k) with ``λ = basis_inv_t @ w``
       solving ``D[basis_rows]ᵀ λ = w``, ``basis_vertex[o]`` (t,) the vertex of each basis;

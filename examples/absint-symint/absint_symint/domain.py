@@ -21,7 +21,7 @@ Option ``relu="neurify"`` uses instead the symbolic linear relaxation of Neurify
 NeurIPS 2018): ``λ_l·Eq_low ≤ relu(z) ≤ λ_u·(Eq_up − l_up)``, with ``λ = u/(u − l)`` computed on
 each equation's own range — tighter, and still one equation per side.
 
-Sigmoid/tanh use the DeepPoly lines of :mod:`domains.relaxations` on each equation's range
+Sigmoid/tanh use the DeepPoly lines of :mod:`absint.domains.relaxations` on each equation's range
 (``f`` is monotone, so ``f(z) ≥ f(Eq_low) ≥`` the lower line at ``Eq_low``). Max pooling keeps
 the equations of a window's input when one input dominates the window, else concretises the upper
 side. The element also carries concrete interval bounds propagated by interval arithmetic and
@@ -36,10 +36,10 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
-# Import absint before domains: absint's own import pulls in domains.base in the right order.
+# Import absint before domains: absint's own import pulls in absint.domains.base in the right order.
 from absint.linear import LinearOperator, numel
-from domains.base import Domain
-from domains.relaxations import LinearBounds, sigmoid_deeppoly, tanh_deeppoly
+from absint.domains.base import Domain
+from absint.domains.relaxations import LinearBounds, sigmoid_deeppoly, tanh_deeppoly
 
 Tensor = torch.Tensor
 
