@@ -1,0 +1,90 @@
+"""Floating-point rounding error bounds: the shared primitives every sound bound uses.
+
+absint's guarantee is with respect to *real* arithmetic on the stored weights, while every
+computation runs in floating point (float64 by default, float32 where a caller chooses it). A
+number returned as a proved lower bound must therefore be below the real value it bounds,
+including every rounding error made while computing it. The model of floating-point arithmetic
+used throughout (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., §2.2 and §3.1):
+
+* one operation: ``fl(a ∘ b) = (a ∘ b)(1 + δ) + η`` with ``|δ| ≤ u`` (unit roundoff) and an
+  absolute underflow term ``|η| ≤ η_min`` (smallest subnormal) for products;
+* a dot product or matrix product of inner length ``n``, summed in *any* order (BLAS blocking,
+  pairwise or FMA-based summation included): ``|fl(x·y) − x·y| ≤ γ_n Σ|x_i y_i| + n·η_min`` with
+  ``γ_n = n u / (1 − n u)``.
+
+The bounds below are written so that the rounding of the error estimate itself is covered: they
+use ``γ`` of a slightly larger length and a factor of two of slack, which costs nothing measurable
+and keeps every formula short. Non-finite results (overflow, ``inf − inf``) never become proofs:
+:func:`sanitize_lower` / :func:`sanitize_upper` turn them into the trivial bound.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "unit_roundoff", "tiny", "gamma", "dot_error", "round_down", "round_up",
+    "sanitize_lower", "sanitize_upper", "safe_lower", "safe_upper",
+]
+
+
+def unit_roundoff(dtype: torch.dtype = torch.float64) -> float:
+    """``u``: half the machine epsilon of ``dtype`` (2⁻⁵³ for float64, 2⁻²⁴ for float32)."""
+    return torch.finfo(dtype).eps / 2.0
+
+
+def tiny(dtype: torch.dtype = torch.float64) -> float:
+    """The smallest positive subnormal number of ``dtype`` (the underflow term ``η_min``)."""
+    return float(torch.finfo(dtype).smallest_normal) * torch.finfo(dtype).eps
+
+
+def gamma(n: int, dtype: torch.dtype = torch.float64) -> float:
+    """``γ_n = n u / (1 − n u)`` for inner length ``n`` (Higham, Lemma 3.1)."""
+    nu = max(int(n), 1) * unit_roundoff(dtype)
+    if nu >= 0.5:
+        raise ValueError(f"inner length {n} too long for a rounding bound in {dtype}")
+    return nu / (1.0 - nu)
+
+
+def dot_error(abs_sum: torch.Tensor, n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """An upper bound of the rounding error of dot products of inner length ``n``.
+
+    ``abs_sum`` is (a float computation of) ``Σ|x_i y_i|`` for each product, e.g. ``|A| @ |B|``.
+    The returned bound covers the products' own error, the error of computing ``abs_sum`` itself
+    (another length-``n`` sum) and the rounding of this formula, with a factor of two to spare.
+    """
+    return abs_sum * (2.0 * gamma(n + 2, dtype)) + (n + 2) * tiny(dtype)
+
+
+def round_down(x: torch.Tensor) -> torch.Tensor:
+    """The next representable number below ``x`` (one step toward −∞): a safe lower bound of any
+    real number that ``x`` approximates to within half an ulp (one rounded operation).
+    Meant for finite values: +inf steps down to the largest finite number (sanitise first)."""
+    return torch.nextafter(x, torch.full_like(x, -float("inf")))
+
+
+def round_up(x: torch.Tensor) -> torch.Tensor:
+    """The next representable number above ``x`` (one step toward +∞)."""
+    return torch.nextafter(x, torch.full_like(x, float("inf")))
+
+
+def sanitize_lower(x: torch.Tensor) -> torch.Tensor:
+    """A lower bound with NaN and +inf (overflow: no proof) replaced by −inf."""
+    bad = torch.isnan(x) | (x == float("inf"))
+    return torch.where(bad, torch.full_like(x, -float("inf")), x)
+
+
+def sanitize_upper(x: torch.Tensor) -> torch.Tensor:
+    """An upper bound with NaN and −inf replaced by +inf."""
+    bad = torch.isnan(x) | (x == -float("inf"))
+    return torch.where(bad, torch.full_like(x, float("inf")), x)
+
+
+def safe_lower(value: torch.Tensor, error: torch.Tensor | float) -> torch.Tensor:
+    """``value − error`` rounded down and sanitised: a proved lower bound of the real quantity that
+    ``value`` approximates, given a bound ``error`` on the approximation error."""
+    return round_down(sanitize_lower(value - error))
+
+
+def safe_upper(value: torch.Tensor, error: torch.Tensor | float) -> torch.Tensor:
+    """``value + error`` rounded up and sanitised (see :func:`safe_lower`)."""
+    return round_up(sanitize_upper(value + error))
