@@ -9,30 +9,50 @@ Affine/ReLU chains keep DeepPoly's bounds (noted per sample).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from absint.analyses import Analysis, BoundResult
+from absint.errors import OptionError
 from absint.interpreter import bounds_recorder, propagate
 from absint.ir import Graph
+from absint.options import Options
 from absint.domains.alpha import AlphaBounder, AlphaOptions, chain_of
 from absint.domains.deeppoly import DeepPolyDomain
 
-__all__ = ["AlphaPolyAnalysis"]
+__all__ = ["AlphaPolyAnalysis", "AlphaPolyOptions"]
+
+
+@dataclass(frozen=True)
+class AlphaPolyOptions(Options):
+    """``iters``: gradient steps per intermediate layer; ``final_iters``: for the safety rows;
+    ``lr``: step size of the projected gradient ascent on the slopes."""
+
+    iters: int = 30
+    final_iters: int = 60
+    lr: float = 0.25
+
+    def check(self) -> None:
+        if self.iters < 0 or self.final_iters < 0 or not self.lr > 0:
+            raise OptionError("alphapoly: iters and final_iters must be ≥ 0 and lr > 0")
 
 
 class AlphaPolyAnalysis(Analysis):
-    """DeepPoly + optimised slopes; options ``iters`` (per layer), ``final_iters``, ``lr``."""
+    """DeepPoly + optimised slopes (options: :class:`AlphaPolyOptions`)."""
 
     name = "alphapoly"
     description = "DeepPoly with gradient-optimised ReLU slopes (alpha-CROWN style, Xu et al. ICLR 2021)"
+    options_class = AlphaPolyOptions
+    options: AlphaPolyOptions
 
-    def __init__(self, *, device: torch.device | str | None = None, iters: int = 30, final_iters: int = 60,
-                 lr: float = 0.25, **options: Any) -> None:
-        super().__init__(device=device, **options)
-        self.alpha_options = AlphaOptions(iters=iters, final_iters=final_iters, lr=lr)
+    def __init__(self, options: AlphaPolyOptions | None = None, *, device: torch.device | str | None = None,
+                 **keywords: Any) -> None:
+        super().__init__(options, device=device, **keywords)
+        o = self.options
+        self.alpha_options = AlphaOptions(iters=o.iters, final_iters=o.final_iters, lr=o.lr)
         self.domain = DeepPolyDomain(device=self.device)
 
     def bound(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor,

@@ -4,24 +4,35 @@ An :class:`Analysis` turns ``(graph, input boxes, safety rows C y + d)`` into pr
 of every row. Verdicts, attacks and time limits live one level up (:mod:`absint.verify`), so an
 analysis only has to be sound: every number it returns must be a true lower bound.
 
+Every analysis takes one typed options object (a frozen :class:`~absint.options.Options`
+dataclass named by ``options_class``); keywords are sugar over it, and every option mistake raises
+:class:`~absint.errors.OptionError` at construction.
+
 ``DomainAnalysis`` is the plain "propagate with a domain, then bound ``C y + d``" composition;
-every registered domain gets one under its own name. Refinement analyses (refinepoly, lp, milp,
-sdp, ...) subclass :class:`Analysis` and register themselves with :func:`register_analysis`.
+every registered domain is also an analysis of its own name (:func:`get_analysis` wraps it).
+Other analyses (refinepoly, lp, milp, sdp, bab, ...) subclass :class:`Analysis` and register
+through the ``absint.analyses`` entry-point group or :func:`absint.registry.register_analysis`.
 """
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from absint.errors import AbsintError
-from absint.interpreter import propagate
-from absint.ir import Graph
+from absint import registry
 from absint.domains.base import Domain, default_device
+from absint.errors import OptionError, UnknownAnalysisError, UnknownNameError, UnsupportedOpError
+from absint.interpreter import propagate
+from absint.ir import Graph, Input, Op
+from absint.options import NoAnalysisOptions, Options, build_options
+
+__all__ = ["Analysis", "BoundResult", "DomainAnalysis", "DomainAnalysisOptions", "domain_analysis",
+           "get_analysis", "analysis_class", "available_analyses", "analysis_names", "unsupported_nodes",
+           "check_supported"]
 
 
 @dataclass
@@ -40,10 +51,16 @@ class BoundResult:
 
 
 class Analysis(ABC):
-    """Base class of named analyses."""
+    """Base class of named analyses: ``Analysis(options, *, device=None, **keywords)``.
+
+    Subclasses set ``name``, ``description``, ``options_class`` (an
+    :class:`~absint.options.Options` dataclass; keywords replace its fields) and, if the analysis
+    handles only some ops itself (an LP encoding, a chain-only relaxation), ``handled_ops``.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    options_class: ClassVar[type[Options]] = NoAnalysisOptions
     #: True if "unknown" from this analysis can only mean time-out (complete methods).
     complete: ClassVar[bool] = False
     #: True if one call can analyse many regions at once (``B > 1``) efficiently.
@@ -52,12 +69,37 @@ class Analysis(ABC):
     #: ``stats["clause_lower"]``: proved lower bounds of each clause's best row, which can come
     #: from different rows in different parts of the region (branch and bound needs this).
     clause_aware: ClassVar[bool] = False
+    #: Op types the analysis itself can handle (``None``: any op its domains support). The
+    #: pre-flight check (:func:`unsupported_nodes`) reads it together with ``Domain.supports``.
+    handled_ops: ClassVar[frozenset[type[Op]] | None] = None
 
-    def __init__(self, *, device: torch.device | str | None = None, **options: Any) -> None:
-        if options:  # a misspelt option must not be ignored silently
-            raise UnknownOptionError(f"analysis {self.name!r} does not take the option(s) {sorted(options)}")
+    def __init__(self, options: Options | None = None, *, device: torch.device | str | None = None,
+                 **keywords: Any) -> None:
+        self.options = build_options(self.options_class, options, keywords, owner=self.name,
+                                     base=self.default_options() if options is None else None)
         self.device = torch.device(device) if device is not None else default_device()
-        self.options = options
+
+    @classmethod
+    def default_options(cls) -> Options:
+        """The options when none are given (presets override this)."""
+        return cls.options_class()
+
+    def domains(self) -> list[Domain]:
+        """The domain instances this analysis runs (for the pre-flight support check)."""
+        domain = getattr(self, "domain", None)
+        return [domain] if isinstance(domain, Domain) else []
+
+    def unsupported(self, op: Op) -> str:
+        """Why this analysis cannot handle ``op`` ("" if it can): its own ``handled_ops``, then
+        every domain it runs (``Domain.supports``)."""
+        if isinstance(op, Input):
+            return ""
+        if self.handled_ops is not None and type(op) not in self.handled_ops:
+            return f"analysis {self.name!r} handles {', '.join(sorted(t.__name__ for t in self.handled_ops))} only"
+        for dom in self.domains():
+            if not dom.supports(op):
+                return f"domain {dom.name!r} has no transformer for {op.kind}"
+        return ""
 
     @abstractmethod
     def bound(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
@@ -65,15 +107,47 @@ class Analysis(ABC):
         """Lower bounds of ``C[b] y + d[b]`` for ``y`` the outputs on box ``b`` (``C``: ``[B, m, n]``)."""
 
 
+def unsupported_nodes(graph: Graph, analysis: Analysis) -> list[tuple[str, str, str]]:
+    """Every ``(node, op kind, reason)`` of ``graph`` that ``analysis`` cannot handle."""
+    out = []
+    for node in graph.nodes:
+        why = analysis.unsupported(node)
+        if why:
+            out.append((node.name, node.kind, why))
+    return out
+
+
+def check_supported(graph: Graph, analysis: Analysis) -> None:
+    """The pre-flight check: raise one :class:`~absint.errors.UnsupportedOpError` naming every
+    node the chosen analysis cannot handle, before any work is done."""
+    bad = unsupported_nodes(graph, analysis)
+    if bad:
+        raise UnsupportedOpError(bad, f"{graph.name or 'network'} with analysis {analysis.name!r}")
+
+
+@dataclass(frozen=True)
+class DomainAnalysisOptions(Options):
+    """Options of a plain domain analysis: ``domain_options``, the domain's own options object
+    (an instance of its ``options_class``; ``None``: the domain's defaults)."""
+
+    domain_options: Any = None
+
+
 class DomainAnalysis(Analysis):
     """Propagate with one abstract domain and bound the safety rows with ``linear_bounds``."""
 
     domain_class: ClassVar[type[Domain]]
+    options_class = DomainAnalysisOptions
     batchable = True
 
-    def __init__(self, *, device=None, domain_options: Any = None, **options: Any) -> None:
-        super().__init__(device=device, **options)
-        self.domain = self.domain_class(domain_options, device=self.device)
+    def __init__(self, options: DomainAnalysisOptions | None = None, *, device: torch.device | str | None = None,
+                 **keywords: Any) -> None:
+        super().__init__(options, device=device, **keywords)
+        dom_opts = self.options.domain_options
+        if dom_opts is not None and not isinstance(dom_opts, self.domain_class.options_class):
+            raise OptionError(f"analysis {self.name!r}: domain_options must be a "
+                              f"{self.domain_class.options_class.__name__}, not {type(dom_opts).__name__}")
+        self.domain = self.domain_class(dom_opts, device=self.device)
 
     def bound(self, graph, lower, upper, C, d, *, deadline=None) -> BoundResult:
         g = graph.to(self.device, self.domain.dtype)
@@ -84,59 +158,53 @@ class DomainAnalysis(Analysis):
         return BoundResult(out.detach().cpu().numpy(), stats={"seconds": time.perf_counter() - t0})
 
 
+_DOMAIN_ANALYSES: dict[type, type[DomainAnalysis]] = {}
+
+
 def domain_analysis(domain_class: type[Domain]) -> type[DomainAnalysis]:
-    """The :class:`DomainAnalysis` subclass for ``domain_class`` (named like the domain)."""
-    return type(f"{domain_class.__name__}Analysis", (DomainAnalysis,), {
-        "name": domain_class.name, "domain_class": domain_class,
-        "description": domain_class.description or f"abstract interpretation with {domain_class.name}",
-    })
+    """The :class:`DomainAnalysis` subclass for ``domain_class`` (named like the domain; one per class)."""
+    cls = _DOMAIN_ANALYSES.get(domain_class)
+    if cls is None:
+        cls = type(f"{domain_class.__name__}Analysis", (DomainAnalysis,), {
+            "name": domain_class.name, "domain_class": domain_class, "__module__": __name__,
+            "description": domain_class.description or f"abstract interpretation with {domain_class.name}",
+        })
+        _DOMAIN_ANALYSES[domain_class] = cls
+    return cls
 
 
-# name -> factory producing an Analysis; filled by absint.plugins at import time.
-_ANALYSES: dict[str, Callable[..., Analysis]] = {}
-_UNAVAILABLE: dict[str, str] = {}
+def analysis_class(name: str) -> type[Analysis]:
+    """The analysis class of ``name``: a registered analysis, else the analysis of the domain ``name``."""
+    if registry.has(registry.ANALYSES, name):
+        return registry.get(registry.ANALYSES, name)  # says why, if it cannot be loaded here
+    if registry.has(registry.DOMAINS, name):
+        try:
+            return domain_analysis(registry.get(registry.DOMAINS, name))
+        except UnknownNameError as exc:
+            raise UnknownAnalysisError(f"analysis {name!r} is not available: {exc}") from None
+    raise UnknownAnalysisError(f"unknown analysis {name!r}; available: {', '.join(analysis_names())}")
 
 
-class UnknownAnalysisError(AbsintError):
-    """No analysis of that name is registered."""
+def analysis_names() -> list[str]:
+    """Names of every analysis (registered analyses and domains), without importing any."""
+    return sorted(set(registry.names(registry.ANALYSES)) | set(registry.names(registry.DOMAINS)))
 
 
-class UnknownOptionError(AbsintError, TypeError):
-    """An analysis was given an option it does not have."""
+def available_analyses() -> dict[str, type[Analysis]]:
+    """Every usable analysis class by name (imports them all)."""
+    out: dict[str, type[Analysis]] = {n: domain_analysis(c) for n, c in registry.available(registry.DOMAINS).items()}
+    out.update(registry.available(registry.ANALYSES))
+    return out
 
 
-def register_analysis(name: str, factory: Callable[..., Analysis], *, replace: bool = False) -> None:
-    """Register an analysis factory under ``name`` (refuses to shadow unless ``replace``)."""
-    if name in _ANALYSES and not replace:
-        raise AbsintError(f"an analysis named {name!r} is already registered")
-    _ANALYSES[name] = factory
-
-
-def mark_unavailable(name: str, reason: str) -> None:
-    """Record that analysis ``name`` exists but cannot run here (shown by ``absint list``)."""
-    _UNAVAILABLE[name] = reason
-
-
-def available_analyses() -> dict[str, Callable[..., Analysis]]:
-    from absint import plugins  # noqa: F401  (populates the registry)
-
-    return dict(_ANALYSES)
-
-
-def unavailable_analyses() -> dict[str, str]:
-    from absint import plugins  # noqa: F401
-
-    return dict(_UNAVAILABLE)
-
-
-def get_analysis(name: str | Analysis, **kwargs: Any) -> Analysis:
-    """An analysis instance by name (or pass an instance through)."""
+def get_analysis(name: str | Analysis, options: Options | None = None, **keywords: Any) -> Analysis:
+    """An analysis instance by name, with ``options`` and/or keywords (or pass an instance through)."""
     if isinstance(name, Analysis):
+        extra = {k: v for k, v in keywords.items() if k != "device"}  # the instance has its device
+        if options is not None or extra:
+            raise OptionError(f"options {sorted(extra) or [type(options).__name__]} were given together with a "
+                              f"ready analysis instance {name.name!r}; set them when building it")
         return name
-    analyses = available_analyses()
-    if name not in analyses:
-        why = _UNAVAILABLE.get(name)
-        if why:
-            raise UnknownAnalysisError(f"analysis {name!r} is not available: {why}")
-        raise UnknownAnalysisError(f"unknown analysis {name!r}; available: {', '.join(sorted(analyses))}")
-    return analyses[name](**kwargs)
+    if not isinstance(name, str):
+        raise UnknownAnalysisError(f"an analysis is a name or an Analysis instance, not {type(name).__name__}")
+    return analysis_class(name)(options, **keywords)

@@ -1,7 +1,11 @@
 """Command-line interface: ``absint verify``, ``absint list`` (and more subcommands as they land).
 
 ``absint verify`` with no arguments analyses the bundled digits network on its test split, so a
-fresh checkout has something to run without any download.
+fresh checkout (or a fresh ``pip install``) has something to run without any download.
+
+Start-up is kept cheap: this module imports neither torch nor numpy, subcommands import what they
+need when they run, and ``absint list`` reads the registry's entry points without importing any
+plugin (``absint list --check`` imports each one and asks the solvers for their licences).
 """
 from __future__ import annotations
 
@@ -12,14 +16,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+from absint.data import bundled
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = REPO_ROOT / "networks"
+BUNDLED = bundled()
 DEFAULT_NETWORK = BUNDLED / "digits_mlp_2x64.onnx"
 DEFAULT_DATA = BUNDLED / "digits_test.npz"
 
 log = logging.getLogger("absint")
+
+#: Subcommands that never run torch (start-up stays cheap: torch is not imported for them).
+LIGHT_COMMANDS = {"list", "score", "report"}
 
 #: Extra subcommands: name -> (help, add_arguments(parser), run(args) -> exit code).
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -105,35 +111,54 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _add_list(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true",
+                   help="import every domain, analysis and solver and check it (licences, dependencies)")
     p.add_argument("--verbose", "-v", action="count", default=0)
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    """Print the domains, analyses and solver backends available here, and why any is not."""
-    from absint import plugins
-    from absint.analyses import available_analyses, unavailable_analyses
+    """Print the domains, analyses and solver backends registered here, and why any is not usable."""
+    from absint import registry
 
+    check = getattr(args, "check", False)
     verbose = getattr(args, "verbose", 0)
+    if check:
+        for group in registry.GROUPS:
+            registry.available(group)
+
+    def line(entry: registry.Entry, where: bool) -> str:
+        if entry.status in ("failed", "unavailable"):
+            text = f"unavailable: {entry.reason}"
+        else:
+            text = registry.describe(entry)
+        origin = f"{entry.origin}: {entry.target}" if verbose else entry.origin
+        return f"  {entry.name:<12} {text}".rstrip() + (f"  [{origin}]" if where else "")
+
+    domains = registry.entries(registry.DOMAINS)
+    analyses = registry.entries(registry.ANALYSES)
     print("domains:")
-    for name, cls in sorted(plugins.available_domains().items()):
-        origin = plugins.domain_origin(name) or "?"
-        where = f"{origin}: {cls.__module__}.{cls.__qualname__}" if verbose else origin
-        print(f"  {name:<12} {cls.description or cls.__doc__ or ''}".rstrip() + f"  [{where}]")
-    print("analyses:")
-    analyses = available_analyses()
-    for name, factory in sorted(analyses.items()):
-        print(f"  {name:<12} {getattr(factory, 'description', '') or ''}".rstrip())
-    for name, why in sorted(unavailable_analyses().items()):
-        if name not in analyses:
-            print(f"  {name:<12} unavailable: {why}")
+    for entry in sorted((e for e in domains if e.status != "ignored"), key=lambda e: e.name):
+        print(line(entry, True))
+    print("analyses (every domain is one too):")
+    for entry in sorted((e for e in analyses if e.status != "ignored"), key=lambda e: e.name):
+        print(line(entry, verbose > 0))
     print("solvers:")
-    for name, (ok, why) in plugins.solver_status().items():
-        print(f"  {name:<12} {'available' if ok else 'unavailable'}: {why}")
-    skipped = [i for i in plugins.plugin_infos() if i.status in ("failed", "ignored")]
+    if check:
+        from absint.solvers import available_backends
+
+        for name, (ok, why) in available_backends().items():
+            print(f"  {name:<12} {'available' if ok else 'unavailable'}: {why}")
+    else:
+        for entry in registry.entries(registry.SOLVERS):
+            if entry.status != "ignored":
+                print(line(entry, True))
+    skipped = [e for e in registry.entries() if e.status in ("failed", "ignored")]
     if skipped:
         print("plugins not loaded:")
-        for info in skipped:
-            print(f"  {info.name:<12} {info.status}: {info.reason}")
+        for entry in skipped:
+            print(f"  {entry.name:<12} {entry.status}: {entry.reason}")
+    if not check:
+        print("(nothing was imported; `absint list --check` loads every plugin and checks solver licences)")
     return 0
 
 
@@ -177,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
                         format="%(levelname)s %(name)s: %(message)s")
-    import torch
+    if args.command not in LIGHT_COMMANDS:  # commands that compute: one torch thread unless --threads
+        import torch
 
-    torch.set_num_threads(max(1, getattr(args, "threads", 1) or 1))
+        torch.set_num_threads(max(1, getattr(args, "threads", 1) or 1))
     try:
         return args._run(args)
     except AbsintError as exc:

@@ -8,13 +8,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from absint.errors import SpecError
+
+
+def bundled(name: str = "") -> Path:
+    """Path of a file shipped with absint: the small networks and data of ``networks/`` in a source
+    tree, package data ``absint/networks`` in an installed wheel (``bundled()`` is the folder)."""
+    import absint.networks
+
+    folder = Path(absint.networks.__file__).resolve().parent
+    path = folder / name
+    if name and not path.exists():
+        available = sorted(p.name for p in folder.iterdir() if p.suffix in (".onnx", ".npz", ".json"))
+        raise SpecError(f"no bundled file {name!r}; bundled: {', '.join(available)}")
+    return path
 
 
 def load_images(path: str | Path, input_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load ``(images [N, *input_shape] float64 in [0, 1], labels [N] int64)`` from ``path``."""
+    import numpy as np
+
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: no such data file")

@@ -49,3 +49,36 @@ class DomainError(AbsintError):
 
 class SolverError(AbsintError):
     """A solver backend failed in a way that could not be turned into a status."""
+
+
+class OptionError(AbsintError, TypeError, ValueError):
+    """An analysis (or domain) was given an option it does not have, or a value of the wrong type
+    or outside its range. The one exception type for every option mistake, raised when the
+    options object is built (:mod:`absint.options`); it is also a ``TypeError`` and a
+    ``ValueError`` so that callers catching either keep working."""
+
+
+class PluginError(AbsintError, ValueError):
+    """A registration conflicts with an existing one, or the registered object is invalid."""
+
+
+class UnknownNameError(AbsintError, LookupError):
+    """No domain, analysis or solver backend of that name is registered, or it cannot be loaded
+    here (the message says which, and why)."""
+
+
+class UnknownDomainError(UnknownNameError):
+    """No usable domain of that name."""
+
+
+class UnknownAnalysisError(UnknownNameError):
+    """No usable analysis of that name."""
+
+
+class UnknownBackendError(UnknownNameError, ValueError):
+    """No solver backend of that name."""
+
+
+class InvariantError(AbsintError):
+    """An internal invariant does not hold (a bug in absint or in a plugin, never a user mistake);
+    raised instead of ``assert`` so that it also holds under ``python -O``."""

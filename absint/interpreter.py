@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from absint.errors import DomainError
-from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Op, Relu, Reshape, Sigmoid, Tanh
+from absint.errors import UnsupportedOpError
+from absint.ir import Graph, Op
 from absint.domains.base import Domain
 
 log = logging.getLogger(__name__)
@@ -23,30 +23,18 @@ RefineHook = Callable[[Op, Any], Any]
 
 
 def apply_op(domain: Domain, op: Op, args: list[Any]) -> Any:
-    """Apply the transformer of ``domain`` for ``op`` to the input elements ``args``."""
-    if isinstance(op, Affine):
-        return domain.affine(args[0], op.operator, op.bias)
-    if isinstance(op, Relu):
-        return domain.relu(args[0])
-    if isinstance(op, Reshape):
-        return domain.reshape(args[0], tuple(op.shape))
-    if isinstance(op, Add):
-        return domain.add(args[0], args[1])
-    if isinstance(op, Sigmoid):
-        return domain.sigmoid(args[0])
-    if isinstance(op, Tanh):
-        return domain.tanh(args[0])
-    if isinstance(op, MaxPool2d):
-        return domain.maxpool(args[0], op.kernel, op.stride, op.padding)
-    raise DomainError(f"domain {domain.name!r} has no transformer for op {op.kind} ({op.name})")
+    """Apply the transformer of ``domain`` for ``op`` to the input elements ``args`` (the op table
+    :data:`absint.domains.base.TRANSFORMERS`)."""
+    return domain.transfer(op, args)
 
 
 def check_supported(graph: Graph, domain: Domain) -> None:
-    """Raise one error naming every node whose op the interpreter cannot hand to ``domain``."""
-    known = (Input, Affine, Relu, Reshape, Add, Sigmoid, Tanh, MaxPool2d)
-    bad = [(n.name, n.kind) for n in graph.nodes if not isinstance(n, known)]
+    """Raise one :class:`UnsupportedOpError` naming every node of ``graph`` that ``domain`` cannot
+    handle (analyses run :func:`absint.analyses.check_supported`, which also asks the analysis)."""
+    bad = [(n.name, n.kind, f"domain {domain.name!r} has no transformer for it")
+           for n in graph.nodes if not domain.supports(n)]
     if bad:
-        raise DomainError(f"domain {domain.name!r} cannot analyse node(s): " + ", ".join(f"{a} ({k})" for a, k in bad))
+        raise UnsupportedOpError(bad, f"{graph.name or 'network'} with domain {domain.name!r}")
 
 
 @dataclass

@@ -32,16 +32,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from absint.analyses import Analysis, BoundResult
-from absint.errors import AbsintError
+from absint.domains.base import Domain
+from absint.errors import OptionError
 from absint.interpreter import propagate
-from absint.ir import Graph
+from absint.ir import Affine, Graph, Relu, Reshape
+from absint.options import Options
+from absint.registry import DOMAINS, get_domain, names
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,7 @@ def preactivation_bounds(graph: Graph, chain: Any, lower: torch.Tensor, upper: t
     Returns ``(bounds[b][k], domain, propagation)``; the propagation's output element is reused
     for the domain's own bound of the safety rows.
     """
-    from absint.plugins import available_domains
-
-    domains = available_domains()
-    if domain not in domains:
-        raise AbsintError(f"unknown bound domain {domain!r} for sdp; available: {', '.join(sorted(domains))}")
-    dom = domains[domain](device=device)
+    dom = get_domain(domain)(device=device)
     g = graph.to(device, dom.dtype)
     prop = propagate(g, dom, lower.to(device), upper.to(device), keep_all=True, deadline=deadline)
     per_layer = []
@@ -76,42 +74,75 @@ def preactivation_bounds(graph: Graph, chain: Any, lower: torch.Tensor, upper: t
     return out, dom, prop
 
 
+@dataclass(frozen=True)
+class SDPOptions(Options):
+    """Options of the SDP analyses (see the module docstring); ``solver=None`` is the analysis's
+    own default (``auto`` for ``sdp``, ``exact`` for ``sdp-exact``, ``fo`` for ``sdp-fo``)."""
+
+    solver: Literal["exact", "fo", "auto"] | None = None
+    backend: str = "auto"
+    bounds: str | None = None
+    tol: float = 1e-6
+    max_iters: int | None = None
+    fo_options: Any = None
+    eliminate_stable: bool = True
+    preact_linear: bool = True
+    triangle: bool = False
+    combine: bool = True
+    exact_max_size: int = EXACT_MAX_SIZE
+
+    def check(self) -> None:
+        if not self.tol > 0 or self.exact_max_size < 0 or (self.max_iters is not None and self.max_iters < 1):
+            raise OptionError("sdp: tol must be > 0, exact_max_size ≥ 0 and max_iters ≥ 1")
+        if self.fo_options is not None and not isinstance(self.fo_options, dict):
+            from absint.solvers.sdp_fo import FOOptions
+
+            if not isinstance(self.fo_options, FOOptions):
+                raise OptionError(f"sdp: fo_options must be an FOOptions or a dict of its fields, "
+                                  f"not {type(self.fo_options).__name__}")
+
+
 class SDPAnalysis(Analysis):
     """SDP-cert with a proved dual bound (exact cvxpy or first-order torch solver)."""
 
     name = "sdp"
     description = "SDP-cert (Raghunathan et al. 2018): exact (cvxpy) or first-order dual, dual-certified bounds"
     default_solver = "auto"
+    options_class = SDPOptions
+    options: SDPOptions
+    handled_ops = frozenset({Affine, Relu, Reshape})
 
-    def __init__(self, *, device=None, solver: str | None = None, backend: str = "auto", bounds: str | None = None,
-                 tol: float = 1e-6, max_iters: int | None = None, fo_options: Any = None,
-                 eliminate_stable: bool = True, preact_linear: bool = True, triangle: bool = False,
-                 combine: bool = True, exact_max_size: int = EXACT_MAX_SIZE, **options: Any) -> None:
-        super().__init__(device=device, **options)
+    def __init__(self, options: SDPOptions | None = None, *, device=None, **keywords: Any) -> None:
+        super().__init__(options, device=device, **keywords)
         from absint.solvers.sdp_fo import FOOptions
 
-        self.solver = (solver or self.default_solver).lower()
-        if self.solver not in ("exact", "fo", "auto"):
-            raise AbsintError(f"sdp: solver must be 'exact', 'fo' or 'auto', not {solver!r}")
-        self.backend = backend
+        o = self.options
+        self.solver = o.solver or self.default_solver
+        self.backend = o.backend
+        bounds = o.bounds
         if bounds is None:  # DeepPoly when registered (tighter: fewer unstable neurons), else Box
-            from absint.plugins import available_domains
-
-            bounds = "deeppoly" if "deeppoly" in available_domains() else "box"
+            bounds = "deeppoly" if "deeppoly" in names(DOMAINS) else "box"
         self.bounds_domain = bounds
-        self.tol = tol
-        self.max_iters = max_iters
+        self.tol = o.tol
+        self.max_iters = o.max_iters
+        fo_options = o.fo_options
         if fo_options is None:
             fo_options = FOOptions()
         elif isinstance(fo_options, dict):
-            fo_options = replace(FOOptions(), **fo_options)
+            try:
+                fo_options = replace(FOOptions(), **fo_options)
+            except TypeError as exc:
+                raise OptionError(f"sdp: fo_options: {exc}") from None
         if fo_options.stop_below is None:  # a row is done once its certified margin is positive
             fo_options = replace(fo_options, stop_below=-STOP_MARGIN)
         self.fo_options = fo_options
-        self.build_options = {"eliminate_stable": eliminate_stable, "preact_linear": preact_linear,
-                              "triangle": triangle}
-        self.combine = combine
-        self.exact_max_size = exact_max_size
+        self.build_options = {"eliminate_stable": o.eliminate_stable, "preact_linear": o.preact_linear,
+                              "triangle": o.triangle}
+        self.combine = o.combine
+        self.exact_max_size = o.exact_max_size
+
+    def domains(self) -> list[Domain]:
+        return [get_domain(self.bounds_domain)(device=self.device)]
 
     def bound(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor, *,
               deadline: float | None = None) -> BoundResult:
@@ -189,8 +220,3 @@ class SDPFOAnalysis(SDPAnalysis):
     description = "SDP-cert with the first-order dual solver (SDP-FO style, torch, matrix-free)"
     default_solver = "fo"
 
-
-def register_sdp_analyses(register: Any) -> None:
-    """Register ``sdp``, ``sdp-exact`` and ``sdp-fo`` with ``register(name, factory)``."""
-    for cls in (SDPAnalysis, SDPExactAnalysis, SDPFOAnalysis):
-        register(cls.name, cls)

@@ -18,17 +18,25 @@ what it can do more precisely: :meth:`reshape`, :meth:`add`, :meth:`sigmoid`, :m
 and for k-ReLU octahedral constraints), :meth:`meet_box` (tighten with bounds proved elsewhere).
 
 Elements carry a batch axis: one element holds ``B`` independent regions analysed together.
+
+Which method the interpreter calls for which op is one table, :data:`TRANSFORMERS` (op type ->
+rule); a new IR op adds one rule there (and a sound default method here), and
+:meth:`Domain.supports` answers from it. Optional capabilities beyond the transformers are
+declared as :class:`typing.Protocol` classes (:class:`SymbolicInputBounds`, ...) that callers test
+with ``isinstance``, never by probing attribute names.
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
+from absint.errors import DomainError, OptionError
+from absint.ir import Add, Affine, Input, MaxPool2d, Op, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import LinearOperator
 
 E = TypeVar("E")
@@ -54,14 +62,15 @@ class Domain(ABC, Generic[E]):
     name: ClassVar[str] = ""
     options_class: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
-    #: True if the domain relates neurons across layers (k-ReLU/LP refinement can use it).
-    relational: ClassVar[bool] = False
+    #: Op types of :data:`TRANSFORMERS` this domain refuses (its default would be unsound or useless).
+    unsupported_ops: ClassVar[frozenset[type[Op]]] = frozenset()
 
     def __init__(self, options: Any = None, *, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float64) -> None:
         self.options = options if options is not None else self.options_class()
         if not isinstance(self.options, self.options_class):
-            raise TypeError(f"{type(self).__name__} expects options of type {self.options_class.__name__}")
+            raise OptionError(f"{type(self).__name__} expects options of type {self.options_class.__name__}, "
+                              f"not {type(self.options).__name__}")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
 
@@ -127,6 +136,20 @@ class Domain(ABC, Generic[E]):
         """
         return x
 
+    # -- the op table ------------------------------------------------------------------------
+    @classmethod
+    def supports(cls, op: Op | type[Op]) -> bool:
+        """Whether the interpreter can apply this domain to ``op`` (an op or an op type)."""
+        kind = op if isinstance(op, type) else type(op)
+        return (kind is Input or kind in TRANSFORMERS) and kind not in cls.unsupported_ops
+
+    def transfer(self, op: Op, args: list[E]) -> E:
+        """Apply this domain's transformer for ``op`` to its input elements (one row of :data:`TRANSFORMERS`)."""
+        rule = TRANSFORMERS.get(type(op))
+        if rule is None or type(op) in self.unsupported_ops:
+            raise DomainError(f"domain {self.name!r} has no transformer for op {op.kind} ({op.name})")
+        return rule(self, op, args)
+
     # -- helpers -----------------------------------------------------------------------------
     def tensor(self, value: Any) -> torch.Tensor:
         """``value`` as a tensor of this domain's dtype and device."""
@@ -139,3 +162,36 @@ class Domain(ABC, Generic[E]):
 def element_numel(shape: tuple[int, ...]) -> int:
     """Neurons per sample of an element of per-sample ``shape``."""
     return int(math.prod(shape))
+
+
+#: op type -> how the interpreter applies a domain to a node of that type (``rule(domain, op, args)``).
+#: A new IR op adds one row here and a sound default method on :class:`Domain`.
+TRANSFORMERS: dict[type[Op], Callable[[Domain, Any, list[Any]], Any]] = {
+    Affine: lambda d, op, a: d.affine(a[0], op.operator, op.bias),
+    Relu: lambda d, op, a: d.relu(a[0]),
+    Reshape: lambda d, op, a: d.reshape(a[0], tuple(op.shape)),
+    Add: lambda d, op, a: d.add(a[0], a[1]),
+    Sigmoid: lambda d, op, a: d.sigmoid(a[0]),
+    Tanh: lambda d, op, a: d.tanh(a[0]),
+    MaxPool2d: lambda d, op, a: d.maxpool(a[0], op.kernel, op.stride, op.padding),
+}
+
+
+# -- optional capabilities (test with isinstance(domain, Capability)) --------------------------
+@runtime_checkable
+class SymbolicInputBounds(Protocol):
+    """A domain that bounds ``C y`` by an affine function of the input: ``C y ≥ A x + c`` on the box
+    (DeepPoly's back-substitution); branch and bound uses ``A`` to choose input splits."""
+
+    def input_linear_bounds(self, x: Any, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A [B, m, n_in], c [B, m])`` with ``C y ≥ A x + c`` for every input ``x`` of the box."""
+        ...
+
+
+@runtime_checkable
+class ShapedElement(Protocol):
+    """An element that knows its per-sample shape (saves a call to ``bounds`` just to learn it)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        ...

@@ -77,7 +77,6 @@ class DeepPolyDomain(Domain[DeepPolyElement]):
 
     name = "deeppoly"
     options_class = DeepPolyOptions
-    relational = True
     description = "DeepPoly: symbolic per-neuron polyhedra with back-substitution (Singh et al., POPL 2019)"
 
     options: DeepPolyOptions

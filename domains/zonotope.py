@@ -123,7 +123,6 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
 
     name = "deepzono"
     options_class = ZonotopeOptions
-    relational = True
     description = "zonotopes with DeepZ's minimal-area ReLU/sigmoid/tanh transformers"
 
     def __init__(self, options: ZonotopeOptions | None = None, *, device: torch.device | str | None = None,

@@ -24,12 +24,12 @@ from __future__ import annotations
 from .base import Backend, ModelSession, Session, SolveOptions, SolveResult, Status
 from .errors import (
     BackendUnavailableError,
-    ModelError,
+    LinearModelError,
     SolverLayerError,
     UnknownBackendError,
 )
 from .model import LinearModel, Sense
-from .registry import BACKEND_NAMES, available_backends, backend_class, get_backend
+from .registry import DEFAULT_ORDER, available_backends, backend_class, get_backend
 
 __all__ = [
     "LinearModel",
@@ -43,9 +43,9 @@ __all__ = [
     "get_backend",
     "available_backends",
     "backend_class",
-    "BACKEND_NAMES",
+    "DEFAULT_ORDER",
     "SolverLayerError",
-    "ModelError",
+    "LinearModelError",
     "BackendUnavailableError",
     "UnknownBackendError",
     "solve",

@@ -8,25 +8,24 @@ backend that cannot be provided.
 
 from __future__ import annotations
 
+from absint.errors import AbsintError, UnknownBackendError
+
 __all__ = [
     "SolverLayerError",
-    "ModelError",
+    "LinearModelError",
     "BackendUnavailableError",
     "UnknownBackendError",
 ]
 
 
-class SolverLayerError(Exception):
-    """Base class of every error raised by :mod:`solvers`."""
+class SolverLayerError(AbsintError):
+    """Base class of every error raised by :mod:`absint.solvers`."""
 
 
-class ModelError(SolverLayerError, ValueError):
-    """A :class:`~absint.solvers.model.LinearModel` was built or modified inconsistently."""
+class LinearModelError(SolverLayerError, ValueError):
+    """A :class:`~absint.solvers.model.LinearModel` was built or modified inconsistently (not to be
+    confused with :class:`absint.errors.ModelError`, a bad network)."""
 
 
 class BackendUnavailableError(SolverLayerError, RuntimeError):
     """The requested backend is known but cannot be used in this environment."""
-
-
-class UnknownBackendError(SolverLayerError, ValueError):
-    """The requested backend name is not known."""

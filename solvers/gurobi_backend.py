@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .base import Backend, SolveOptions, SolveResult, Status, solve_empty
-from .errors import ModelError
+from .errors import LinearModelError
 from .model import LinearModel
 from .safe_bound import lp_proved_bound, mip_proved_bound
 
@@ -178,7 +178,7 @@ class GurobiBackend(Backend):
         t0 = time.perf_counter()
         try:
             return self._solve(model, opts, eq, ge, le, t0)
-        except ModelError:
+        except LinearModelError:
             raise
         except gp.GurobiError as exc:
             if exc.errno == LICENSE_ERRNO:

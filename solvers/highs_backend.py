@@ -18,7 +18,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from .base import Backend, Session, SolveOptions, SolveResult, Status, solve_empty
-from .errors import ModelError
+from .errors import LinearModelError
 from .model import LinearModel, ObjectiveLike, Sense
 from .safe_bound import lp_proved_bound, mip_proved_bound
 
@@ -183,7 +183,7 @@ class HighsSession(Session):
             h.run()
             self._cold = False
             return self._extract(opts, relax, time.perf_counter() - t0)
-        except ModelError:
+        except LinearModelError:
             raise
         except Exception as exc:  # noqa: BLE001 - solver failures become a status
             logger.warning("HiGHS solve failed: %s", exc)

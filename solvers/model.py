@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from .errors import ModelError
+from .errors import LinearModelError
 
 __all__ = ["Sense", "LinearModel", "ObjectiveLike", "as_dense_objective"]
 
@@ -55,7 +55,7 @@ class Sense(str, Enum):
                 return cls.MINIMIZE
             if key in ("max", "maximize", "maximise"):
                 return cls.MAXIMIZE
-        raise ModelError(f"unknown objective sense {value!r}")
+        raise LinearModelError(f"unknown objective sense {value!r}")
 
     @property
     def sign(self) -> float:
@@ -72,13 +72,13 @@ def _as_csr(A: npt.ArrayLike | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2:
-            raise ModelError(f"constraint matrix must be 2-D, got shape {arr.shape}")
+            raise LinearModelError(f"constraint matrix must be 2-D, got shape {arr.shape}")
         M = sp.csr_matrix(arr)
     M.sum_duplicates()
     M.eliminate_zeros()
     M.sort_indices()
     if M.nnz and not np.all(np.isfinite(M.data)):
-        raise ModelError("constraint matrix contains NaN or infinite coefficients")
+        raise LinearModelError("constraint matrix contains NaN or infinite coefficients")
     return M
 
 
@@ -91,33 +91,33 @@ def as_dense_objective(c: ObjectiveLike, n: int) -> np.ndarray:
         out = np.zeros(n)
         for j, v in c.items():
             if not 0 <= int(j) < n:
-                raise ModelError(f"objective index {j} out of range [0, {n})")
+                raise LinearModelError(f"objective index {j} out of range [0, {n})")
             out[int(j)] += float(v)
     elif sp.issparse(c):
         arr = np.asarray(c.toarray(), dtype=np.float64).ravel()
         out = np.zeros(n)
         if arr.size > n:
-            raise ModelError(f"objective has {arr.size} entries, model has {n} variables")
+            raise LinearModelError(f"objective has {arr.size} entries, model has {n} variables")
         out[: arr.size] = arr
     else:
         arr = np.asarray(c, dtype=np.float64).ravel()
         if arr.size > n:
-            raise ModelError(f"objective has {arr.size} entries, model has {n} variables")
+            raise LinearModelError(f"objective has {arr.size} entries, model has {n} variables")
         out = np.zeros(n)
         out[: arr.size] = arr
     if not np.all(np.isfinite(out)):
-        raise ModelError("objective contains NaN or infinite coefficients")
+        raise LinearModelError("objective contains NaN or infinite coefficients")
     return out
 
 
 def _check_bounds(lo: np.ndarray, hi: np.ndarray, what: str) -> None:
     if np.isnan(lo).any() or np.isnan(hi).any():
-        raise ModelError(f"{what} bounds contain NaN")
+        raise LinearModelError(f"{what} bounds contain NaN")
     if np.any(lo > hi):
         k = int(np.argmax(lo > hi))
-        raise ModelError(f"{what} {k}: lower bound {lo[k]} > upper bound {hi[k]}")
+        raise LinearModelError(f"{what} {k}: lower bound {lo[k]} > upper bound {hi[k]}")
     if np.any(lo == np.inf) or np.any(hi == -np.inf):
-        raise ModelError(f"{what} bounds: lower=+inf or upper=-inf is not allowed")
+        raise LinearModelError(f"{what} bounds: lower=+inf or upper=-inf is not allowed")
 
 
 class LinearModel:
@@ -187,9 +187,9 @@ class LinearModel:
                 np.empty(shape),
             )[:2]
         except ValueError as exc:
-            raise ModelError(f"variable bounds do not broadcast: {exc}") from exc
+            raise LinearModelError(f"variable bounds do not broadcast: {exc}") from exc
         if lo.ndim == 0:
-            raise ModelError("scalar bounds need an explicit size")
+            raise LinearModelError("scalar bounds need an explicit size")
         lo, hi = lo.ravel().copy(), hi.ravel().copy()
         _check_bounds(lo, hi, "variable")
         integ = np.broadcast_to(np.asarray(integer, dtype=bool), lo.shape).copy()
@@ -267,19 +267,19 @@ class LinearModel:
         if cols is not None:
             cols_arr = self._check_index(cols, n, "variable")
             if cols_arr.size != M.shape[1]:
-                raise ModelError(f"cols has {cols_arr.size} entries, A has {M.shape[1]} columns")
+                raise LinearModelError(f"cols has {cols_arr.size} entries, A has {M.shape[1]} columns")
             M = sp.csr_matrix((M.data, cols_arr[M.indices], M.indptr), shape=(M.shape[0], n))
             M.sum_duplicates()
             M.sort_indices()
         elif M.shape[1] > n:
-            raise ModelError(f"A has {M.shape[1]} columns but the model has {n} variables")
+            raise LinearModelError(f"A has {M.shape[1]} columns but the model has {n} variables")
         k = M.shape[0]
         try:
             rlo, rhi = np.broadcast_arrays(
                 np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64), np.empty(k)
             )[:2]
         except ValueError as exc:
-            raise ModelError(f"row bounds do not match {k} rows: {exc}") from exc
+            raise LinearModelError(f"row bounds do not match {k} rows: {exc}") from exc
         rlo, rhi = rlo.copy(), rhi.copy()
         _check_bounds(rlo, rhi, "row")
         start = self.num_rows
@@ -362,7 +362,7 @@ class LinearModel:
         self._c = as_dense_objective(c, self.num_vars)
         self._sense = Sense.parse(sense)
         if not np.isfinite(offset):
-            raise ModelError("objective offset must be finite")
+            raise LinearModelError("objective offset must be finite")
         self._offset = float(offset)
 
     @property
@@ -431,16 +431,16 @@ class LinearModel:
         return float(max((v.max() for v in viol if v.size), default=0.0))
 
     def validate(self) -> None:
-        """Re-check all invariants; raise :class:`ModelError` on inconsistency."""
+        """Re-check all invariants; raise :class:`LinearModelError` on inconsistency."""
         n = self.num_vars
         if not (self._ub.size == n and self._int.size == n and self._c.size == n):
-            raise ModelError("variable arrays have inconsistent lengths")
+            raise LinearModelError("variable arrays have inconsistent lengths")
         _check_bounds(self._lb, self._ub, "variable")
         _check_bounds(self._row_lo, self._row_hi, "row")
         if self.A.shape != (self.num_rows, n):
-            raise ModelError("constraint matrix shape mismatch")
+            raise LinearModelError("constraint matrix shape mismatch")
         if not np.all(np.isfinite(self._c)):
-            raise ModelError("objective contains NaN or infinite coefficients")
+            raise LinearModelError("objective contains NaN or infinite coefficients")
 
     @classmethod
     def from_arrays(
@@ -490,11 +490,11 @@ class LinearModel:
         arr = np.atleast_1d(np.asarray(idx))
         if arr.dtype == bool:
             if arr.size != n:
-                raise ModelError(f"boolean {what} mask has length {arr.size}, expected {n}")
+                raise LinearModelError(f"boolean {what} mask has length {arr.size}, expected {n}")
             return np.flatnonzero(arr)
         arr = arr.astype(np.int64, copy=False).ravel()
         if arr.size and (arr.min() < 0 or arr.max() >= n):
-            raise ModelError(f"{what} index out of range [0, {n})")
+            raise LinearModelError(f"{what} index out of range [0, {n})")
         return arr
 
     @staticmethod

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .base import Backend, Session, SolveOptions, SolveResult
-from .errors import ModelError
+from .errors import LinearModelError
 from .model import LinearModel, ObjectiveLike, Sense, as_dense_objective
 from .registry import get_backend
 
@@ -43,7 +43,7 @@ def _to_sparse(c: ObjectiveLike, sense: Sense | str, n: int) -> _SparseObj:
     dense = as_dense_objective(c, n) if not isinstance(c, (int, np.integer)) else None
     if dense is None:  # a bare variable index means "optimise x_j"
         if not 0 <= int(c) < n:
-            raise ModelError(f"variable index {c} out of range [0, {n})")
+            raise LinearModelError(f"variable index {c} out of range [0, {n})")
         return np.array([int(c)]), np.array([1.0]), Sense.parse(sense)
     idx = np.flatnonzero(dense)
     return idx, dense[idx], Sense.parse(sense)

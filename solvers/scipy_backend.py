@@ -15,7 +15,7 @@ import scipy
 import scipy.sparse as sp
 
 from .base import Backend, SolveOptions, SolveResult, Status, solve_empty
-from .errors import ModelError
+from .errors import LinearModelError
 from .model import LinearModel
 from .safe_bound import lp_proved_bound, mip_proved_bound
 
@@ -63,7 +63,7 @@ class ScipyBackend(Backend):
         relax = opts.relax_integrality or not model.is_mip
         try:
             res = self._solve_lp(model, opts) if relax else self._solve_milp(model, opts)
-        except ModelError:
+        except LinearModelError:
             raise
         except Exception as exc:  # noqa: BLE001 - solver failures become a status
             logger.warning("scipy solve failed: %s", exc)

@@ -12,7 +12,7 @@ from absint.bab import BabOptions, verify_bab
 from absint.bab.beta import BetaBounder, BetaOptions
 from absint.bab.bounding import Bounder
 from absint.ir import Affine, Graph, Relu
-from absint.plugins import get_domain
+from absint.registry import get_domain
 from absint.specs import Clause, InputBox, OutputProperty
 from absint.testing import random_mlp
 

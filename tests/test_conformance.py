@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import absint  # noqa: F401  (absint before domains: see docs/writing-a-domain.md)
 from absint.linear import ConvOperator
-from absint.plugins import available_domains
+from absint.registry import available_domains
 from absint.testing import CHECKS, CheckResult, ConformanceReport, check_domain, domain_conformance_tests, run_check
 from absint.domains.box import BoxDomain, BoxElement
 

@@ -418,7 +418,7 @@ def test_bundled_digits_networks(networks_dir):
 
 def test_registered_as_plugin_and_analysis():
     from absint.analyses import get_analysis
-    from absint.plugins import available_domains
+    from absint.registry import available_domains
 
     assert available_domains()["deeppoly"] is DeepPolyDomain
     graph = mlp(9)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from absint import plugins
+from absint import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "writing-a-domain.md"
@@ -33,10 +33,9 @@ def tutorial_module(monkeypatch):
     module.__file__ = str(DOC)
     monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.chdir(ROOT)  # the tutorial loads networks/ relative to the repository root
-    saved = dict(plugins._DOMAINS)
+    saved = registry.snapshot()
     yield module
-    for added in set(plugins._DOMAINS) - set(saved):
-        plugins.unregister_domain(added)
+    registry.restore(saved)
 
 
 def test_tutorial_python_blocks_run_as_written(tutorial_module) -> None:
@@ -48,7 +47,7 @@ def test_tutorial_python_blocks_run_as_written(tutorial_module) -> None:
         exec(compiled, tutorial_module.__dict__)  # noqa: S102 - running our own documentation
     ns = tutorial_module.__dict__
     assert ns["report"].failures and ns["SafeBoxDomain"].name == "safebox"
-    assert plugins.available_domains()["safebox"] is ns["SafeBoxDomain"]
+    assert registry.available_domains()["safebox"] is ns["SafeBoxDomain"]
 
 
 def test_tutorial_setup_cfg_declares_the_tutorial_domain() -> None:

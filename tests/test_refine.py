@@ -123,7 +123,7 @@ def test_refined_bounds_contain_samples(preset):
     g = _mlp([4, 10, 10, 10, 3], seed=5)
     lo, hi = -0.5 * np.ones(4), 0.5 * np.ones(4)
     opts = make_options(preset, {"k": 3, "sparse_n": 6, "cutoff": 0.0} if preset == "refinepoly" else {})
-    dom = DeepPolyDomain() if opts.domain == "deeppoly" else absint.plugins.get_domain(opts.domain)()
+    dom = DeepPolyDomain() if opts.domain == "deeppoly" else absint.registry.get_domain(opts.domain)()
     C = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
     d = np.array([0.1, -0.2])
     res = RefineRun(g, dom, opts).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)

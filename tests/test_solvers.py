@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import absint.solvers  # noqa: E402
 from absint.solvers import (  # noqa: E402
     LinearModel,
-    ModelError,
+    LinearModelError,
     Sense,
     SolveOptions,
     Status,
@@ -154,15 +154,15 @@ def test_model_blocks_copy_and_edits() -> None:
 def test_model_validation_errors() -> None:
     m = LinearModel()
     m.add_vars(0, 1, size=3)
-    with pytest.raises(ModelError):
+    with pytest.raises(LinearModelError):
         m.add_vars([1.0], [0.0])
-    with pytest.raises(ModelError):
+    with pytest.raises(LinearModelError):
         m.add_constraints(np.ones((1, 4)), 0, 1)  # too many columns
-    with pytest.raises(ModelError):
+    with pytest.raises(LinearModelError):
         m.add_constraints([[np.nan, 1, 1]], 0, 1)
-    with pytest.raises(ModelError):
+    with pytest.raises(LinearModelError):
         m.set_var_bounds([5], lb=0)
-    with pytest.raises(ModelError):
+    with pytest.raises(LinearModelError):
         m.set_objective([1.0], sense="sideways")
     m.validate()
 

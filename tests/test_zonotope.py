@@ -428,7 +428,7 @@ def test_octahedral_bounds() -> None:
 
 def test_registered() -> None:
     from absint.analyses import get_analysis
-    from absint.plugins import available_domains
+    from absint.registry import available_domains
 
     assert available_domains()["deepzono"] is ZonotopeDomain
     an = get_analysis("deepzono", device="cpu")

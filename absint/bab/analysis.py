@@ -18,7 +18,6 @@ import logging
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from absint.bab.options import BabOptions
 from absint.bab.queue import Batch, batch_len, batch_select
 from absint.bab.relu_split import ReluSplitting
 from absint.ir import Graph
+from absint.registry import DOMAINS, get_domain, names
 from absint.specs import InputBox
 from absint.domains.alpha import chain_of
 
@@ -40,9 +40,7 @@ log = logging.getLogger(__name__)
 
 def default_domain() -> str:
     """DeepPoly when registered, else Box."""
-    from absint.plugins import available_domains
-
-    return "deeppoly" if "deeppoly" in available_domains() else "box"
+    return "deeppoly" if "deeppoly" in names(DOMAINS) else "box"
 
 
 class BabAnalysis(Analysis):
@@ -56,11 +54,19 @@ class BabAnalysis(Analysis):
     #: proved per-clause margins, which decide a DNF exactly (see the module docstring).
     clause_aware = True
 
-    def __init__(self, *, device=None, options: BabOptions | None = None, **fields: Any) -> None:
-        super().__init__(device=device)
-        self.bab_options = replace(options or BabOptions(), **fields) if fields else (options or BabOptions())
-        self.options = asdict(self.bab_options)
+    options_class = BabOptions
+    options: BabOptions
+
+    def __init__(self, options: BabOptions | None = None, *, device=None, **keywords: Any) -> None:
+        super().__init__(options, device=device, **keywords)
         self.last: SearchResult | None = None
+
+    @property
+    def bab_options(self) -> BabOptions:
+        return self.options
+
+    def domains(self) -> list:
+        return [get_domain(self.options.domain or default_domain())(device=self.device)]
 
     def split_mode(self, graph: Graph) -> str:
         o = self.bab_options
@@ -72,8 +78,6 @@ class BabAnalysis(Analysis):
                     owner: np.ndarray, input_heuristic: str | None = None) -> Search:
         """A ready :class:`~absint.bab.engine.Search` for one region (``input_heuristic``
         overrides the options' one; ``portfolio`` means ``smear`` for a single search)."""
-        from absint.plugins import get_domain
-
         o = self.bab_options
         heuristic = input_heuristic or o.input_heuristic
         if heuristic == "portfolio":

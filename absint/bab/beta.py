@@ -117,7 +117,7 @@ class BetaBounder:
 
     def _deeppoly_pre(self, graph: Graph):
         from absint.bab.bounding import Bounder
-        from absint.plugins import get_domain
+        from absint.registry import get_domain
         from absint.domains.deeppoly import DeepPolyOptions
 
         b = Bounder(graph, get_domain("deeppoly")(DeepPolyOptions(early_stop=False)))

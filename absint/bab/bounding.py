@@ -17,7 +17,7 @@ import torch
 
 from absint.interpreter import propagate
 from absint.ir import Graph, Relu, run_op
-from absint.domains.base import Domain
+from absint.domains.base import Domain, SymbolicInputBounds
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Bounder:
         self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self.n_relu = sum(self.sizes)
         self.in_shape = tuple(self.graph.input_shape)
-        self.symbolic = hasattr(domain, "input_linear_bounds")
+        self.symbolic = isinstance(domain, SymbolicInputBounds)
         #: extra relative outward margin on bounds concretised here (float64 rounding of A·x + c)
         self.fp_extra = 1e-12
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from absint.errors import OptionError
+from absint.options import Options
+
 SplitMode = Literal["input", "relu", "auto"]
 InputHeuristic = Literal["portfolio", "smear", "smear_worst", "width", "lookahead"]
 ReluHeuristic = Literal["babsr", "width"]
 
 
 @dataclass(frozen=True)
-class BabOptions:
+class BabOptions(Options):
     """Settings of :class:`absint.bab.BabAnalysis`.
 
     * ``domain`` — name of the registered domain that bounds every sub-problem (``None``: DeepPoly
@@ -69,18 +72,14 @@ class BabOptions:
     tolerance: float = 1e-8
     max_depth: int = 200
     seed: int = 0
-    bounding: str = "alpha-beta"
+    bounding: Literal["domain", "alpha-beta"] = "alpha-beta"
     beta_iters: int = 20
 
-    def __post_init__(self) -> None:
-        if self.split not in ("input", "relu", "auto"):
-            raise ValueError(f"split must be 'input', 'relu' or 'auto', got {self.split!r}")
-        if self.input_heuristic not in ("portfolio", "smear", "smear_worst", "width", "lookahead"):
-            raise ValueError("input_heuristic must be 'portfolio', 'smear', 'lookahead', 'smear_worst' or 'width', "
-                             f"got {self.input_heuristic!r}")
-        if self.relu_heuristic not in ("babsr", "width"):
-            raise ValueError(f"relu_heuristic must be 'babsr' or 'width', got {self.relu_heuristic!r}")
-        if self.bounding not in ("domain", "alpha-beta"):
-            raise ValueError(f"bounding must be 'domain' or 'alpha-beta', got {self.bounding!r}")
+    def check(self) -> None:
+        # the Literal fields (split, heuristics, bounding) are checked from their annotations
         if self.batch_size < 1 or self.max_queue < 2 or self.workers < 1:
-            raise ValueError("batch_size and workers must be ≥ 1 and max_queue ≥ 2")
+            raise OptionError("bab: batch_size and workers must be ≥ 1 and max_queue ≥ 2")
+        if self.max_depth < 0 or self.beta_iters < 0 or self.auto_input_dims < 0:
+            raise OptionError("bab: max_depth, beta_iters and auto_input_dims must be ≥ 0")
+        if not (self.tolerance >= 0 and self.max_aspect >= 0 and self.attack_every >= 0):
+            raise OptionError("bab: tolerance, max_aspect and attack_every must be ≥ 0")

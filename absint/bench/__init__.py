@@ -13,21 +13,37 @@ Python use::
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
-from absint.bench.config import BenchConfig, BenchConfigError, Experiment, check_analyses, load_config, parse_config
-from absint.bench.plan import plan_tasks, read_instances
-from absint.bench.runner import BackendError, RunSummary, run_tasks
-from absint.bench.score import format_score, read_truth, score
-from absint.bench.store import FIELDS, ResultStore, read_many, read_rows
-from absint.bench.vnncomp import run_instance, write_result
+# Loaded on first use, so that `absint --help` (which imports absint.bench.cli) stays cheap.
+_EXPORTS = {
+    "BenchConfig": "config", "BenchConfigError": "config", "Experiment": "config", "check_analyses": "config",
+    "load_config": "config", "parse_config": "config", "plan_tasks": "plan", "read_instances": "plan",
+    "BackendError": "runner", "RunSummary": "runner", "run_tasks": "runner", "format_score": "score",
+    "read_truth": "score", "score": "score", "FIELDS": "store", "ResultStore": "store", "read_many": "store",
+    "read_rows": "store", "run_instance": "vnncomp", "write_result": "vnncomp",
+}
 
 
-def run_config(config: BenchConfig, *, results: str | Path | None = None, progress: bool = False,
-               retry_errors: bool = False, **overrides: Any) -> RunSummary:
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def run_config(config: Any, *, results: str | Path | None = None, progress: bool = False,
+               retry_errors: bool = False, **overrides: Any) -> Any:
     """Run every instance of ``config`` not yet in its results file (``overrides``: workers, backend, ...)."""
     from dataclasses import replace
+
+    from absint.bench.config import check_analyses
+    from absint.bench.plan import plan_tasks
+    from absint.bench.runner import run_tasks
+    from absint.bench.store import ResultStore
 
     if results is not None:
         config = replace(config, results=Path(results))

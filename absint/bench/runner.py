@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from absint.bench.store import ResultStore
 from absint.bench.tasks import Task, total_instances
 from absint.bench.worker import init_worker, run_task, run_task_with_threads, thread_env
+from absint import registry
 from absint.errors import AbsintError
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ def _processes(tasks: list[Task], workers: int, threads: int) -> Iterator[list[d
     ctx = mp.get_context("spawn")
     # Spawned children read these at start-up, before numpy/torch create their thread pools.
     with _env(thread_env(threads)):
+        # run-time registrations (register_domain() in a script) are re-applied in every worker
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
-                                   initargs=(threads, logging.getLogger().getEffectiveLevel()))
+                                   initargs=(threads, logging.getLogger().getEffectiveLevel(),
+                                             registry.runtime_registrations()))
         # Keep a bounded number of tasks in flight so an interrupt loses little queued work.
         queue = list(reversed(tasks))
         pending: set = set()
@@ -123,12 +126,13 @@ def _ray(tasks: list[Task], workers: int, threads: int, address: str | None) -> 
         started = True
     try:
         remote = ray.remote(num_cpus=threads, max_retries=1)(run_task_with_threads)
+        registrations = registry.runtime_registrations()
         queue = list(reversed(tasks))
         pending: list = []
         capacity = max(workers, int(ray.cluster_resources().get("CPU", workers)) // threads) * 2
         while queue or pending:
             while queue and len(pending) < capacity:
-                pending.append(remote.remote(queue.pop(), threads))
+                pending.append(remote.remote(queue.pop(), threads, registrations))
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
                 try:

@@ -50,10 +50,20 @@ def configure_threads(threads: int) -> None:
     _CONFIGURED = threads
 
 
-def init_worker(threads: int, log_level: int = logging.WARNING) -> None:
-    """Process-pool initializer: threads and logging of a fresh worker process."""
+def init_worker(threads: int, log_level: int = logging.WARNING,
+                registrations: list[tuple[str, str, bool]] | None = None) -> None:
+    """Process-pool initializer: threads, logging and the parent's run-time registrations
+    (:func:`absint.registry.runtime_registrations`) in a fresh worker process."""
     configure_threads(threads)
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+    _restore(registrations)
+
+
+def _restore(registrations: list[tuple[str, str, bool]] | None) -> None:
+    if registrations:
+        from absint.registry import restore_registrations
+
+        restore_registrations(registrations)
 
 
 def peak_rss_mib() -> float:
@@ -144,7 +154,9 @@ def run_task(task: Task) -> list[dict[str, Any]]:
         return error_rows(task, exc)
 
 
-def run_task_with_threads(task: Task, threads: int) -> list[dict[str, Any]]:
-    """Entry point for Ray workers (no initializer there): configure threads, then run."""
+def run_task_with_threads(task: Task, threads: int,
+                          registrations: list[tuple[str, str, bool]] | None = None) -> list[dict[str, Any]]:
+    """Entry point for Ray workers (no initializer there): configure threads and registrations, then run."""
     configure_threads(threads)
+    _restore(registrations)
     return run_task(task)

@@ -12,13 +12,5 @@ from absint.refine.encoding import Encoding, KReluRows, NetworkEncoder, Unsuppor
 from absint.refine.options import PRESETS, RefineOptions, make_options
 
 __all__ = ["Encoding", "KReluRows", "NetworkEncoder", "UnsupportedNetworkError", "operator_matrix",
-           "PRESETS", "RefineOptions", "make_options", "register"]
+           "PRESETS", "RefineOptions", "make_options"]
 
-
-def register() -> None:
-    """Register the analyses (called from :func:`absint.plugins._register_builtins`)."""
-    from absint.analyses import register_analysis
-    from absint.refine.analyses import ANALYSES
-
-    for cls in ANALYSES:
-        register_analysis(cls.name, cls, replace=True)

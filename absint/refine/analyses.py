@@ -15,9 +15,10 @@ import torch
 
 from absint.analyses import Analysis, BoundResult
 from absint.ir import Graph
+from absint.registry import get_domain
 from absint.refine.driver import RefineRun
-from absint.refine.encoding import NetworkEncoder
-from absint.refine.options import RefineOptions, make_options
+from absint.refine.encoding import ENCODED_OPS, NetworkEncoder
+from absint.refine.options import PRESETS, RefineOptions
 
 log = logging.getLogger(__name__)
 
@@ -25,26 +26,31 @@ __all__ = ["RefineAnalysis", "LPAnalysis", "MILPAnalysis", "RefineZonoAnalysis",
 
 
 def _make_domain(name: str, device: torch.device):
-    from absint.plugins import available_domains
-
-    domains = available_domains()
-    if name not in domains:
-        fallback = "deeppoly" if "deeppoly" in domains else "box"
-        log.warning("domain %r is not available; using %r for the initial bounds", name, fallback)
-        name = fallback
-    return domains[name](device=device)
+    """The registered domain ``name`` (no silent substitution: a missing domain is an error)."""
+    return get_domain(name)(device=device)
 
 
 class RefineAnalysis(Analysis):
     """Domain bounds + LP/MILP refinement (see :mod:`absint.refine.driver`)."""
 
     preset: ClassVar[str] = "refinepoly"
+    options_class = RefineOptions
+    options: RefineOptions
+    handled_ops = frozenset(ENCODED_OPS)
 
-    def __init__(self, *, device: torch.device | str | None = None, **options: Any) -> None:
-        super().__init__(device="cpu" if device is None else device)
-        self.refine_options: RefineOptions = make_options(self.preset, dict(options))
-        self.domain = _make_domain(self.refine_options.domain, self.device)
+    def __init__(self, options: RefineOptions | None = None, *, device: torch.device | str | None = None,
+                 **keywords: Any) -> None:
+        super().__init__(options, device="cpu" if device is None else device, **keywords)
+        self.domain = _make_domain(self.options.domain, self.device)
         self._encoders: dict[int, tuple[Graph, NetworkEncoder]] = {}
+
+    @classmethod
+    def default_options(cls) -> RefineOptions:
+        return PRESETS[cls.preset]
+
+    @property
+    def refine_options(self) -> RefineOptions:
+        return self.options
 
     def _encoder(self, graph: Graph) -> NetworkEncoder:
         hit = self._encoders.get(id(graph))

@@ -40,7 +40,10 @@ from absint.solvers import LinearModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UnsupportedNetworkError", "KReluRows", "Encoding", "NetworkEncoder", "operator_matrix"]
+__all__ = ["UnsupportedNetworkError", "KReluRows", "Encoding", "NetworkEncoder", "operator_matrix", "ENCODED_OPS"]
+
+#: The ops the LP/MILP encoding handles (the refine analyses' ``handled_ops``).
+ENCODED_OPS = (Input, Affine, Relu, Reshape, Add)
 
 Bounds = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -112,7 +115,7 @@ class NetworkEncoder:
     """Builds LP/MILP models of (prefixes of) a network; operator matrices are computed once."""
 
     def __init__(self, graph: Graph) -> None:
-        bad = [(n.name, n.kind) for n in graph.nodes if not isinstance(n, (Input, Affine, Relu, Reshape, Add))]
+        bad = [(n.name, n.kind) for n in graph.nodes if not isinstance(n, ENCODED_OPS)]
         if bad:
             raise UnsupportedNetworkError(
                 [(a, k, "the LP/MILP encoding supports Affine/Conv, ReLU, Reshape and Add only") for a, k in bad],

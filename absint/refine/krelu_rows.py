@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from absint.refine.encoding import KReluRows
-from absint.domains.base import Domain
+from absint.domains.base import Domain, ShapedElement
 from absint.domains.krelu import KReluOptions, group_neurons, krelu_hull, octahedral_directions, unit_row_indices
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def octahedral_upper_bounds(domain: Domain, element: Any, groups: list[tuple[int
     """
     D = octahedral_directions(k)
     nd = D.shape[0]
-    n = int(np.prod(element.shape)) if hasattr(element, "shape") else None
+    n = int(np.prod(element.shape)) if isinstance(element, ShapedElement) else None
     if n is None:
         lo, _ = domain.bounds(element)
         n = int(lo[0].numel())

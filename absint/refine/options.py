@@ -15,15 +15,17 @@ The presets mirror ERAN's modes (Singh et al.; flags documented in ERAN's README
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from absint.domains.krelu import KReluOptions
+from absint.errors import OptionError
+from absint.options import Options
 
 __all__ = ["RefineOptions", "PRESETS", "make_options"]
 
 
 @dataclass(frozen=True)
-class RefineOptions:
+class RefineOptions(Options):
     """Configuration of one refinement analysis.
 
     * ``domain`` — registered domain giving the initial bounds (``deeppoly``, ``deepzono``, ``box``).
@@ -92,9 +94,43 @@ class RefineOptions:
     final_bab_share: float = 0.6
     final_bab_timeout: float = 30.0
 
+    #: k-ReLU fields accepted directly as keywords (``k``, ``s``, ``sparse_n``, ...): see :meth:`from_keywords`.
+    extra_keywords: ClassVar[frozenset[str]] = frozenset(f.name for f in fields(KReluOptions))
+
     @property
     def use_krelu(self) -> bool:
         return self.krelu is not None and self.krelu.k > 1
+
+    def check(self) -> None:
+        if min(self.timeout_lp, self.timeout_milp, self.timeout_final_lp, self.timeout_final_milp) < 0:
+            raise OptionError("refine: time limits must be ≥ 0")
+        if self.workers < 1 or self.solve_threads < 1 or self.refine_from < 0 or self.n_milp_refine < 0:
+            raise OptionError("refine: workers and solve_threads must be ≥ 1, refine_from and n_milp_refine ≥ 0")
+        if not (0 <= self.tighten_share <= 1 and 0 <= self.final_bab_share <= 1):
+            raise OptionError("refine: tighten_share and final_bab_share must lie in [0, 1]")
+
+    @classmethod
+    def from_keywords(cls, base: "RefineOptions | None", keywords: dict[str, Any], *, owner: str = "") -> "RefineOptions":
+        """``base`` with ``keywords`` applied; besides the fields, the k-ReLU fields (``k``, ``s``,
+        ``sparse_n``, ``cutoff``, ``hull``, ``relative_cutoff``) are accepted directly."""
+        base = cls() if base is None else base
+        overrides = dict(keywords)
+        kre = {k: overrides.pop(k) for k in list(overrides) if k in _KRELU_KEYS}
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            from absint.options import _unknown_message
+
+            raise OptionError(_unknown_message(cls, sorted(unknown), owner))
+        opts = replace(base, **overrides)
+        if kre.get("k") == 1:  # k = 1 is the triangle relaxation alone
+            return replace(opts, krelu=None)
+        if kre and (opts.krelu is not None or "k" in kre):
+            # k-ReLU settings only switch k-ReLU on for presets without it when ``k`` is given
+            try:
+                opts = replace(opts, krelu=replace(opts.krelu or KReluOptions(), **kre))
+            except (TypeError, ValueError) as exc:
+                raise OptionError(f"{owner or 'refine'}: k-ReLU options: {exc}") from None
+        return opts
 
 
 PRESETS: dict[str, RefineOptions] = {
@@ -110,22 +146,8 @@ _KRELU_KEYS = {f.name for f in fields(KReluOptions)}
 
 
 def make_options(preset: str, overrides: dict[str, Any]) -> RefineOptions:
-    """The preset's options with ``overrides`` applied.
-
-    Besides :class:`RefineOptions` fields, the k-ReLU fields (``k``, ``s``, ``sparse_n``,
-    ``cutoff``, ``hull``, ``relative_cutoff``) are accepted directly; ``options=`` may pass a
-    whole :class:`RefineOptions`.
-    """
+    """The preset's options with ``overrides`` applied (``options=`` may pass a whole
+    :class:`RefineOptions`); see :meth:`RefineOptions.from_keywords`."""
+    overrides = dict(overrides)
     base = overrides.pop("options", None) or PRESETS[preset]
-    kre = {k: overrides.pop(k) for k in list(overrides) if k in _KRELU_KEYS}
-    own = {f.name for f in fields(RefineOptions)}
-    unknown = set(overrides) - own
-    if unknown:
-        raise TypeError(f"unknown option(s) for analysis {preset!r}: {', '.join(sorted(unknown))}")
-    opts = replace(base, **overrides)
-    if kre.get("k") == 1:  # k = 1 is the triangle relaxation alone
-        return replace(opts, krelu=None)
-    if kre and (opts.krelu is not None or "k" in kre):
-        # k-ReLU settings only switch k-ReLU on for presets without it when ``k`` is given
-        opts = replace(opts, krelu=replace(opts.krelu or KReluOptions(), **kre))
-    return opts
+    return RefineOptions.from_keywords(base, overrides, owner=preset)

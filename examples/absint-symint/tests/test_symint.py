@@ -32,10 +32,10 @@ def _dense(name: str, src: str, w: list[list[float]], b: list[float] | None = No
 
 
 def test_entry_point_registers_the_domain() -> None:
-    from absint import plugins
+    from absint import registry
 
-    assert plugins.available_domains().get("symint") is SymIntDomain
-    assert plugins.domain_origin("symint").startswith("absint-symint"), plugins.domain_origin("symint")
+    assert registry.available_domains().get("symint") is SymIntDomain
+    assert registry.domain_origin("symint").startswith("absint-symint"), registry.domain_origin("symint")
     assert "symint" in absint.available_analyses()
 
 
