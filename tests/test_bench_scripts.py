@@ -1,0 +1,139 @@
+"""The measurement scripts in benchmarks/ run end to end on the bundled digits network (a few images).
+
+The auto_LiRPA part runs only where its interpreter is installed (``ABSINT_PEER_PYTHON``, see
+``benchmarks/engine_vs_autolirpa.py``); elsewhere that one test is skipped and says why.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+DIGITS = ROOT / "networks" / "digits_mlp_2x64.onnx"
+DIGITS_DATA = ROOT / "networks" / "digits_test.npz"
+
+
+def _script(name: str):
+    """Import ``benchmarks/<name>.py`` as a module (its folder on the path, as when it runs)."""
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    if name == "benchlib":  # the scripts import it under this name; share their module
+        return importlib.import_module("benchlib")
+    key = f"bench_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, BENCH_DIR / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return sys.modules[key]
+
+
+def test_option_parsing():
+    lib = _script("benchlib")
+    assert lib.parse_options(["k=3", "hull=fast", "cutoff=0.5", "tighten=false", "x=none"]) == {
+        "k": 3, "hull": "fast", "cutoff": 0.5, "tighten": False, "x": None}
+    assert lib.parse_grid(["k=1,3", "layers=[[1],[1,2]]"]) == {"k": [1, 3], "layers": [[1], [1, 2]]}
+    with pytest.raises(lib.BenchError):
+        lib.parse_options(["k"])
+    net = lib.parse_net(f"{DIGITS}:0.05")
+    assert net.name == "digits_mlp_2x64" and net.eps == 0.05
+    with pytest.raises(lib.BenchError):
+        lib.parse_net(str(DIGITS))  # no default eps for a network outside the ERAN suite
+
+
+def test_engine_vs_autolirpa_absint_side(tmp_path):
+    evs = _script("engine_vs_autolirpa")
+    out = tmp_path / "evs.json"
+    assert evs.main(["--nets", f"{DIGITS}:0.08", "--data", str(DIGITS_DATA), "--n", "4", "--batch", "4",
+                     "--no-peer", "--out", str(out), "--alpha-opt", "iters=5", "--alpha-opt", "final_iters=5"]) == 0
+    res = json.loads(out.read_text())["results"][0]
+    assert res["absint_options"]["alpha"]["iters"] == 5
+    recs = res["records"]
+    assert len(recs) == res["correct"] >= 3
+    for r in recs:
+        dp, ap = np.array(r["deeppoly"]["lb"]), np.array(r["alphapoly"]["lb"])
+        assert dp.shape == (9,) and np.all(ap >= dp - 1e-9)  # alphapoly is never looser than deeppoly
+    s = res["summary"]
+    assert s["crown"]["absint_certified"] <= s["alpha"]["absint_certified"]
+    b = res["batched"]
+    assert b["images"] == len(recs) and b["absint_batched_certified"] == b["absint_single_certified"]
+    assert (tmp_path / "evs.csv").read_text().count("\n") == len(recs) + 1
+
+
+def test_engine_vs_autolirpa_with_peer(tmp_path):
+    evs = _script("engine_vs_autolirpa")
+    py = evs.find_peer_python(None)
+    if py is None:
+        pytest.skip("auto_LiRPA peer not installed here: set ABSINT_PEER_PYTHON to its venv's python "
+                    "(install steps in benchmarks/engine_vs_autolirpa.py)")
+    peer = evs.Peer(py, 1, "cpu")
+    try:
+        lib = _script("benchlib")
+        X, Y = lib.load_npz(DIGITS_DATA)
+        cfg = evs.Config(batch=3, alpha_opts={"iters": 5, "final_iters": 5})
+        res = evs.run_network(lib.NetSpec("digits", DIGITS, 0.08), X, Y, [0, 1, 2, 3], cfg, peer)
+    finally:
+        peer.close()
+    assert res["peer_forward_max_abs_diff"] < 1e-9  # the peer's torch model is the same network
+    assert res["peer_options"]["alpha"]["iteration"] == 5  # equal budgets by default
+    crown = res["summary"]["crown"]
+    # DeepPoly and CROWN use the same ReLU slopes on an MLP: CROWN is never tighter
+    assert crown["bounds"]["peer_tighter"] == 0 and crown["bounds"]["rows"] == 9 * res["correct"]
+    assert crown["peer_certified"] == crown["absint_certified"]
+    assert res["batched"]["peer_batched_certified"] == sum(r["CROWN"]["certified"] for r in res["records"][:3])
+
+
+def _git_worktree_possible() -> bool:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_rounding_overhead_two_revisions(tmp_path):
+    if not _git_worktree_possible():
+        pytest.skip("not a git checkout: --baseline-rev needs git worktree")
+    ro = _script("rounding_overhead")
+    out = tmp_path / "ro.json"
+    assert ro.main(["--nets", f"{DIGITS}:0.05", "--data", str(DIGITS_DATA), "--n", "2", "--repeat", "1",
+                    "--domains", "deeppoly", "box", "--baseline-rev", "HEAD", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    revs = data["meta"]["revisions"]
+    assert Path(revs["candidate"]["absint"]).resolve().is_relative_to(ROOT)
+    base_dir = Path(revs["baseline"]["absint"]).resolve()
+    assert not base_dir.is_relative_to(ROOT) and not base_dir.exists()  # the worktree is gone afterwards
+    res = data["results"][0]
+    for d in ("deeppoly", "box"):
+        s = res["summary"][d]
+        assert s["cpu_ratio_median"] > 0 and s["bound_change"]["rows"] == 9 * res["correct"]
+    listed = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert str(base_dir.parent.parent) not in listed
+
+
+def test_kpoly_ablation_grid_and_validation(tmp_path):
+    ka = _script("kpoly_ablation")
+    out = tmp_path / "abl.jsonl"
+    with pytest.raises(ka.BenchError, match="no_such_option"):
+        ka.main(["--nets", f"{DIGITS}:0.1", "--data", str(DIGITS_DATA), "--grid", "no_such_option=1,2",
+                 "--out", str(out)])
+    assert not out.exists()  # rejected before any work
+    args = ["--analysis", "kpoly", "--nets", f"{DIGITS}:0.07", "--data", str(DIGITS_DATA), "--n", "2",
+            "--grid", "k=1,3", "--opt", "timeout_final_lp=5", "--timeout", "20", "--out", str(out)]
+    assert ka.main(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["config"] for r in rows} == {"k=1 timeout_final_lp=5", "k=3 timeout_final_lp=5"}
+    assert len(rows) == 2 * len({r["image"] for r in rows})
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    conf = summary["meta"]["configurations"]
+    assert conf[0]["resolved"]["refine_options"]["krelu"] is None  # k=1: the triangle relaxation only
+    assert conf[1]["resolved"]["refine_options"]["krelu"]["k"] == 3
+    assert all(s["pgd_contradictions"] == 0 for s in summary["summary"])
+    assert ka.main(args + ["--resume"]) == 0  # nothing left to do
+    assert len(out.read_text().splitlines()) == len(rows)
