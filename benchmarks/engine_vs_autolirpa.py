@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import inspect
 import logging
 import os
@@ -127,7 +128,11 @@ class Peer:
 
 
 def resolved_options(analysis: absint.Analysis, given: dict[str, Any]) -> dict[str, Any]:
-    """The keyword defaults of the analysis' constructor, overridden by ``given`` (for the record)."""
+    """The analysis' resolved options (its options dataclass; in older revisions the keyword
+    defaults of its constructor overridden by ``given``), for the record."""
+    opts = getattr(analysis, "options", None)
+    if dataclasses.is_dataclass(opts) and not isinstance(opts, type):
+        return dataclasses.asdict(opts)
     out = {}
     for name, p in inspect.signature(type(analysis).__init__).parameters.items():
         if p.kind is p.KEYWORD_ONLY and name != "device" and p.default is not p.empty:

@@ -77,9 +77,8 @@ def settings_of(analysis: absint.Analysis) -> dict[str, Any]:
     for name, value in vars(analysis).items():
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             out[name] = dataclasses.asdict(value)
-    opts = getattr(analysis, "options", None)
-    if opts:
-        out["options"] = opts
+        elif name == "options" and isinstance(value, dict):  # revisions before typed options
+            out[name] = value
     return out
 
 

@@ -132,8 +132,8 @@ def test_kpoly_ablation_grid_and_validation(tmp_path):
     assert len(rows) == 2 * len({r["image"] for r in rows})
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     conf = summary["meta"]["configurations"]
-    assert conf[0]["resolved"]["refine_options"]["krelu"] is None  # k=1: the triangle relaxation only
-    assert conf[1]["resolved"]["refine_options"]["krelu"]["k"] == 3
+    assert conf[0]["resolved"]["options"]["krelu"] is None  # k=1: the triangle relaxation only
+    assert conf[1]["resolved"]["options"]["krelu"]["k"] == 3
     assert all(s["pgd_contradictions"] == 0 for s in summary["summary"])
     assert ka.main(args + ["--resume"]) == 0  # nothing left to do
     assert len(out.read_text().splitlines()) == len(rows)
