@@ -123,16 +123,31 @@ def pgd_attack(graph: Graph, region: InputBox, prop: OutputProperty, options: At
 
 def sample_attack(graph: Graph, region: InputBox, prop: OutputProperty, n: int = 64, seed: int = 0) -> np.ndarray | None:
     """Cheap falsification by evaluating the centre and ``n`` random points (corners included)."""
-    rng = np.random.default_rng(seed)
-    xs = np.concatenate([region.center[None], region.sample(n, rng)])
+    return sample_attack_many(graph, [(region, prop)], n, seed)[0]
+
+
+def sample_attack_many(graph: Graph, problems: list[tuple[InputBox, OutputProperty]], n: int = 64,
+                       seed: int = 0) -> list[np.ndarray | None]:
+    """:func:`sample_attack` for several (region, property) pairs with one forward pass.
+
+    The clauses are evaluated on all points at once; points that (nearly) violate one are re-run
+    with :func:`check_counterexample`, in order, and the first true counterexample is kept.
+    """
+    if not problems:
+        return []
+    xs = [np.concatenate([region.center[None], region.sample(n, np.random.default_rng(seed))])
+          for region, _ in problems]
     with torch.no_grad():
-        ys = graph.forward(torch.as_tensor(xs, dtype=graph.dtype, device=graph.device)).reshape(len(xs), -1).cpu().numpy()
-    for x, y in zip(xs, ys):
-        if prop.violated_by(y):
-            ok, _ = check_counterexample(graph, region, prop, x)
-            if ok:
-                return x
-    return None
+        ys = graph.forward(torch.as_tensor(np.concatenate(xs), dtype=graph.dtype, device=graph.device))
+        ys = ys.reshape(len(problems), n + 1, -1)
+    out: list[np.ndarray | None] = []
+    for (region, prop), x, y in zip(problems, xs, ys):
+        A, b, mask = clause_tensors(prop, y.device, y.dtype)
+        worst = clause_values(y, A, b, mask).max(dim=1).values
+        near = torch.nonzero(worst >= -1e-9 * (1.0 + y.abs().amax(dim=1))).flatten().tolist()
+        # the slack above only widens the candidates; the re-check on the network decides
+        out.append(next((x[i] for i in near if check_counterexample(graph, region, prop, x[i])[0]), None))
+    return out
 
 
 def budgeted_attack(graph: Graph, region: InputBox, prop: OutputProperty, budget: float,

@@ -154,7 +154,8 @@ class Graph:
     @property
     def input(self) -> Input:
         node = self.nodes[0]
-        assert isinstance(node, Input)
+        if not isinstance(node, Input):  # validate() guarantees it; a bug if not
+            raise ModelError("graph must start with an Input node")
         return node
 
     @property

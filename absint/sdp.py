@@ -31,6 +31,7 @@ Options (keyword arguments of the analysis, also through ``absint.verify(..., so
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -40,10 +41,11 @@ import torch
 
 from absint.analyses import Analysis, BoundResult
 from absint.domains.base import Domain
-from absint.errors import OptionError
+from absint.errors import OptionError, UnsupportedOpError
 from absint.interpreter import propagate
-from absint.ir import Affine, Graph, Relu, Reshape
+from absint.ir import Affine, Graph, Input, Relu, Reshape
 from absint.options import Options
+from absint.solvers.sdp_problem import ReluChain
 from absint.registry import DOMAINS, get_domain, names
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,62 @@ def preactivation_bounds(graph: Graph, chain: Any, lower: torch.Tensor, upper: t
     B = lower.shape[0]
     out = [[(lo[b], hi[b]) for lo, hi in per_layer] for b in range(B)]
     return out, dom, prop
+
+
+def relu_chain_from_graph(graph: Graph) -> ReluChain:
+    """Extract a :class:`ReluChain` from an ``absint.ir.Graph`` (chain of Affine/Reshape/Relu).
+
+    Consecutive affine maps (normalisation, dense layers, convolutions) are composed into one
+    dense matrix, Reshape/Flatten are identities on flat vectors. Anything else is reported with
+    :class:`absint.errors.UnsupportedOpError`.
+    """
+    if not graph.is_chain():
+        raise UnsupportedOpError([(n.name, n.kind, "SDP-cert needs a sequential network")
+                                  for n in graph.nodes if len(n.inputs) > 1] or
+                                 [(graph.output, "graph", "SDP-cert needs a sequential network")], graph.name)
+    bad = [(n.name, n.kind, "SDP-cert handles Affine/Relu/Reshape only")
+           for n in graph.nodes if not isinstance(n, (Input, Affine, Relu, Reshape))]
+    if bad:
+        raise UnsupportedOpError(bad, graph.name)
+    dtype = torch.float64
+    device = graph.device
+    n_in = int(math.prod(graph.input_shape))
+    cur_W: torch.Tensor | None = None  # None = identity on the current variable block
+    cur_b: torch.Tensor | None = None
+    cur_n = n_in
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    nodes: list[str] = []
+    prev_name = graph.input.name
+    for node in graph.nodes[1:]:
+        if isinstance(node, Affine):
+            op = node.operator
+            n_out = int(math.prod(op.out_shape))
+            if cur_W is None:
+                eye = torch.eye(cur_n, dtype=dtype, device=device)
+                cols = op.to(device, dtype).forward(eye.reshape(cur_n, *op.in_shape)).reshape(cur_n, n_out)
+                W = cols.T.contiguous()
+                b = node.bias_full().to(device, dtype).reshape(-1)
+            else:
+                k = cur_W.shape[1]
+                opd = op.to(device, dtype)
+                cols = opd.forward(cur_W.T.reshape(k, *op.in_shape)).reshape(k, n_out)
+                W = cols.T.contiguous()
+                b = opd.forward(cur_b.reshape(1, *op.in_shape)).reshape(-1)
+                b = b + node.bias_full().to(device, dtype).reshape(-1)
+            cur_W, cur_b = W, b
+        elif isinstance(node, Relu):
+            if cur_W is None:  # ReLU directly on a variable block: identity pre-activation
+                cur_W = torch.eye(cur_n, dtype=dtype, device=device)
+                cur_b = torch.zeros(cur_n, dtype=dtype, device=device)
+            layers.append((cur_W, cur_b))
+            nodes.append(prev_name)
+            cur_n = cur_W.shape[0]
+            cur_W, cur_b = None, None
+        prev_name = node.name
+    if cur_W is None:
+        cur_W = torch.eye(cur_n, dtype=dtype, device=device)
+        cur_b = torch.zeros(cur_n, dtype=dtype, device=device)
+    return ReluChain(tuple(layers), (cur_W, cur_b), tuple(nodes), n_in)
 
 
 @dataclass(frozen=True)
@@ -146,7 +204,7 @@ class SDPAnalysis(Analysis):
 
     def bound(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor, *,
               deadline: float | None = None) -> BoundResult:
-        from absint.solvers.sdp_problem import build_problem, relu_chain_from_graph
+        from absint.solvers.sdp_problem import build_problem
 
         t0 = time.perf_counter()
         dev = self.device

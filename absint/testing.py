@@ -3,7 +3,7 @@
 In the spirit of scikit-learn's ``check_estimator``: a domain author runs ::
 
     from absint.testing import check_domain
-    report = check_domain(MyDomain)   # AssertionError naming every failed check, else a report
+    report = check_domain(MyDomain)   # ConformanceError naming every failed check, else a report
     print(report)
 
 or, in the plugin's own pytest suite, one line gives one test per check::
@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from absint.errors import DomainError
+from absint.errors import AbsintError, DomainError
 from absint.interpreter import apply_op
 from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Op, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator, numel
@@ -75,6 +75,11 @@ _REQUIRED_OPS = (Input, Affine, Relu)
 
 
 # -- results ---------------------------------------------------------------------------------
+class ConformanceError(AbsintError, AssertionError):
+    """A domain failed a conformance check (also an ``AssertionError``, so pytest reports it as a
+    failed test); raised explicitly, so the checks also run under ``python -O``."""
+
+
 @dataclass
 class CheckResult:
     """Outcome of one check: ``status`` is ``"passed"``, ``"failed"`` or ``"skipped"``."""
@@ -370,12 +375,16 @@ class _Harness:
         """``domain.bounds(element)``, checked: tensors of ``shape``, no NaN, lower ≤ upper."""
         lo, hi = domain.bounds(element)
         for t, side in ((lo, "lower"), (hi, "upper")):
-            assert isinstance(t, torch.Tensor), f"bounds() at {where} returned a {type(t).__name__}, not a tensor"
-            assert tuple(t.shape) == shape, f"bounds() at {where}: {side} has shape {tuple(t.shape)}, expected {shape}"
-            assert not torch.isnan(t).any(), f"bounds() at {where}: NaN in the {side} bound"
+            if not isinstance(t, torch.Tensor):
+                raise ConformanceError(f"bounds() at {where} returned a {type(t).__name__}, not a tensor")
+            if tuple(t.shape) != shape:
+                raise ConformanceError(f"bounds() at {where}: {side} has shape {tuple(t.shape)}, expected {shape}")
+            if torch.isnan(t).any():
+                raise ConformanceError(f"bounds() at {where}: NaN in the {side} bound")
         bad = lo > hi
-        assert not bad.any(), (f"bounds() at {where}: lower > upper at index {_first(bad)} "
-                               f"({lo[bad][0].item():.6g} > {hi[bad][0].item():.6g})")
+        if bad.any():
+            raise ConformanceError(f"bounds() at {where}: lower > upper at index {_first(bad)} "
+                                   f"({lo[bad][0].item():.6g} > {hi[bad][0].item():.6g})")
         return lo, hi
 
     def sound(self, graph: Graph, *, batch: int = 2, analysis: bool = False, repickle: bool = False) -> None:
@@ -405,15 +414,16 @@ class _Harness:
 
     def sound_rows(self, lb: Any, C: torch.Tensor, d: torch.Tensor | None, y: torch.Tensor, where: str) -> None:
         """``lb[b, m] ≤ C[b] y[b, s] + d[b]`` for every sample ``s``."""
-        assert isinstance(lb, torch.Tensor) and tuple(lb.shape) == tuple(C.shape[:2]), (
-            f"{where}: expected a tensor of shape {tuple(C.shape[:2])}, got {getattr(lb, 'shape', type(lb))}")
-        assert not torch.isnan(lb).any(), f"{where}: NaN in the result"
+        if not (isinstance(lb, torch.Tensor) and tuple(lb.shape) == tuple(C.shape[:2])):
+            raise ConformanceError(f"{where}: expected a tensor of shape {tuple(C.shape[:2])}, got {getattr(lb, 'shape', type(lb))}")
+        if torch.isnan(lb).any():
+            raise ConformanceError(f"{where}: NaN in the result")
         val = torch.einsum("bmn,bsn->bsm", C, y) + (0 if d is None else d.unsqueeze(1))
         tol = ATOL + RTOL * torch.einsum("bmn,bsn->bsm", C.abs(), y.abs())
         bad = lb.unsqueeze(1) > val + tol
         if bad.any():
             i = _first(bad)
-            raise AssertionError(f"unsound {where}: box {i[0]}, sample {i[1]}, row {i[2]}: "
+            raise ConformanceError(f"unsound {where}: box {i[0]}, sample {i[1]}, row {i[2]}: "
                                  f"C·y+d = {val[i].item():.10g} < proved lower bound {lb[i[0], i[2]].item():.10g}")
 
 
@@ -445,7 +455,7 @@ def _assert_contains(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, k
         if bad.any():
             i = _first(bad)
             v, bnd = values[i].item(), bound[(i[0],) + i[2:]].item()
-            raise AssertionError(
+            raise ConformanceError(
                 f"unsound at {where}: box {i[0]}, sample {i[1]} ({kinds[i[1]]} of the input box), neuron {i[2:]}: "
                 f"concrete value {v:.10g} is {side} bound {bnd:.10g} ({int(bad.sum())} violations)")
 
@@ -482,14 +492,15 @@ def _assert_unchanged(snap: list[tuple[Any, Any]], message: str) -> None:
             same = now.shape == before.shape and bool(((now == before) | (now.isnan() & before.isnan())).all())
         else:
             same = now.shape == before.shape and bool(np.array_equal(now, before, equal_nan=True))
-        assert same, f"{message} (a {tuple(before.shape)} array changed)"
+        if not same:
+            raise ConformanceError(f"{message} (a {tuple(before.shape)} array changed)")
 
 
 def _roundtrip(element: Any, what: str) -> Any:
     try:
         return pickle.loads(pickle.dumps(element))
     except Exception as exc:  # noqa: BLE001
-        raise AssertionError(f"the element returned by {what} does not pickle: {type(exc).__name__}: {exc}") from exc
+        raise ConformanceError(f"the element returned by {what} does not pickle: {type(exc).__name__}: {exc}") from exc
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -499,17 +510,20 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 # -- the checks ------------------------------------------------------------------------------
 def _check_interface(h: _Harness) -> None:
     cls = h.cls
-    assert isinstance(cls, type) and issubclass(cls, Domain), f"{cls!r} is not a subclass of absint.domains.base.Domain"
-    assert isinstance(cls.name, str) and cls.name, f"{cls.__name__} must set a non-empty class attribute 'name'"
+    if not (isinstance(cls, type) and issubclass(cls, Domain)):
+        raise ConformanceError(f"{cls!r} is not a subclass of absint.domains.base.Domain")
+    if not (isinstance(cls.name, str) and cls.name):
+        raise ConformanceError(f"{cls.__name__} must set a non-empty class attribute 'name'")
     domain = h.domain()
-    assert isinstance(domain.options, cls.options_class), "the domain's options are not of its options_class"
+    if not isinstance(domain.options, cls.options_class):
+        raise ConformanceError("the domain's options are not of its options_class")
     lo, hi = h.box(_CASES["network_mlp"][0], 2)
     element = domain.from_box(lo, hi)
     h.bounds(domain, element, "the input", tuple(lo.shape))
     C, d = _random_rows(h.gen("interface"), 2, lo.shape[1])
     out = domain.linear_bounds(element, C, d)
-    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 3), (
-        f"linear_bounds(element, C[2,3,n], d[2,3]) must return a [2, 3] tensor, got {getattr(out, 'shape', out)!r}")
+    if not (isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 3)):
+        raise ConformanceError(f"linear_bounds(element, C[2,3,n], d[2,3]) must return a [2, 3] tensor, got {getattr(out, 'shape', out)!r}")
 
 
 def _check_sound(h: _Harness, check: str) -> None:
@@ -568,7 +582,8 @@ def _check_meet_box(h: _Harness) -> None:
             elo, ehi = domain.bounds(el)
             _assert_contains(val[bi][keep].unsqueeze(0), elo[bi:bi + 1], ehi[bi:bi + 1], sub,
                              f"{where} (samples inside the met box)")
-    assert kept > 0, "internal error of the kit: no sample inside the met box"
+    if kept <= 0:
+        raise ConformanceError("internal error of the kit: no sample inside the met box")
 
 
 def _property_cases(h: _Harness) -> tuple[_Case, ...]:
@@ -602,7 +617,7 @@ def _check_not_looser_than_box(h: _Harness) -> None:
                                       (dhi > bhi + PRECISION_TOL * (1 + bhi.abs()), "upper", dhi, bhi)):
                 if worse.any():
                     i = _first(worse)
-                    raise AssertionError(
+                    raise ConformanceError(
                         f"looser than Box at node {node.name!r} ({node.kind}{list(node.shape)}) of network "
                         f"{graph.name!r}: {side} bound {a[i].item():.10g} vs Box {b[i].item():.10g} at index {i} "
                         f"(set the class attribute never_looser_than_box = 'output' or False if this is by design)")
@@ -610,8 +625,9 @@ def _check_not_looser_than_box(h: _Harness) -> None:
         mine_lb = domain.linear_bounds(mine[graph.output], C, d)
         box_lb = box.linear_bounds(ref[graph.output], C, d)
         worse = mine_lb < box_lb - PRECISION_TOL * (1 + box_lb.abs())
-        assert not worse.any(), (f"linear_bounds looser than Box on network {graph.name!r}: "
-                                 f"{mine_lb[worse][0].item():.10g} < {box_lb[worse][0].item():.10g}")
+        if worse.any():
+            raise ConformanceError(f"linear_bounds looser than Box on network {graph.name!r}: "
+                                     f"{mine_lb[worse][0].item():.10g} < {box_lb[worse][0].item():.10g}")
     _for_cases(h, run)
 
 
@@ -624,9 +640,9 @@ def _check_deterministic(h: _Harness) -> None:
             ref = shared.bounds(runs[0][node.name])
             for k, el in enumerate(runs[1:]):
                 got = shared.bounds(el[node.name])
-                assert all(torch.equal(a, b) for a, b in zip(ref, got)), (
-                    f"{'a second run' if k == 0 else 'a fresh domain instance'} gave different bounds at node "
-                    f"{node.name!r} of network {graph.name!r}")
+                if not all(torch.equal(a, b) for a, b in zip(ref, got)):
+                    raise ConformanceError(f"{'a second run' if k == 0 else 'a fresh domain instance'} gave different bounds at node "
+                        f"{node.name!r} of network {graph.name!r}")
     _for_cases(h, run)
 
 
@@ -648,21 +664,22 @@ def _check_picklable(h: _Harness) -> None:
     try:
         clone = pickle.loads(pickle.dumps(domain))
     except Exception as exc:  # noqa: BLE001
-        raise AssertionError(f"the domain instance does not pickle: {type(exc).__name__}: {exc}") from exc
-    assert type(clone) is type(domain), "the unpickled domain has another type"
+        raise ConformanceError(f"the domain instance does not pickle: {type(exc).__name__}: {exc}") from exc
+    if type(clone) is not type(domain):
+        raise ConformanceError("the unpickled domain has another type")
 
     def run(case: _Case, graph: Graph) -> None:
         lo, hi = h.box(case, 2)
         for node_name, element in h.walk(domain, graph, lo, hi).items():
             a, b = domain.bounds(element), domain.bounds(_roundtrip(element, f"node {node_name!r}"))
-            assert all(torch.equal(x, y) for x, y in zip(a, b)), (
-                f"an element gives other bounds after pickling, at node {node_name!r} of network {graph.name!r}")
+            if not all(torch.equal(x, y) for x, y in zip(a, b)):
+                raise ConformanceError(f"an element gives other bounds after pickling, at node {node_name!r} of network {graph.name!r}")
         # Unpickled elements stay usable: a walk on round-tripped elements is still sound (shared
         # structure between elements may be lost in the copies, so it need not be identical).
         try:
             h.sound(graph, repickle=True)
-        except AssertionError as exc:
-            raise AssertionError(f"with every element round-tripped through pickle: {exc}") from None
+        except ConformanceError as exc:
+            raise ConformanceError(f"with every element round-tripped through pickle: {exc}") from None
     _for_cases(h, run)
 
 
@@ -676,14 +693,14 @@ def _check_batching(h: _Harness) -> None:
             blo, bhi = domain.bounds(batched[node.name])
             for i, el in enumerate(single):
                 slo, shi = domain.bounds(el[node.name])
-                assert _close(blo[i:i + 1], slo) and _close(bhi[i:i + 1], shi), (
-                    f"box {i} of a batch of 3 gets other bounds than when analysed alone, at node {node.name!r} "
-                    f"({node.kind}) of network {graph.name!r}")
+                if not (_close(blo[i:i + 1], slo) and _close(bhi[i:i + 1], shi)):
+                    raise ConformanceError(f"box {i} of a batch of 3 gets other bounds than when analysed alone, at node {node.name!r} "
+                        f"({node.kind}) of network {graph.name!r}")
         C, d = _random_rows(h.gen("batch/rows/" + graph.name), 3, numel(graph.output_shape))
         lb = domain.linear_bounds(batched[graph.output], C, d)
         for i, el in enumerate(single):
-            assert _close(lb[i:i + 1], domain.linear_bounds(el[graph.output], C[i:i + 1], d[i:i + 1])), (
-                f"linear_bounds of box {i} differs between batched and single runs on network {graph.name!r}")
+            if not (_close(lb[i:i + 1], domain.linear_bounds(el[graph.output], C[i:i + 1], d[i:i + 1]))):
+                raise ConformanceError(f"linear_bounds of box {i} differs between batched and single runs on network {graph.name!r}")
     _for_cases(h, run)
 
 
@@ -698,7 +715,8 @@ _CHECK_FUNCTIONS: dict[str, Callable[[_Harness], None]] = {
     "picklable": _check_picklable,
     "batching": _check_batching,
 }
-assert set(_CHECK_FUNCTIONS) == set(CHECKS)
+if set(_CHECK_FUNCTIONS) != set(CHECKS):
+    raise ConformanceError('conformance check failed')
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -710,7 +728,7 @@ def _resolve(domain: Any, options: Any) -> tuple[type[Domain], Any]:
 
 def run_check(domain: type[Domain], check: str, *, options: Any = None, seed: int = 0, n_samples: int | None = None,
               quick: bool = False, never_looser_than_box: Any = None) -> CheckResult:
-    """Run one check (a name from :data:`CHECKS`); raises AssertionError if it fails."""
+    """Run one check (a name from :data:`CHECKS`); raises :class:`ConformanceError` if it fails."""
     if check not in _CHECK_FUNCTIONS:
         raise ValueError(f"unknown check {check!r}; checks: {', '.join(CHECKS)}")
     cls, options = _resolve(domain, options)
@@ -724,11 +742,11 @@ def run_check(domain: type[Domain], check: str, *, options: Any = None, seed: in
         _CHECK_FUNCTIONS[check](h)
     except _Unsupported as exc:
         return CheckResult(check, "skipped", time.perf_counter() - t0, f"not supported: {exc}")
-    except AssertionError as exc:
-        raise AssertionError(f"{label} failed check {check!r} (seed={seed}): {exc}") from None
+    except ConformanceError as exc:
+        raise ConformanceError(f"{label} failed check {check!r} (seed={seed}): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a crash in the domain is a failure with a readable cause
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
-        raise AssertionError(f"{label} crashed in check {check!r} (seed={seed}): "
+        raise ConformanceError(f"{label} crashed in check {check!r} (seed={seed}): "
                              f"{type(exc).__name__}: {exc}\n{tb}") from exc
     finally:
         torch.set_num_threads(threads)
@@ -743,7 +761,7 @@ def check_domain(domain: type[Domain], *, options: Any = None, seed: int = 0, n_
     ``n_samples`` concrete points per box (default 48; 16 with ``quick``, which also limits the
     property checks to the three networks). ``checks`` / ``skip`` select checks by name.
     ``never_looser_than_box`` overrides the class attribute of that name (True, "output", False).
-    Raises AssertionError listing every failed check unless ``raise_on_failure=False``.
+    Raises :class:`ConformanceError` listing every failed check unless ``raise_on_failure=False``.
     """
     cls, options = _resolve(domain, options)
     selected = [c for c in (CHECKS if checks is None else tuple(checks)) if c not in set(skip)]
@@ -754,13 +772,13 @@ def check_domain(domain: type[Domain], *, options: Any = None, seed: int = 0, n_
         try:
             report.results.append(run_check(cls, name, options=options, seed=seed, n_samples=n_samples, quick=quick,
                                             never_looser_than_box=never_looser_than_box))
-        except AssertionError as exc:
+        except ConformanceError as exc:
             report.results.append(CheckResult(name, "failed", time.perf_counter() - t1, str(exc)))
         if name == "interface" and report.failures:
             break  # nothing else can run on a domain that does not meet the interface
     report.seconds = time.perf_counter() - t0
     if raise_on_failure and not report.passed:
-        raise AssertionError(report.failure_message())
+        raise ConformanceError(report.failure_message())
     return report
 
 

@@ -13,14 +13,14 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from absint.analyses import Analysis, get_analysis
-from absint.attack import AttackOptions, budgeted_attack, check_counterexample, pgd_attack, sample_attack
-from absint.errors import AbsintError, SpecError
+from absint.analyses import Analysis, BoundResult, check_supported, get_analysis
+from absint.attack import AttackOptions, budgeted_attack, check_counterexample, pgd_attack, sample_attack_many
+from absint.errors import AbsintError, InvariantError, SpecError
 from absint.ir import Graph
 from absint.linear import numel
 from absint.results import Result, Verdict
@@ -93,72 +93,160 @@ def _safety_tensors(props: list[OutputProperty], dtype=torch.float64) -> tuple[t
     return torch.as_tensor(np.stack(Cs), dtype=dtype), torch.as_tensor(np.stack(ds), dtype=dtype)
 
 
-def _falsified(name: str, analysis: str, t0: float, x: np.ndarray, graph: Graph, region: InputBox,
+def _falsified(name: str, analysis: str, seconds: float, x: np.ndarray, graph: Graph, region: InputBox,
                prop: OutputProperty, how: str) -> Result:
+    """A ``falsified`` result; the counterexample is re-run on the network here, always."""
     ok, y = check_counterexample(graph, region, prop, x)
-    assert ok, "counterexample must be re-checked before it is reported"
-    return Result(name, Verdict.FALSIFIED, analysis, time.perf_counter() - t0, reason=f"counterexample ({how})",
+    if not ok:  # every caller checked it already: reaching this is a bug, never a verdict
+        raise InvariantError(f"{name}: a counterexample ({how}) did not violate the property when re-run")
+    return Result(name, Verdict.FALSIFIED, analysis, seconds, reason=f"counterexample ({how})",
                   counterexample=np.asarray(x).reshape(region.shape), counterexample_output=y)
+
+
+def _bound_batch(graph: Graph, analysis: Analysis, chunk: list[Instance], deadline: float | None
+                 ) -> tuple[BoundResult | None, str]:
+    """One analysis call over the instances of ``chunk`` (``B = len(chunk)``): (bounds, why none)."""
+    props = [inst.prop for inst in chunk]
+    C, d = _safety_tensors(props)
+    lo = torch.as_tensor(np.stack([inst.region.lower for inst in chunk]))
+    hi = torch.as_tensor(np.stack([inst.region.upper for inst in chunk]))
+    extra = {"owner": props[0].stacked()[2]} if analysis.clause_aware else {}
+    try:
+        return analysis.bound(graph, lo, hi, C, d, deadline=deadline, **extra), ""
+    except TimeoutError:
+        return None, "time-out"
+    except (MemoryError, torch.OutOfMemoryError) as exc:  # type: ignore[attr-defined]
+        return None, f"out of memory: {exc}"
+
+
+def _decide_one(graph: Graph, inst: Instance, name: str, analysis: Analysis, bound: BoundResult | None, j: int,
+                why: str, seconds: float, timeout: float | None, deadline: float | None, attack: bool,
+                attack_first: bool, attack_options: AttackOptions, attack_budget: float, tolerance: float) -> Result:
+    """The verdict of instance ``j`` of a batch from its proved bounds (the one decision of absint).
+
+    A candidate counterexample of the analysis (a MILP optimum) is re-run first; then every clause
+    of the violation DNF must be refuted by a proved margin above ``tolerance`` (for a clause-aware
+    analysis, by its per-clause margins); otherwise a bounded attack looks for a counterexample, and
+    the answer is unknown with the reason (time-out, loose bounds, out of memory).
+    """
+    label = analysis.name
+    region, prop = inst.region, inst.prop
+    if bound is None:
+        return Result(name, Verdict.UNKNOWN, label, seconds, reason=why)
+    stats = bound.stats if len(bound.lower) == 1 else {}
+    cands = bound.candidates
+    if cands and j < len(cands) and cands[j] is not None and check_counterexample(graph, region, prop, cands[j])[0]:
+        return _falsified(name, label, seconds, cands[j], graph, region, prop, label)
+    verified, margin = decide(prop, bound.lower[j], tolerance)
+    clause_lower = bound.stats.get("clause_lower") if analysis.clause_aware and len(bound.lower) == 1 else None
+    if clause_lower is not None and not verified:
+        # Each clause refuted somewhere by *some* row (different rows in different sub-regions).
+        margin = float(np.min(clause_lower))
+        verified = margin > tolerance
+    if not verified and attack:
+        # The analysis could not prove it: look for a counterexample within a bounded budget.
+        t0 = time.perf_counter()
+        cx = None if attack_first else pgd_attack(graph, region, prop, attack_options, deadline)
+        if cx is None and attack_budget > 0:
+            cx = budgeted_attack(graph, region, prop, attack_budget, attack_options, deadline=deadline)
+        seconds += time.perf_counter() - t0
+        if cx is not None:
+            return _falsified(name, label, seconds, cx, graph, region, prop, "PGD")
+    note = bound.notes[j] if j < len(bound.notes) else ""
+    if verified:
+        return Result(name, Verdict.VERIFIED, label, seconds, margin, details=stats)
+    if timeout is not None and seconds > timeout:
+        # Keep what the analysis proved before the limit (margin, its note, its statistics).
+        return Result(name, Verdict.UNKNOWN, label, seconds, margin,
+                      reason="time-out" + (f" ({note})" if note else ""), details=stats)
+    return Result(name, Verdict.UNKNOWN, label, seconds, margin,
+                  reason=f"too loose: margin lower bound {margin:.4g}" + (f" ({note})" if note else ""),
+                  details=stats)
+
+
+def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Analysis, *,
+                     timeout: float | None = None, attack: bool = True, attack_first: bool = True,
+                     attack_options: AttackOptions = AttackOptions(), attack_budget: float | None = None,
+                     tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 1, names: Sequence[str] | None = None,
+                     on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
+    """Decide each (region, property) instance; the one decision path under :func:`verify` and
+    :func:`verify_robustness`.
+
+    Per instance: the pre-flight check of the analysis's ops (once, for all), a sampling attack
+    (the centre and random points), PGD before the analysis if ``attack_first``, the analysis — in
+    batches of ``batch_size`` instances when it is ``batchable`` (the per-instance time is the batch
+    time divided by its size, and the time limit of a batch is ``timeout`` per instance) — and then
+    :func:`_decide_one`. After an inconclusive analysis, ``attack`` runs one PGD round (unless it
+    already ran first) and up to ``attack_budget`` seconds of restarts (default: a quarter of
+    ``timeout``, at most 10 s; 2 s without a timeout; 0 when the attack did not run first).
+    """
+    check_supported(graph, analysis)
+    names = list(names) if names is not None else [inst.name or f"instance_{i}" for i, inst in enumerate(instances)]
+    if attack_budget is None:
+        attack_budget = (0.0 if not attack_first else 2.0 if timeout is None else min(10.0, 0.25 * timeout))
+    results: list[Result | None] = [None] * len(instances)
+    label = analysis.name
+
+    def done(i: int, r: Result) -> None:
+        results[i] = r
+        if on_result is not None:
+            on_result(i, r)
+
+    bs = max(1, batch_size) if analysis.batchable and not analysis.clause_aware else 1
+    todo: list[int] = []
+    for start in range(0, len(instances), max(bs, 1)):
+        # cheap falsification first: sampling (one forward pass per batch), then PGD if asked
+        t0 = time.perf_counter()
+        part = list(range(start, min(len(instances), start + max(bs, 1))))
+        found = sample_attack_many(graph, [(instances[i].region, instances[i].prop) for i in part])
+        share = (time.perf_counter() - t0) / len(part)
+        for i, cx in zip(part, found):
+            t1 = time.perf_counter()
+            how = "sampling"
+            if cx is None and attack and attack_first:
+                deadline = None if timeout is None else t1 + max(0.0, timeout - share)
+                cx, how = pgd_attack(graph, instances[i].region, instances[i].prop, attack_options, deadline), "PGD"
+            seconds = share + time.perf_counter() - t1
+            if cx is not None:
+                done(i, _falsified(names[i], label, seconds, cx, graph, instances[i].region, instances[i].prop, how))
+            else:
+                todo.append(i)
+                # the attacks' time counts towards the instance (it is spent before the analysis)
+                results[i] = Result(names[i], Verdict.UNKNOWN, label, seconds)
+    for group in _same_row_count(todo, instances, bs):
+        chunk = [instances[i] for i in group]
+        spent = [results[i].seconds for i in group]  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        deadline = None if timeout is None else t0 + sum(max(0.0, timeout - s) for s in spent)
+        bound, why = _bound_batch(graph, analysis, chunk, deadline)
+        per = (time.perf_counter() - t0) / len(chunk)
+        for j, i in enumerate(group):
+            inst_deadline = None if timeout is None else time.perf_counter() + max(0.0, timeout - spent[j] - per)
+            done(i, _decide_one(graph, instances[i], names[i], analysis, bound, j, why, spent[j] + per, timeout,
+                                inst_deadline, attack, attack_first, attack_options, attack_budget, tolerance))
+    return [r for r in results if r is not None]
+
+
+def _same_row_count(todo: list[int], instances: Sequence[Instance], size: int) -> list[list[int]]:
+    """``todo`` in consecutive groups of at most ``size`` whose properties have equal row counts."""
+    groups: list[list[int]] = []
+    for i in todo:
+        rows = len(instances[i].prop.stacked()[1])
+        if groups and len(groups[-1]) < size and len(instances[groups[-1][0]].prop.stacked()[1]) == rows:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def verify_instance(graph: Graph, instance: Instance, analysis: Analysis, *, timeout: float | None = None,
                     attack: bool = True, attack_options: AttackOptions = AttackOptions(),
                     tolerance: float = DEFAULT_TOLERANCE, name: str | None = None,
                     attack_budget: float | None = None) -> Result:
-    """Decide one (region, property) instance. See the module docstring for the flow.
-
-    ``attack_budget`` bounds the extra attack time after an inconclusive analysis (default:
-    a quarter of ``timeout``, at most 10 s; 2 s without a timeout).
-    """
-    t0 = time.perf_counter()
-    deadline = None if timeout is None else t0 + timeout
-    name = name or instance.name or "instance"
-    region, prop = instance.region, instance.prop
-    label = analysis.name
-    cx = sample_attack(graph, region, prop)
-    if cx is not None:
-        return _falsified(name, label, t0, cx, graph, region, prop, "sampling")
-    if attack:
-        cx = pgd_attack(graph, region, prop, attack_options, deadline)
-        if cx is not None:
-            return _falsified(name, label, t0, cx, graph, region, prop, "PGD")
-    C, d = _safety_tensors([prop])
-    lo = torch.as_tensor(region.lower[None])
-    hi = torch.as_tensor(region.upper[None])
-    extra = {"owner": prop.stacked()[2]} if analysis.clause_aware else {}
-    try:
-        bound = analysis.bound(graph, lo, hi, C, d, deadline=deadline, **extra)
-    except TimeoutError:
-        return Result(name, Verdict.UNKNOWN, label, time.perf_counter() - t0, reason="time-out")
-    except (MemoryError, torch.OutOfMemoryError) as exc:  # type: ignore[attr-defined]
-        return Result(name, Verdict.UNKNOWN, label, time.perf_counter() - t0, reason=f"out of memory: {exc}")
-    if bound.candidates and bound.candidates[0] is not None:
-        ok, _ = check_counterexample(graph, region, prop, bound.candidates[0])
-        if ok:
-            return _falsified(name, label, t0, bound.candidates[0], graph, region, prop, label)
-    verified, margin = decide(prop, bound.lower[0], tolerance)
-    clause_lower = bound.stats.get("clause_lower") if analysis.clause_aware else None
-    if clause_lower is not None and not verified:
-        # Each clause refuted somewhere by *some* row (different rows in different sub-regions).
-        margin = float(np.min(clause_lower))
-        verified = margin > tolerance
-    if not verified and attack:
-        # The analysis could not prove it: spend a bounded extra budget looking for a counterexample.
-        budget = attack_budget if attack_budget is not None else (2.0 if timeout is None else min(10.0, 0.25 * timeout))
-        cx = budgeted_attack(graph, region, prop, budget, attack_options, deadline=deadline)
-        if cx is not None:
-            return _falsified(name, label, t0, cx, graph, region, prop, "PGD")
-    elapsed = time.perf_counter() - t0
-    note = bound.notes[0] if bound.notes else ""
-    if deadline is not None and elapsed > timeout and not verified:
-        # Keep what the analysis proved before the limit (margin, its note, its statistics).
-        return Result(name, Verdict.UNKNOWN, label, elapsed, margin,
-                      reason="time-out" + (f" ({note})" if note else ""), details=bound.stats)
-    if verified:
-        return Result(name, Verdict.VERIFIED, label, elapsed, margin, details=bound.stats)
-    return Result(name, Verdict.UNKNOWN, label, elapsed, margin,
-                  reason=f"too loose: margin lower bound {margin:.4g}" + (f" ({note})" if note else ""),
-                  details=bound.stats)
+    """Decide one (region, property) instance (:func:`verify_instances` with one instance)."""
+    return verify_instances(graph, [instance], analysis, timeout=timeout, attack=attack, attack_options=attack_options,
+                            attack_budget=attack_budget, tolerance=tolerance,
+                            names=[name or instance.name or "instance"])[0]
 
 
 def _combine(name: str, label: str, parts: list[Result]) -> Result:
@@ -212,9 +300,9 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
     """L∞ robustness of each image (radius ``eps``, clipped to ``clip``) with its label.
 
     Misclassified images are reported falsified (the image itself is the counterexample), so
-    ``verified`` counts exactly the correctly classified inputs proven robust. Images are
-    analysed in batches of ``batch_size`` when the analysis supports it (per-image time is the
-    batch time divided by its size); unknowns are then attacked with PGD.
+    ``verified`` counts exactly the correctly classified inputs proven robust. The others go
+    through :func:`verify_instances` (the decision of :func:`verify`), in batches of ``batch_size``
+    when the analysis supports it; PGD runs only on what the analysis cannot prove.
     """
     graph = load_network(network, device=device)
     an = get_analysis(analysis, device=device, **analysis_options)
@@ -224,65 +312,40 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
         raise SpecError(f"{len(images)} images but {len(labels)} labels")
     n_classes = numel(graph.output_shape)
     names = list(names) if names is not None else [f"input_{i}" for i in range(len(images))]
-    images = images.reshape(len(images), *graph.input_shape) if images[0].size == numel(graph.input_shape) else images
+    if len(images) and images[0].size == numel(graph.input_shape):
+        images = images.reshape(len(images), *graph.input_shape)
     if images.shape[1:] != tuple(graph.input_shape):
         raise SpecError(f"images have shape {images.shape[1:]} but the network expects {tuple(graph.input_shape)}")
+    bad = [lab for lab in labels if not 0 <= lab < n_classes]
+    if bad:
+        raise SpecError(f"labels {sorted(set(bad))[:5]} out of range for a network with {n_classes} outputs")
+    check_supported(graph, an)
     with torch.no_grad():
         preds = graph.forward(torch.as_tensor(images)).reshape(len(images), -1).argmax(1).cpu().numpy()
 
     results: list[Result | None] = [None] * len(images)
-    todo = []
+    todo: list[int] = []
+    instances = []
     for i, (img, lab) in enumerate(zip(images, labels)):
-        prop = robustness_property(lab, n_classes)
-        region = linf_ball(img, eps, clip)
+        inst = Instance(linf_ball(img, eps, clip), robustness_property(lab, n_classes), names[i])
         if preds[i] != lab:
-            t0 = time.perf_counter()
-            results[i] = _falsified(names[i], an.name, t0, img, graph, region, prop, "misclassified")
+            results[i] = _falsified(names[i], an.name, 0.0, img, graph, inst.region, inst.prop, "misclassified")
         else:
-            todo.append((i, region, prop))
-
-    bs = batch_size if an.batchable else 1
+            todo.append(i)
+            instances.append(inst)
     bar = _progress(len(images), progress, desc=f"{an.name} eps={eps}")
     if bar is not None:
         bar.update(len(images) - len(todo))
-    for start in range(0, len(todo), bs):
-        chunk = todo[start:start + bs]
-        t0 = time.perf_counter()
-        lo = torch.as_tensor(np.stack([r.lower for _, r, _ in chunk]))
-        hi = torch.as_tensor(np.stack([r.upper for _, r, _ in chunk]))
-        C, d = _safety_tensors([p for _, _, p in chunk])
-        deadline = None if timeout is None else t0 + timeout * len(chunk)
-        try:
-            bound = an.bound(graph, lo, hi, C, d, deadline=deadline)
-            lower, err = bound.lower, ""
-        except TimeoutError:
-            lower, err = None, "time-out"
-        per = (time.perf_counter() - t0) / len(chunk)
-        for j, (i, region, prop) in enumerate(chunk):
-            if lower is None:
-                results[i] = Result(names[i], Verdict.UNKNOWN, an.name, per, reason=err)
-                continue
-            ok, margin = decide(prop, lower[j], tolerance)
-            if ok:
-                results[i] = Result(names[i], Verdict.VERIFIED, an.name, per, margin)
-            else:
-                results[i] = Result(names[i], Verdict.UNKNOWN, an.name, per, margin,
-                                    reason=f"too loose: margin lower bound {margin:.4g}")
-        if attack:
-            for i, region, prop in chunk:
-                r = results[i]
-                if r is not None and r.verdict is Verdict.UNKNOWN:
-                    ta = time.perf_counter()
-                    cx = pgd_attack(graph, region, prop, attack_options)
-                    if cx is not None:
-                        results[i] = _falsified(names[i], an.name, ta, cx, graph, region, prop, "PGD")
-                        results[i].seconds += r.seconds
-                    else:
-                        r.seconds += time.perf_counter() - ta
+
+    def tick(_: int, r: Result) -> None:
         if bar is not None:
-            bar.update(len(chunk))
-            bar.set_postfix(verified=sum(1 for r in results if r is not None and r.verified),
-                            falsified=sum(1 for r in results if r is not None and r.falsified))
+            bar.update(1)
+
+    decided = verify_instances(graph, instances, an, timeout=timeout, attack=attack, attack_first=False,
+                               attack_options=attack_options, attack_budget=0.0, tolerance=tolerance,
+                               batch_size=batch_size, names=[names[i] for i in todo], on_result=tick)
+    for i, r in zip(todo, decided):
+        results[i] = r
     if bar is not None:
         bar.close()
     return [r for r in results if r is not None]
@@ -296,3 +359,20 @@ def _progress(total: int, enabled: bool, desc: str):
     except ImportError:  # pragma: no cover
         return None
     return tqdm(total=total, desc=desc, unit="input", leave=True)
+
+
+def verify_bab(network: Any, spec: Any, *, timeout: float | None = None, attack: bool = True,
+               options: Any = None, name: str | None = None, device: torch.device | str | None = None,
+               **fields: Any) -> Result:
+    """:func:`verify` with a configured ``bab`` analysis (``options``: a
+    :class:`~absint.bab.options.BabOptions`; ``fields`` override it).
+
+    The analysis is clause-aware, so the decision uses the proved per-clause margins (a clause may
+    be refuted by different rows on different sub-boxes, as in ACAS Xu properties 2–4); the extra
+    attack rounds after the analysis are skipped: the search already alternates attacks with bounding.
+    """
+    from absint.bab.analysis import BabAnalysis
+
+    an = BabAnalysis(options, device=device, **fields)
+    return verify(network, spec, analysis=an, timeout=timeout, attack=attack, name=name, device=device,
+                  tolerance=an.options.tolerance, attack_budget=0.0)

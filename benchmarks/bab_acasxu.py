@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 import absint
-from absint.bab import BabOptions, verify_bab
+from absint.bab import BabOptions
+from absint.verify import verify_bab
 
 FIELDS = ["onnx", "vnnlib", "truth", "verdict", "seconds", "timeout", "nnenum", "abcrown", "bounded",
           "peak_queue", "proved_fraction", "reason"]

@@ -26,7 +26,8 @@ from absint.specs import linf_ball, robustness_property
 from absint.verify import _safety_tensors
 from absint.solvers.sdp_exact import backend_availability, solve_exact
 from absint.solvers.sdp_fo import FOOptions, solve_fo
-from absint.solvers.sdp_problem import build_problem, relu_chain_from_graph
+from absint.sdp import relu_chain_from_graph
+from absint.solvers.sdp_problem import build_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 

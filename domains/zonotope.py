@@ -512,12 +512,3 @@ def octahedral_directions(s: int, dtype: torch.dtype = torch.float64, device=Non
         first = torch.where(grid[:, col] != 0, grid[:, col], first)
     return grid[first > 0].to(device)
 
-
-def node_bounds(graph, lower: Tensor, upper: Tensor, domain: ZonotopeDomain | None = None
-                ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Concrete bounds of every node of ``graph`` on the boxes ``[lower, upper]`` (for refinements)."""
-    from absint.interpreter import propagate
-
-    domain = domain or ZonotopeDomain()
-    prop = propagate(graph.to(domain.device, domain.dtype), domain, lower, upper, keep_all=True)
-    return {name: domain.bounds(el) for name, el in prop.elements.items()}

@@ -10,7 +10,8 @@ import torch
 
 import absint  # noqa: F401  (import order: absint before domains)
 from absint.analyses import get_analysis
-from absint.bab import BabAnalysis, BabOptions, verify_bab
+from absint.bab import BabAnalysis, BabOptions
+from absint.verify import verify_bab
 from absint.bab.queue import SubproblemQueue
 from absint.ir import Affine, Graph, Input, Relu
 from absint.linear import DenseOperator

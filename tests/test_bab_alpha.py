@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import absint  # noqa: F401  (import order: absint before domains)
-from absint.bab import BabOptions, verify_bab
+from absint.bab import BabOptions
+from absint.verify import verify_bab
 from absint.bab.beta import BetaBounder, BetaOptions
 from absint.bab.bounding import Bounder
 from absint.ir import Affine, Graph, Relu
