@@ -17,6 +17,7 @@ import argparse
 import ast
 import csv
 import logging
+import os
 import statistics
 import sys
 import time
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     analysis = absint.analyses.get_analysis(args.analysis, **options)
     rows = []
     n_out = int(np.prod(graph.output_shape))
-    print(f"# {net.name} eps={args.eps} analysis={args.analysis} options={options} timeout={args.timeout}")
+    print(f"# {net.name} eps={args.eps} analysis={args.analysis} options={options} timeout={args.timeout} "
+          f"load average {os.getloadavg()[0]:.2f}")
     for i in range(args.start, args.start + args.n):
         x, lab = images[i].reshape(graph.input_shape), int(labels[i])
         with torch.no_grad():
@@ -78,19 +80,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i:4d} label {lab} misclassified", flush=True)
             continue
         inst = (linf_ball(x, args.eps, (0.0, 1.0)), robustness_property(lab, n_out))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = absint.verify(graph, inst, analysis=analysis, timeout=args.timeout, attack=not args.no_attack,
                           attack_budget=1.0)
-        sec = time.perf_counter() - t0
+        sec, cpu = time.perf_counter() - t0, time.process_time() - c0
         det = r.details or {}
-        phases = {k: round(float(det[k]), 2) for k in ("domain_pass_s", "final_s", "partial_milp_s") if k in det}
+        phases = {k: round(float(v), 2) for k, v in det.get("stage_seconds", {}).items()}
         tight = det.get("tighten", [])
         row = {"image": i, "label": lab, "verdict": r.verdict.value, "seconds": round(sec, 2),
                "margin": "" if r.margin is None else f"{r.margin:.4g}",
                "tighten_s": round(sum(t["seconds"] for t in tight), 2),
                "krelu_s": round(sum(k["seconds"] for k in det.get("krelu", [])), 2),
-               "krelu_rows": sum(k["rows"] for k in det.get("krelu", [])), **phases,
-               "reason": r.reason or ""}
+               "krelu_rows": sum(k["rows"] for k in det.get("krelu", [])),
+               **{f"{k}_s": v for k, v in phases.items()},
+               "solves": " ".join(f"{b}:{n}" for b, n in sorted(det.get("solves", {}).items())),
+               "cpu_s": round(cpu, 2), "reason": r.reason or ""}
         rows.append(row)
         if args.csv:  # written after every image, so a cut-off run keeps what it measured
             _write_csv(args.csv, rows)
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     times = [r["seconds"] for r in correct]
     print(f"# certified {cert}/{len(correct)} correctly classified (of {len(rows)}); "
           f"falsified {sum(r['verdict'] == 'falsified' for r in correct)}; "
-          f"median {statistics.median(times) if times else 0:.1f}s mean {statistics.mean(times) if times else 0:.1f}s")
+          f"median {statistics.median(times) if times else 0:.1f}s mean {statistics.mean(times) if times else 0:.1f}s; "
+          f"CPU {sum(r.get('cpu_s', 0.0) for r in correct):.1f}s; load average {os.getloadavg()[0]:.2f}")
     if args.csv:
         _write_csv(args.csv, rows)
     return 0

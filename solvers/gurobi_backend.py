@@ -1,11 +1,12 @@
-"""Gurobi backend (gurobipy), with automatic HiGHS fallback on licence limits.
+"""Gurobi backend (gurobipy); strict about its licence, HiGHS fallback only when asked for.
 
-The pip-installed gurobipy ships a size-limited licence: ``optimize()``
-raises ``GurobiError`` 10010 for models with more than 2000 variables or
-2000 constraints.  The backend probes the licence once per process, routes
-models that are too large (or that raise 10010) to HiGHS, and logs a notice
-about it once per process.  With ``fallback=False`` it returns
-``Status.LICENSE_LIMIT`` instead.
+The pip-installed gurobipy ships a size-limited licence: ``optimize()`` raises ``GurobiError``
+10010 for models with more than 2000 variables or 2000 constraints. The backend probes the
+licence once per process and checks every model's size before solving (:func:`fits_licence`).
+By default a model that is too large (or that raises 10010) gets ``Status.LICENSE_LIMIT`` and no
+bound — nothing is substituted behind the caller's back. ``GurobiBackend(fallback=True)`` solves
+such models with HiGHS instead; the result then says so (``backend == "highs"`` and a message),
+and a notice is logged once per process.
 
 Rows ``lo <= a x <= hi`` are passed as ``=`` rows (``lo == hi``) or split into
 a ``>=`` and a ``<=`` row, so ranged rows count twice toward the limit.
@@ -150,11 +151,11 @@ def _gurobi_rows(model: LinearModel) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 class GurobiBackend(Backend):
-    """LP/MILP backend using Gurobi; falls back to HiGHS beyond the licence size."""
+    """LP/MILP backend using Gurobi; beyond the licence size: ``LICENSE_LIMIT``, or HiGHS with ``fallback``."""
 
     name = "gurobi"
 
-    def __init__(self, fallback: bool = True) -> None:
+    def __init__(self, fallback: bool = False) -> None:
         self.fallback = fallback
 
     @classmethod

@@ -52,22 +52,28 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     return out
 
 
-def get_backend(name: str | None = None, *, strict: bool = False) -> Backend:
+def get_backend(name: str | None = None, *, fallback: bool = False) -> Backend:
     """Return a backend instance (the one place that turns a backend name into a solver).
 
     ``None``/``"auto"`` gives the best available of :data:`DEFAULT_ORDER` (HiGHS, else scipy).
-    A named backend that is unavailable raises :class:`BackendUnavailableError`
-    when ``strict``; otherwise a warning is logged and the default is returned.
-    Unknown names always raise :class:`UnknownBackendError`.
+    A named backend that is unavailable raises :class:`BackendUnavailableError` — unless
+    ``fallback=True``, which returns the default backend instead (with a logged warning; the
+    returned backend's ``name`` says which one it is). Unknown names always raise
+    :class:`UnknownBackendError`.
     """
     key = _ALIASES.get(name.strip().lower(), name.strip().lower()) if name is not None else None
     if key is not None:
-        cls = registry.get_solver_class(key)
-        ok, reason = cls.availability()
+        try:
+            cls = registry.get_solver_class(key)
+            ok, reason = cls.availability()
+        except UnknownBackendError as exc:
+            if not registry.has(registry.SOLVERS, key):
+                raise
+            ok, reason = False, str(exc)  # declared but not loadable here (e.g. a missing extra)
         if ok:
             return cls()
-        if strict:
-            raise BackendUnavailableError(f"backend {key!r} unavailable: {reason}")
+        if not fallback:
+            raise BackendUnavailableError(f"solver backend {key!r} is unavailable: {reason}")
         logger.warning("solver backend %r unavailable (%s); using the default backend", key, reason)
     for default in DEFAULT_ORDER:
         try:

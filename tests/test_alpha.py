@@ -8,8 +8,7 @@ import torch
 import absint
 from absint.frontends.torch_loader import load_torch
 from absint.interpreter import propagate
-from absint.refine.driver import RefineRun
-from absint.refine.options import make_options
+from absint.refine import run_preset
 from absint.domains.alpha import AlphaBounder, AlphaOptions, chain_of
 from absint.domains.deeppoly import DeepPolyDomain
 
@@ -102,14 +101,14 @@ def test_refinement_give_up_and_early_exit():
     g = _net([4, 12, 12, 12, 3], 7).to("cpu", torch.float64)
     lo, hi = -torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
     C, d = np.array([[1.0, -1.0, 0.0]]), np.zeros(1)
-    base = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {"final_bab_timeout": 3.0})).run(lo, hi, C, d)
-    quit_ = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {"give_up_below": 1e9})).run(lo, hi, C, d)
-    assert any("give_up_below" in n for n in quit_.notes) or quit_.lower[0] > 0
-    assert quit_.lower[0] <= base.lower[0] + 1e-9  # skipping refinement can only lose precision
+    base = run_preset(g, lo, hi, C, d, "refinepoly", final_bab_timeout=3.0)
+    quit_ = run_preset(g, lo, hi, C, d, "refinepoly", give_up_below=1e9)
+    assert any("give_up_below" in n for n in quit_.notes) or quit_.rows[0] > 0
+    assert quit_.rows[0] <= base.rows[0] + 1e-9  # skipping refinement can only lose precision
     # shift the property so that it holds after the first tightened layer: the run stops there
     xs = lo + (hi - lo) * torch.rand(20000, 4, dtype=torch.float64)
     with torch.no_grad():
         true_min = float((g.forward(xs) @ torch.as_tensor(C.T)).min())
-    d2 = np.array([-(true_min - 0.5 * (true_min - base.lower[0]))])  # between the bound and the truth
-    res = RefineRun(g, DeepPolyDomain(), make_options("refinepoly", {"final_bab_timeout": 3.0})).run(lo, hi, C, d2)
-    assert res.lower[0] <= true_min + d2[0] + 1e-8
+    d2 = np.array([-(true_min - 0.5 * (true_min - base.rows[0]))])  # between the bound and the truth
+    res = run_preset(g, lo, hi, C, d2, "refinepoly", final_bab_timeout=3.0)
+    assert res.rows[0] <= true_min + d2[0] + 1e-8

@@ -230,7 +230,7 @@ def test_plugin_solver_resolves_by_name(fake_eps) -> None:
     fake_eps(solvers=[("countingsolver", "fake_plugin_mod:CountingSolver")])
     from absint.solvers import LinearModel, get_backend
 
-    backend = get_backend("countingsolver", strict=True)
+    backend = get_backend("countingsolver")
     assert type(backend).__name__ == "CountingSolver"
     m = LinearModel()
     m.add_vars(lb=[0, 0], ub=[1, 1])

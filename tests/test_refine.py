@@ -9,12 +9,10 @@ import torch
 
 import absint
 from absint.frontends.torch_loader import load_torch
-from absint.refine import NetworkEncoder, UnsupportedNetworkError
-from absint.refine.driver import RefineRun
-from absint.refine.options import PRESETS, make_options
+from absint.errors import OptionError
+from absint.refine import NetworkEncoder, UnsupportedNetworkError, make_config, run_preset
 from absint.specs import linf_ball, robustness_property
 from absint.domains.box import BoxDomain
-from absint.domains.deeppoly import DeepPolyDomain
 from absint.solvers import SolveOptions, get_backend
 
 
@@ -112,9 +110,16 @@ def test_conv_and_residual_encoding_sound():
 
 
 def test_unsupported_ops_named():
-    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2))
-    g = load_torch(net, (2,))
-    with pytest.raises(UnsupportedNetworkError, match="Sigmoid"):
+    from dataclasses import dataclass
+
+    from absint.ir import Graph, Input, Op
+
+    @dataclass(frozen=True, eq=False)
+    class Softsign(Op):
+        pass
+
+    g = Graph((Input("x", (), (2,)), Softsign("s", ("x",), (2,))), "s")
+    with pytest.raises(UnsupportedNetworkError, match="Softsign"):
         NetworkEncoder(g)
 
 
@@ -122,14 +127,13 @@ def test_unsupported_ops_named():
 def test_refined_bounds_contain_samples(preset):
     g = _mlp([4, 10, 10, 10, 3], seed=5)
     lo, hi = -0.5 * np.ones(4), 0.5 * np.ones(4)
-    opts = make_options(preset, {"k": 3, "sparse_n": 6, "cutoff": 0.0} if preset == "refinepoly" else {})
-    dom = DeepPolyDomain() if opts.domain == "deeppoly" else absint.registry.get_domain(opts.domain)()
+    opts = {"k": 3, "sparse_n": 6, "cutoff": 0.0} if preset == "refinepoly" else {}
     C = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
     d = np.array([0.1, -0.2])
-    res = RefineRun(g, dom, opts).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
+    res = run_preset(g, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d, preset, **opts)
     vals = _samples(g, lo, hi, 20000) @ C.T + d
-    assert np.all(res.lower <= vals.min(0) + 1e-8)
-    assert np.all(res.lower >= res.stats["domain_lower"] - 1e-9)  # never looser than the domain
+    assert np.all(res.rows <= vals.min(0) + 1e-8)
+    assert np.all(res.rows >= res.stats["domain_lower"] - 1e-9)  # never looser than the domain
     # every tightened pre-activation bound contains the sampled values of that node
     rng = np.random.default_rng(0)
     x = torch.as_tensor(rng.uniform(lo, hi, size=(5000, 4)))
@@ -144,28 +148,29 @@ def test_refinement_tighter_than_deeppoly_somewhere():
     g = _mlp([4, 12, 12, 12, 3], seed=7)
     lo, hi = -np.ones(4), np.ones(4)
     C, d = np.array([[1.0, -1.0, 0.0]]), np.zeros(1)
-    dp = RefineRun(g, DeepPolyDomain(), PRESETS["lp"]).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
-    rp = RefineRun(g, DeepPolyDomain(), make_options("kpoly", {"sparse_n": 6, "cutoff": 0.0, "final_bab_timeout": 3.0})).run(
-        torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
-    assert rp.lower[0] >= dp.stats["domain_lower"][0] - 1e-9
-    assert rp.lower[0] >= dp.lower[0] - 1e-6
+    box = torch.as_tensor(lo[None]), torch.as_tensor(hi[None])
+    dp = run_preset(g, *box, C, d, "lp")
+    rp = run_preset(g, *box, C, d, "kpoly", sparse_n=6, cutoff=0.0, final_bab_timeout=3.0)
+    assert rp.rows[0] >= dp.stats["domain_lower"][0] - 1e-9
+    assert rp.rows[0] >= dp.rows[0] - 1e-6
 
 
 def test_tiny_time_limits_keep_valid_bounds():
     g = _mlp([4, 10, 10, 10, 3], seed=9)
     lo, hi = -np.ones(4), np.ones(4)
-    opts = make_options("kpoly", {"timeout_lp": 1e-6, "timeout_milp": 1e-6, "timeout_final_lp": 1e-6,
-                                       "timeout_final_milp": 1e-6, "sparse_n": 8, "cutoff": 0.0})
+    opts = {"timeout_lp": 1e-6, "timeout_milp": 1e-6, "timeout_final_lp": 1e-6, "timeout_final_milp": 1e-6,
+            "sparse_n": 8, "cutoff": 0.0}
     C, d = np.array([[1.0, 0.0, -1.0]]), np.zeros(1)
-    res = RefineRun(g, DeepPolyDomain(), opts).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
+    box = torch.as_tensor(lo[None]), torch.as_tensor(hi[None])
+    res = run_preset(g, *box, C, d, "kpoly", **opts)
     vals = _samples(g, lo, hi, 20000) @ C.T + d
-    assert np.all(res.lower <= vals.min(0) + 1e-8)
+    assert np.all(res.rows <= vals.min(0) + 1e-8)
     for name, (blo, bhi) in res.bounds.items():
         assert np.all(np.isfinite(blo)) and np.all(blo <= bhi + 1e-12)
-    # an expired deadline: no crash, domain bounds only
-    res2 = RefineRun(g, DeepPolyDomain(), opts).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d,
-                                                   deadline=0.0)
-    assert np.all(res2.lower <= vals.min(0) + 1e-8)
+    # an expired deadline: no crash, no work, a time-out note
+    res2 = run_preset(g, *box, C, d, "kpoly", deadline=0.0, **opts)
+    assert np.all(res2.rows <= vals.min(0) + 1e-8)
+    assert res2.notes[0].startswith("time-out") and res2.stats["timed_out"]
 
 
 @pytest.mark.parametrize("analysis,options", [
@@ -195,23 +200,33 @@ def test_verify_never_contradicts_pgd(analysis, options):
 
 
 def test_options_presets_and_overrides():
-    assert make_options("refinepoly", {"k": 1}).krelu is None
-    assert make_options("lp", {"sparse_n": 8}).krelu is None  # k-ReLU settings alone do not switch it on
-    o = make_options("kpoly", {"sparse_n": 50, "timeout_lp": 0.5})
-    assert o.krelu.sparse_n == 50 and o.krelu.k == 3 and o.timeout_lp == 0.5
-    assert make_options("refinezono", {}).domain == "deepzono"
-    with pytest.raises(TypeError):
-        make_options("lp", {"no_such_option": 1})
+    def keys(cfg):
+        return [st.key for st in cfg.pipeline.stages]
+
+    assert "krelu" not in keys(make_config("refinepoly", {"k": 1}))
+    assert "krelu" in keys(make_config("refinepoly", {"k": 3}))
+    assert "krelu" not in keys(make_config("lp", {"sparse_n": 8}))  # k-ReLU settings alone do not switch it on
+    o = make_config("kpoly", {"sparse_n": 50, "timeout_lp": 0.5})
+    assert o.pipeline.stage("krelu").krelu.sparse_n == 50 and o.pipeline.stage("krelu").krelu.k == 3
+    assert o.pipeline.stage("tighten").timeout_lp == 0.5
+    assert make_config("refinezono", {}).domain == "deepzono"
+    assert keys(make_config("refinepoly", {"give_up_below": -11, "final_bab": False}))[:4] == \
+        ["domain", "slopes", "triage", "tighten"]
+    assert "bab" not in keys(make_config("refinepoly", {"final_bab": False}))
+    assert make_config("refinepoly", {"tighten.milp_layers": 1}).pipeline.stage("tighten").milp_layers == 1
+    assert make_config("refinepoly", {"solve_threads": 2, "backend": "highs"}).solver.threads == 2
+    for bad in ({"no_such_option": 1}, {"tighten.no_such": 1}, {"timeout_lp": 1.0}, {"bab.share": 0.5}):
+        with pytest.raises(OptionError):
+            make_config("lp", bad)  # lp has no tighten or bab stage: its options are errors, not no-ops
 
 
 def test_partial_milp_and_lazy_krelu_rows():
     g = _mlp([4, 12, 12, 3], seed=13)
     lo, hi = -np.ones(4), np.ones(4)
     C, d = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]]), np.array([5.0, 5.0])
-    opts = make_options("kpoly", {"n_milp_refine": 0, "krelu_tighten": False, "sparse_n": 6, "cutoff": 0.0,
-                                       "max_milp_neurons": 4})
-    res = RefineRun(g, DeepPolyDomain(), opts).run(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d)
+    opts = {"n_milp_refine": 0, "krelu_tighten": False, "sparse_n": 6, "cutoff": 0.0, "max_milp_neurons": 4}
+    res = run_preset(g, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d, "kpoly", **opts)
     vals = _samples(g, lo, hi, 20000) @ C.T + d
-    assert np.all(res.lower <= vals.min(0) + 1e-8)
-    if "final_s" in res.stats:
-        assert "krelu" in res.stats  # computed lazily for the final LP
+    assert np.all(res.rows <= vals.min(0) + 1e-8)
+    if "final_lp" in res.stats["stage_seconds"]:
+        assert "krelu" in res.stats  # computed for the final LP

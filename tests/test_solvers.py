@@ -319,34 +319,33 @@ def test_iteration_and_time_limits_never_overclaim(backend: str) -> None:
 
 
 # ------------------------------------------------------------ gurobi licence
-def test_gurobi_licence_fallback(caplog: pytest.LogCaptureFixture) -> None:
+def test_gurobi_licence_strict_by_default_fallback_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    if not HAS_GUROBI:
+        pytest.skip("gurobipy not importable: licence-specific assertions skipped")
+    from absint.solvers import gurobi_backend
+
+    _, limited, _ = gurobi_backend.licence_info()
+    if not limited:
+        pytest.skip("full Gurobi licence: no fallback expected")
     rng = np.random.default_rng(5)
     n = 2500
     A = sp.random(30, n, density=0.05, random_state=5, format="csr")
     x0 = rng.uniform(-1, 1, n)
     model = LinearModel.from_arrays(rng.normal(size=n), A, A @ x0 - 1, A @ x0 + 1, -1, 1)
+    assert not gurobi_backend.fits_licence(model)
+    strict = get_backend("gurobi").solve(model)  # no silent substitution
+    assert strict.status is Status.LICENSE_LIMIT and strict.proved_bound is None and strict.backend == "gurobi"
     ref = get_backend("highs").solve(model)
-    if HAS_GUROBI:
-        from absint.solvers import gurobi_backend
-
-        gurobi_backend._notice_logged = False  # make the once-per-process notice observable
-    with caplog.at_level(logging.WARNING, logger="solvers"):
-        res1 = get_backend("gurobi").solve(model)
-        res2 = get_backend("gurobi").solve(model)
-    for res in (res1, res2):
-        assert res.status is Status.OPTIMAL
+    gurobi_backend._notice_logged = False  # make the once-per-process notice observable
+    with caplog.at_level(logging.WARNING, logger="absint.solvers"):
+        res1 = gurobi_backend.GurobiBackend(fallback=True).solve(model)
+        res2 = gurobi_backend.GurobiBackend(fallback=True).solve(model)
+    for res in (res1, res2):  # the fallback is visible in the result
+        assert res.status is Status.OPTIMAL and res.backend == "highs" and "licence" in res.message.lower()
         assert res.objective == pytest.approx(ref.objective, abs=1e-7)
         assert res.proved_bound is not None and res.proved_bound <= ref.objective + 1e-9
-    if not HAS_GUROBI:
-        pytest.skip("gurobipy not importable: licence-specific assertions skipped")
-    _, limited, _ = gurobi_backend.licence_info()
-    if not limited:
-        pytest.skip("full Gurobi licence: no fallback expected")
-    assert res1.backend == "highs" and "licence" in res1.message.lower()
     notices = [r for r in caplog.records if "size-limited" in r.getMessage()]
     assert len(notices) == 1  # logged once per process
-    strict = gurobi_backend.GurobiBackend(fallback=False).solve(model)
-    assert strict.status is Status.LICENSE_LIMIT and strict.proved_bound is None
 
 
 # ------------------------------------------------------- sessions / parallel
@@ -398,9 +397,9 @@ def test_backend_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     from absint.solvers.highs_backend import HighsBackend
 
     monkeypatch.setattr(GurobiBackend, "availability", classmethod(lambda cls: (False, "test")))
-    assert get_backend("gurobi").name == AVAIL_DEFAULT
-    with pytest.raises(absint.solvers.BackendUnavailableError):
-        get_backend("gurobi", strict=True)
+    with pytest.raises(absint.solvers.BackendUnavailableError, match="gurobi"):
+        get_backend("gurobi")  # strict by default
+    assert get_backend("gurobi", fallback=True).name == AVAIL_DEFAULT  # only when asked for
     monkeypatch.setattr(HighsBackend, "availability", classmethod(lambda cls: (False, "test")))
     assert get_backend().name == "scipy"
 

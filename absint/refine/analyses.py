@@ -1,8 +1,11 @@
-"""The LP/MILP analyses: ``lp``, ``milp``, ``refinezono``, ``refinepoly`` (alias ``kpoly``).
+"""The LP/MILP analyses: ``lp``, ``milp``, ``refinezono``, ``refinepoly``, ``kpoly``.
 
-Each is a :class:`~absint.analyses.Analysis` whose options are a :class:`RefineOptions` preset
-(overridable by keyword, e.g. ``absint.verify(net, spec, analysis="refinepoly", k=1,
-timeout_lp=0.5)``). Samples of a batch are analysed one by one (solver models are per region).
+Each is a :class:`~absint.analyses.Analysis` whose configuration is a preset pipeline of stages
+(:mod:`absint.refine.presets`), editable by keyword, e.g. ``absint.verify(net, spec,
+analysis="refinepoly", k=1, timeout_lp=0.5)`` or ``**{"tighten.milp_layers": 2}``. The domain and
+the solver backend are checked when the analysis is built: an unknown or unavailable one is an
+immediate error, never a silent substitute. Samples of a batch are analysed one by one (solver
+models are per region).
 """
 from __future__ import annotations
 
@@ -13,76 +16,80 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from absint import registry
 from absint.analyses import Analysis, BoundResult
 from absint.ir import Graph
-from absint.registry import get_domain
-from absint.refine.driver import RefineRun
 from absint.refine.encoding import ENCODED_OPS, NetworkEncoder
-from absint.refine.options import PRESETS, RefineOptions
+from absint.refine.pipeline import Context
+from absint.refine.presets import PRESETS, RefineConfig
+from absint.refine.state import Problem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RefineAnalysis", "LPAnalysis", "MILPAnalysis", "RefineZonoAnalysis", "RefinePolyAnalysis"]
-
-
-def _make_domain(name: str, device: torch.device):
-    """The registered domain ``name`` (no silent substitution: a missing domain is an error)."""
-    return get_domain(name)(device=device)
+__all__ = ["RefineAnalysis", "LPAnalysis", "MILPAnalysis", "RefineZonoAnalysis", "RefinePolyAnalysis",
+           "KPolyAnalysis", "ANALYSES"]
 
 
 class RefineAnalysis(Analysis):
-    """Domain bounds + LP/MILP refinement (see :mod:`absint.refine.driver`)."""
+    """Domain bounds + LP/MILP refinement as a pipeline of stages (see :mod:`absint.refine.pipeline`)."""
 
     preset: ClassVar[str] = "refinepoly"
-    options_class = RefineOptions
-    options: RefineOptions
+    options_class = RefineConfig
+    options: RefineConfig
     handled_ops = frozenset(ENCODED_OPS)
 
-    def __init__(self, options: RefineOptions | None = None, *, device: torch.device | str | None = None,
+    def __init__(self, options: RefineConfig | None = None, *, device: torch.device | str | None = None,
                  **keywords: Any) -> None:
         super().__init__(options, device="cpu" if device is None else device, **keywords)
-        self.domain = _make_domain(self.options.domain, self.device)
-        self._encoders: dict[int, tuple[Graph, NetworkEncoder]] = {}
+        self.options.solver.check_available()
+        # the registered domain, or UnknownDomainError: never a silent substitute
+        self.domain = registry.get_domain(self.options.domain)(device=self.device)
+        self._contexts: dict[int, tuple[Graph, Context]] = {}
 
     @classmethod
-    def default_options(cls) -> RefineOptions:
+    def default_options(cls) -> RefineConfig:
         return PRESETS[cls.preset]
 
     @property
-    def refine_options(self) -> RefineOptions:
+    def config(self) -> RefineConfig:
         return self.options
 
-    def _encoder(self, graph: Graph) -> NetworkEncoder:
-        hit = self._encoders.get(id(graph))
+    def _context(self, graph: Graph) -> Context:
+        hit = self._contexts.get(id(graph))
         if hit is None or hit[0] is not graph:
-            self._encoders = {id(graph): (graph, NetworkEncoder(graph))}
-            hit = self._encoders[id(graph)]
+            g = graph.to(self.device, self.domain.dtype)
+            ctx = Context(g, self.domain, NetworkEncoder(g), self.config.solver)  # checks the ops first
+            self._contexts = {id(graph): (graph, ctx)}
+            hit = self._contexts[id(graph)]
         return hit[1]
 
     def bound(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
               *, deadline: float | None = None) -> BoundResult:
         t0 = time.perf_counter()
-        g = graph.to(self.device, self.domain.dtype)
-        enc = self._encoder(graph)  # checks the ops before any work
-        B = int(lower.shape[0])
+        ctx = self._context(graph)
         lows, cands, notes, stats = [], [], [], []
-        for b in range(B):
-            run = RefineRun(g, self.domain, self.refine_options, enc)
-            res = run.run(lower[b:b + 1].to(self.device), upper[b:b + 1].to(self.device),
-                          C[b].detach().cpu().double().numpy(), d[b].detach().cpu().double().numpy(), deadline)
-            lows.append(res.lower)
-            cands.append(res.candidate)
-            notes.append("; ".join(dict.fromkeys(res.notes)))
-            stats.append(res.stats)
-        st: dict[str, Any] = {"seconds": time.perf_counter() - t0}
-        if B == 1:
-            st.update({k: v for k, v in stats[0].items() if k not in ("domain_lower",)})
+        for b in range(int(lower.shape[0])):
+            problem = Problem(ctx.graph, lower[b:b + 1].to(self.device, self.domain.dtype),
+                              upper[b:b + 1].to(self.device, self.domain.dtype),
+                              C[b].detach().cpu().double().numpy(), d[b].detach().cpu().double().numpy())
+            state = self.config.pipeline.run(problem, ctx, deadline)
+            lows.append(state.rows)
+            cands.append(state.candidate)
+            notes.append("; ".join(dict.fromkeys(state.notes)))
+            stats.append(state.stats)
+        st: dict[str, Any] = {"seconds": time.perf_counter() - t0, "domain": self.config.domain,
+                              "backend": self.config.solver.backend,
+                              "stages": [s.key for s in self.config.pipeline.stages]}
+        if len(stats) == 1:
+            st.update({k: v for k, v in stats[0].items() if k != "domain_lower"})
+        else:
+            st["samples"] = [{k: v for k, v in s.items() if k != "domain_lower"} for s in stats]
         return BoundResult(np.stack(lows), candidates=cands if any(c is not None for c in cands) else None,
                            notes=notes, stats=st)
 
 
 class LPAnalysis(RefineAnalysis):
-    """LP-cert baseline: DeepPoly bounds, then the triangle LP of each safety row."""
+    """LP-cert baseline: DeepPoly bounds, then the LP of each safety row."""
 
     name = "lp"
     preset = "lp"
@@ -90,12 +97,12 @@ class LPAnalysis(RefineAnalysis):
 
 
 class MILPAnalysis(RefineAnalysis):
-    """Complete MILP (Tjeng et al., ICLR 2019) over LP-tightened DeepPoly bounds."""
+    """Complete MILP (Tjeng et al., ICLR 2019) over slope-tightened DeepPoly bounds."""
 
     name = "milp"
     preset = "milp"
     complete = True
-    description = "complete MILP with big-M ReLUs over LP-tightened bounds (Tjeng et al., ICLR 2019)"
+    description = "complete MILP with big-M ReLUs and max-pooling over DeepPoly bounds (Tjeng et al., ICLR 2019)"
 
 
 class RefineZonoAnalysis(RefineAnalysis):
@@ -107,7 +114,7 @@ class RefineZonoAnalysis(RefineAnalysis):
 
 
 class RefinePolyAnalysis(RefineAnalysis):
-    """DeepPoly + optimised slopes + MILP/LP tightening + final LP + partial MILP (ERAN's refinepoly)."""
+    """DeepPoly + optimised slopes + MILP/LP tightening + final LP + BaB + partial MILP (ERAN's refinepoly)."""
 
     name = "refinepoly"
     preset = "refinepoly"
@@ -123,3 +130,4 @@ class KPolyAnalysis(RefinePolyAnalysis):
 
 
 ANALYSES = (LPAnalysis, MILPAnalysis, RefineZonoAnalysis, RefinePolyAnalysis, KPolyAnalysis)
+
