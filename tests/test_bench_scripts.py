@@ -132,8 +132,11 @@ def test_kpoly_ablation_grid_and_validation(tmp_path):
     assert len(rows) == 2 * len({r["image"] for r in rows})
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     conf = summary["meta"]["configurations"]
-    assert conf[0]["resolved"]["options"]["krelu"] is None  # k=1: the triangle relaxation only
-    assert conf[1]["resolved"]["options"]["krelu"]["k"] == 3
+    def krelu_stage(resolved):  # the refinement pipeline's k-ReLU stage, if any
+        return [s for s in resolved["options"]["pipeline"]["stages"] if s["key"] == "krelu"]
+
+    assert krelu_stage(conf[0]["resolved"]) == []  # k=1: the triangle relaxation only
+    assert krelu_stage(conf[1]["resolved"])[0]["krelu"]["k"] == 3
     assert all(s["pgd_contradictions"] == 0 for s in summary["summary"])
     assert ka.main(args + ["--resume"]) == 0  # nothing left to do
     assert len(out.read_text().splitlines()) == len(rows)

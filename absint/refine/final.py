@@ -16,7 +16,7 @@ counterexample candidate only when it violates the row on the network itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def _apply(state: RefineState, enc: Encoding, rows: np.ndarray, results: list, w
 class FinalLP(Stage):
     """The LP of the network over the proved bounds (``krelu``: with the k-ReLU rows); ``timeout`` per row."""
 
-    key = "final_lp"
+    key: str = field(default="final_lp", init=False)
     timeout: float = 100.0
     krelu: bool = True
 
@@ -73,7 +73,7 @@ class FinalLP(Stage):
 class CompleteMILP(Stage):
     """Complete big-M MILP, ``timeout`` per row; stops at the first refuted row."""
 
-    key = "complete_milp"
+    key: str = field(default="complete_milp", init=False)
     timeout: float = 3600.0
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
@@ -94,7 +94,7 @@ class CompleteMILP(Stage):
 class Bab(Stage):
     """β-CROWN-style ReLU-split branch and bound for ``share`` of the time left, at most ``max_seconds``."""
 
-    key = "bab"
+    key: str = field(default="bab", init=False)
     share: float = 0.6
     max_seconds: float | None = 30.0
 
@@ -119,7 +119,7 @@ class PartialMILP(Stage):
     """Binaries for the ``neurons`` widest unstable ReLUs of each of the last ``layers`` ReLU layers,
     ``timeout`` per row; escalated while time is left (see the module docstring)."""
 
-    key = "partial_milp"
+    key: str = field(default="partial_milp", init=False)
     layers: int = 1
     neurons: int = 30
     timeout: float = 100.0

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -74,10 +73,13 @@ class Stage(Options):
     """Base of the stages: ``key`` names the stage in options, notes and statistics. A stage's fields
     are type-checked when it is built (:class:`~absint.options.Options`); :meth:`check` adds ranges."""
 
-    key: ClassVar[str] = ""
+    #: the stage's name in options, notes and statistics (set by each stage type, not an option)
+    key: str = field(default="", init=False)
 
     def check(self) -> None:
         for f in fields(self):
+            if not f.init:
+                continue
             v = getattr(self, f.name)
             if (f.name.startswith("timeout") or f.name in ("max_seconds",)) and v is not None and not v >= 0:
                 raise OptionError(f"stage {self.key!r}: {f.name} must be >= 0 (got {v!r})")
@@ -91,8 +93,9 @@ class Stage(Options):
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def options(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.init]
 
 
 def share_deadline(state: RefineState, share: float, max_seconds: float | None) -> float | None:

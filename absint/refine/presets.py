@@ -25,6 +25,7 @@ Anything else, and every value of the wrong type or range, raises :class:`~absin
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
@@ -40,7 +41,7 @@ from absint.domains.krelu import KReluOptions
 __all__ = ["RefineConfig", "PRESETS", "STAGE_TYPES", "make_config", "ALIASES"]
 
 #: every stage type by key, in the order stages run when a pipeline has them
-STAGE_TYPES: dict[str, type[Stage]] = {s.key: s for s in (
+STAGE_TYPES: dict[str, type[Stage]] = {s().key: s for s in (
     DomainBounds, Slopes, Triage, Tighten, KRelu, RowSlopes, FinalLP, CompleteMILP, Bab, PartialMILP)}
 _ORDER = list(STAGE_TYPES)
 
@@ -63,9 +64,9 @@ class RefineConfig(Options):
         return self.pipeline.stages[0].domain  # type: ignore[attr-defined]
 
     def describe(self) -> dict[str, Any]:
-        """Plain data for experiment records: every stage with its options, and the solver options."""
-        return {"stages": [{"stage": s.key, **s.options()} for s in self.pipeline.stages],
-                "solver": {f.name: getattr(self.solver, f.name) for f in fields(self.solver)}}
+        """Plain data for experiment records: every stage with its options (``key`` names the stage),
+        and the solver options."""
+        return dataclasses.asdict(self)
 
 
 def _pipeline(*stages: Stage) -> Pipeline:

@@ -63,7 +63,7 @@ def domain_pass(state: RefineState, ctx: Context, *, meet: bool, deadline: float
 class DomainBounds(Stage):
     """Bounds from one pass of the registered domain ``domain`` (checked when the analysis is built)."""
 
-    key = "domain"
+    key: str = field(default="domain", init=False)
     domain: str = "deeppoly"
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
@@ -76,7 +76,7 @@ class DomainBounds(Stage):
 class Slopes(Stage):
     """Optimised slopes: ``iters`` Adam steps per layer (``layers``), ``final_iters`` for the rows."""
 
-    key = "slopes"
+    key: str = field(default="slopes", init=False)
     iters: int = 30
     final_iters: int = 60
     layers: bool = True
@@ -101,7 +101,7 @@ class Slopes(Stage):
 class RowSlopes(Slopes):
     """Optimised slopes for the rows only, over the bounds proved so far (cheap, often enough)."""
 
-    key = "row_slopes"
+    key: str = field(default="row_slopes", init=False)
     layers: bool = False
 
 
@@ -109,7 +109,7 @@ class RowSlopes(Slopes):
 class Triage(Stage):
     """Stop (report the bounds so far) when the worst row is below ``give_up_below``."""
 
-    key = "triage"
+    key: str = field(default="triage", init=False)
     give_up_below: float = -11.0
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
@@ -123,7 +123,7 @@ class Triage(Stage):
 class KRelu(Stage):
     """k-ReLU hull rows (``krelu``: group size, sparsity, hull kind) of every ReLU layer that has none yet."""
 
-    key = "krelu"
+    key: str = field(default="krelu", init=False)
     krelu: KReluOptions = field(default_factory=KReluOptions)
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:

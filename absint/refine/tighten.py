@@ -14,7 +14,7 @@ slopes, and the run stops as soon as every row is proved.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class Tighten(Stage):
     * ``share`` — the stage uses at most this share of the time left, so the final stages still run.
     """
 
-    key = "tighten"
+    key: str = field(default="tighten", init=False)
     refine_from: int = 1
     milp_layers: int = 3
     lp: bool | None = None
