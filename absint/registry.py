@@ -109,7 +109,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "milp": "absint.refine.analyses:MILPAnalysis",
         "refinezono": "absint.refine.analyses:RefineZonoAnalysis",
         "refinepoly": "absint.refine.analyses:RefinePolyAnalysis",
-        "kpoly": "absint.refine.analyses:KPolyAnalysis",
+        "kpoly": "absint.refine.analyses:KPolyAnalysis [cdd]",
         "sdp": "absint.sdp:SDPAnalysis",
         "sdp-exact": "absint.sdp:SDPExactAnalysis [sdp]",
         "sdp-fo": "absint.sdp:SDPFOAnalysis",

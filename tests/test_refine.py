@@ -223,10 +223,14 @@ def test_options_presets_and_overrides():
 def test_partial_milp_and_lazy_krelu_rows():
     g = _mlp([4, 12, 12, 3], seed=13)
     lo, hi = -np.ones(4), np.ones(4)
-    C, d = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]]), np.array([5.0, 5.0])
-    opts = {"n_milp_refine": 0, "krelu_tighten": False, "sparse_n": 6, "cutoff": 0.0, "max_milp_neurons": 4}
+    C = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
+    vals = _samples(g, lo, hi, 20000) @ C.T
+    d = -vals.min(0) + 0.05  # true with a small margin: DeepPoly and the final LP alone cannot prove it
+    opts = {"n_milp_refine": 0, "krelu_tighten": False, "sparse_n": 6, "cutoff": 0.0, "max_milp_neurons": 4,
+            "final_bab": False, "alpha_iters": 0}
     res = run_preset(g, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d, "kpoly", **opts)
-    vals = _samples(g, lo, hi, 20000) @ C.T + d
-    assert np.all(res.rows <= vals.min(0) + 1e-8)
-    if "final_lp" in res.stats["stage_seconds"]:
-        assert "krelu" in res.stats  # computed for the final LP
+    assert np.all(res.rows <= (vals + d).min(0) + 1e-8)
+    ran = res.stats["stage_seconds"]
+    assert "final_lp" in ran and "krelu" in res.stats  # k-ReLU rows, computed for the final LP
+    assert "partial_milp" in ran  # the final LP did not prove both rows: the partial MILP ran
+    assert np.all(res.rows > 0)  # ... and proved them

@@ -18,6 +18,7 @@ import torch
 
 from absint import registry
 from absint.analyses import Analysis, BoundResult
+from absint.errors import UnknownAnalysisError
 from absint.ir import Graph
 from absint.refine.encoding import ENCODED_OPS, NetworkEncoder
 from absint.refine.pipeline import Context
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RefineAnalysis", "LPAnalysis", "MILPAnalysis", "RefineZonoAnalysis", "RefinePolyAnalysis",
            "KPolyAnalysis", "ANALYSES"]
+
+
+def _require_cdd(name: str) -> None:
+    """k-ReLU rows need pycddlib; say so at construction instead of losing them silently later."""
+    try:
+        import cdd  # noqa: F401
+    except ImportError as exc:
+        raise UnknownAnalysisError(f"analysis {name!r} with k-ReLU constraints (k > 1) needs pycddlib: "
+                                   f"pip install 'absint[cdd]' ({exc})") from None
 
 
 class RefineAnalysis(Analysis):
@@ -42,6 +52,8 @@ class RefineAnalysis(Analysis):
                  **keywords: Any) -> None:
         super().__init__(options, device="cpu" if device is None else device, **keywords)
         self.options.solver.check_available()
+        if any(stage.key == "krelu" for stage in self.options.pipeline.stages):
+            _require_cdd(self.name)
         # the registered domain, or UnknownDomainError: never a silent substitute
         self.domain = registry.get_domain(self.options.domain)(device=self.device)
         self._contexts: dict[int, tuple[Graph, Context]] = {}

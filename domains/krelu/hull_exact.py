@@ -27,8 +27,6 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-import cdd
-import cdd.gmp as cdd_gmp
 import numpy as np
 
 from absint.domains.krelu.hrep import infeasible_hrep
@@ -40,6 +38,17 @@ logger = logging.getLogger(__name__)
 
 _U = 2.0**-53  # unit roundoff of binary64
 
+
+
+def _cdd():
+    """pycddlib, imported on first use: only the exact k-ReLU hulls need it, so the LP/MILP
+    analyses load without it (``pip install 'absint[cdd]'`` for kpoly)."""
+    try:
+        import cdd
+        import cdd.gmp as cdd_gmp
+    except ImportError as exc:
+        raise ImportError(f"k-ReLU hulls need pycddlib (pip install 'absint[cdd]'): {exc}", name="cdd") from exc
+    return cdd, cdd_gmp
 
 @dataclass(frozen=True)
 class RationalHull:
@@ -68,6 +77,7 @@ def _piece_generators(
     rows: list[list[Fraction]], k: int, s: tuple[int, ...]
 ) -> tuple[list[tuple[Fraction, ...]], list[tuple[Fraction, ...]]]:
     """Lifted vertices and rays of ``P ∩ O_s`` (rows: cdd H-rows of ``P``)."""
+    cdd, cdd_gmp = _cdd()
     all_rows = list(rows)
     for i in range(k):
         r = [Fraction(0)] * (k + 1)
@@ -98,6 +108,7 @@ def krelu_hull_exact_rational(D: np.ndarray, b: np.ndarray) -> RationalHull:
     ~0.1–1.5 s for ``k = 3`` with generic octahedral bounds (300–500 facets); ``k = 4``
     is impractical (8-dimensional double description on hundreds of vertices).
     """
+    cdd, cdd_gmp = _cdd()
     D, b, k = as_polytope(D, b)
     if (b == -np.inf).any():
         return _empty(k)

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 
-import cdd
-import cdd.gmp as cdd_gmp
 import numpy as np
 
+from absint.domains.krelu.hull_exact import _cdd
 from absint.domains.krelu.octahedron import unit_row_indices
 
 __all__ = ["OrthantPieces", "enumerate_pieces"]
@@ -43,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 #: use the cached all-bases enumeration when C(m, k) is at most this
 BASES_LIMIT = 6000
+
 
 
 @dataclass
@@ -195,6 +195,7 @@ def _cap_per_vertex(vid: np.ndarray, cap: int, rng: np.random.Generator) -> np.n
 
 def _cdd_vertices(D: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Vertices of ``{x : D x ≤ rhs}`` (bounded) by float cdd, falling back to cdd.gmp."""
+    cdd, cdd_gmp = _cdd()
     k = D.shape[1]
     arr = np.hstack([rhs[:, None], -D])
     try:
