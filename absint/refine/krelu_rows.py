@@ -17,7 +17,8 @@ import torch
 
 from absint.refine.encoding import KReluRows
 from absint.domains.base import Domain, ShapedElement
-from absint.domains.krelu import KReluOptions, group_neurons, krelu_hull, octahedral_directions, unit_row_indices
+from absint.domains.krelu import (KReluOptions, group_neurons, krelu_hull, multi_neuron_rows, octahedral_directions,
+                                  unit_row_indices)
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ def krelu_rows(domain: Domain, element: Any, lower: np.ndarray, upper: np.ndarra
             if not np.all(np.isfinite(b)):
                 continue
             try:
-                H = krelu_hull(D, b, options)
+                H = multi_neuron_rows(krelu_hull(D, b, options))  # the LP has the triangles already
             except Exception as exc:  # noqa: BLE001 - a failed hull only loses precision
                 log.debug("k-ReLU hull failed for group %s: %s", g, exc)
+                continue
+            if H.shape[0] == 0:
                 continue
             rows.groups.append(tuple(int(i) for i in g))
             rows.hulls.append(np.asarray(H, dtype=np.float64))

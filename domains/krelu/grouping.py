@@ -49,16 +49,19 @@ class KReluOptions:
     ``k``: group size; ``s``: overlap parameter (max shared neurons = ``k + s``, ERAN's
     convention); ``sparse_n``: window size; ``cutoff``: minimum score ``−l·u`` (absolute,
     as in ERAN, unless ``relative_cutoff``); ``hull``: ``"fast"`` (sound over-approximation,
-    :func:`absint.domains.krelu.hull_fast.krelu_hull_fast`) or ``"exact"`` (cdd.gmp,
-    :func:`absint.domains.krelu.hull_exact.krelu_hull_exact`).
+    :func:`absint.domains.krelu.hull_fast.krelu_hull_fast`), ``"exact"`` (cdd.gmp,
+    :func:`absint.domains.krelu.hull_exact.krelu_hull_exact`) or ``"auto"`` (exact for ``k ≤ 2``,
+    where it is as cheap as the fast one, fast beyond); ``max_groups``: keep at most this many
+    groups per layer (the first ones, i.e. those of the widest neurons; ``None``: all).
     """
 
     k: int = 3
     s: int = -2
     sparse_n: int = 70
     cutoff: float = 0.05
-    hull: Literal["fast", "exact"] = "fast"
+    hull: Literal["fast", "exact", "auto"] = "auto"
     relative_cutoff: bool = False
+    max_groups: int | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -69,8 +72,10 @@ class KReluOptions:
             raise ValueError(f"sparse_n must be >= 1, got {self.sparse_n}")
         if self.cutoff < 0:
             raise ValueError(f"cutoff must be >= 0, got {self.cutoff}")
-        if self.hull not in ("fast", "exact"):
-            raise ValueError(f"hull must be 'fast' or 'exact', got {self.hull!r}")
+        if self.hull not in ("fast", "exact", "auto"):
+            raise ValueError(f"hull must be 'fast', 'exact' or 'auto', got {self.hull!r}")
+        if self.max_groups is not None and self.max_groups < 0:
+            raise ValueError(f"max_groups must be >= 0 or None, got {self.max_groups}")
 
     @property
     def max_overlap(self) -> int:

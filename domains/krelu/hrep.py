@@ -20,6 +20,7 @@ __all__ = [
     "infeasible_hrep",
     "triangle_candidates",
     "min_slack",
+    "multi_neuron_rows",
 ]
 
 
@@ -94,3 +95,25 @@ def min_slack(H: np.ndarray, Z: np.ndarray) -> np.ndarray:
     H = np.asarray(H, dtype=np.float64)
     Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
     return (H[:, :1].T + Z @ H[:, 1:].T).min(axis=1)
+
+
+def multi_neuron_rows(H: np.ndarray) -> np.ndarray:
+    """The rows of ``H`` that the single-neuron relaxation does not already imply.
+
+    A row that involves one neuron only (non-zero ``hx_i``/``hy_i`` for a single ``i``) is a
+    1-ReLU constraint over the group's box, implied by that neuron's triangle relaxation with
+    the same bounds; a row without ``y`` part is an octahedral input constraint ``d·x ≤ b_d``,
+    which the relaxation of the earlier layers that produced ``b_d`` implies. Keeping only the
+    others shrinks a fast k=2 hull from ~23 to ~9 rows without changing any LP optimum
+    (measured: ERAN 6x100, image 36, final-LP bounds equal to 1e-9). The infeasible row of an
+    empty polytope is kept.
+    """
+    H = np.asarray(H, dtype=np.float64)
+    if H.shape[0] == 0:
+        return H
+    k = (H.shape[1] - 1) // 2
+    hx, hy = H[:, 1:1 + k], H[:, 1 + k:]
+    involved = ((hx != 0) | (hy != 0)).sum(axis=1)
+    keep = (involved >= 2) & (hy != 0).any(axis=1)
+    keep |= (involved == 0) & (H[:, 0] < 0)  # "−c ≥ 0": the empty set
+    return H[keep]
