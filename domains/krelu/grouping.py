@@ -124,7 +124,8 @@ def unstable_ranking(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, 
 
 
 def group_neurons(
-    lower: np.ndarray, upper: np.ndarray, options: KReluOptions | None = None
+    lower: np.ndarray, upper: np.ndarray, options: KReluOptions | None = None, *,
+    priority: np.ndarray | None = None,
 ) -> list[tuple[int, ...]]:
     """kPoly/ERAN groups of one layer's unstable neurons; see the module docstring.
 
@@ -132,6 +133,9 @@ def group_neurons(
       lower, upper: pre-activation bounds of the layer's neurons (flattened).
       options: :class:`KReluOptions` (``k``, ``s``, ``sparse_n``, ``cutoff``,
         ``relative_cutoff`` are used).
+      priority: optional per-neuron scores (flattened, larger first) that replace the ranking by
+        ``−l·u`` (e.g. how much each neuron's relaxation costs the bound being proved); the
+        cutoff still applies to ``−l·u``.
 
     Returns:
       A list of groups, each a tuple of neuron indices in ascending order.
@@ -142,6 +146,9 @@ def group_neurons(
         return []
     thr = opt.cutoff * float(score.max()) if opt.relative_cutoff else opt.cutoff
     kept = idx[score >= thr]
+    if priority is not None:
+        p = np.asarray(priority, dtype=np.float64).reshape(-1)[kept]
+        kept = kept[np.lexsort((kept, -p))]
     groups: list[tuple[int, ...]] = []
     for start in range(0, kept.size, opt.sparse_n):
         window = kept[start : start + opt.sparse_n]
