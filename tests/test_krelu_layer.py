@@ -13,7 +13,7 @@ import torch
 
 from absint.domains.krelu import HullRows, KReluOptions, layer_hull_rows, octahedral_directions, octahedral_rows
 from absint.interpreter import propagate
-from absint.plugins import get_domain
+from absint.registry import get_domain
 from absint.testing import random_mlp
 
 
