@@ -71,8 +71,16 @@ def check_counterexample(graph: Graph, region: InputBox, prop: OutputProperty, x
 
 
 def pgd_attack(graph: Graph, region: InputBox, prop: OutputProperty, options: AttackOptions = AttackOptions(),
-               deadline: float | None = None) -> np.ndarray | None:
-    """Search ``region`` for an input violating ``prop``; returns a checked counterexample or None."""
+               deadline: float | None = None, stats: dict | None = None) -> np.ndarray | None:
+    """Search ``region`` for an input violating ``prop``; returns a checked counterexample or None.
+
+    Stops at ``deadline`` (checked before the start pool and between steps); ``stats`` (if given)
+    accumulates ``pgd_steps`` and ``pgd_runs``.
+    """
+    if deadline is not None and time.perf_counter() > deadline:
+        return None
+    if stats is not None:
+        stats["pgd_runs"] = stats.get("pgd_runs", 0) + 1
     device, dtype = graph.device, graph.dtype
     lo = torch.as_tensor(region.lower, dtype=dtype, device=device)
     hi = torch.as_tensor(region.upper, dtype=dtype, device=device)
@@ -84,8 +92,8 @@ def pgd_attack(graph: Graph, region: InputBox, prop: OutputProperty, options: At
     n_random = max(options.restarts, 1)
     rng = np.random.default_rng(options.seed)
     pool = torch.as_tensor(region.sample(options.sample_pool, rng), dtype=dtype, device=device)
-    with torch.no_grad():
-        pool_vals = clause_values(graph.forward(pool).reshape(len(pool), -1), A, b, mask).max(dim=1).values
+    pool_vals = _pool_values(graph, pool, A, b, mask, deadline)
+    pool = pool[: len(pool_vals)]
     best = pool[torch.argsort(pool_vals, descending=True)[: n_random // 2 + 1]]
     rand = lo + torch.rand((n_random - n_random // 2, *lo.shape), generator=gen, dtype=dtype).to(device) * (hi - lo)
     x = torch.cat([((lo + hi) / 2)[None], best, rand])
@@ -96,6 +104,8 @@ def pgd_attack(graph: Graph, region: InputBox, prop: OutputProperty, options: At
     for step in range(options.steps + 1):
         if deadline is not None and time.perf_counter() > deadline:
             break
+        if stats is not None and step:
+            stats["pgd_steps"] = stats.get("pgd_steps", 0) + 1
         x = x.detach().requires_grad_(True)
         y = graph.forward(x).reshape(n, -1)
         vals = clause_values(y, A, b, mask)  # [n, K]
@@ -119,6 +129,20 @@ def pgd_attack(graph: Graph, region: InputBox, prop: OutputProperty, options: At
             x = x + frac * half * torch.sign(grad)
             x = torch.maximum(torch.minimum(x, hi), lo)
     return None
+
+
+def _pool_values(graph: Graph, pool: torch.Tensor, A: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
+                 deadline: float | None, chunk: int = 64) -> torch.Tensor:
+    """Best clause value of each pool point, in chunks with the deadline checked between them (on a
+    large network one forward pass of thousands of points takes seconds); at least one chunk."""
+    vals = []
+    with torch.no_grad():
+        for s in range(0, len(pool), chunk):
+            if vals and deadline is not None and time.perf_counter() > deadline:
+                break
+            part = pool[s:s + chunk]
+            vals.append(clause_values(graph.forward(part).reshape(len(part), -1), A, b, mask).max(dim=1).values)
+    return torch.cat(vals)
 
 
 def sample_attack(graph: Graph, region: InputBox, prop: OutputProperty, n: int = 64, seed: int = 0) -> np.ndarray | None:
@@ -152,11 +176,13 @@ def sample_attack_many(graph: Graph, problems: list[tuple[InputBox, OutputProper
 
 def budgeted_attack(graph: Graph, region: InputBox, prop: OutputProperty, budget: float,
                     options: AttackOptions = AttackOptions(), first_seed: int = 1,
-                    deadline: float | None = None) -> np.ndarray | None:
+                    deadline: float | None = None, stats: dict | None = None) -> np.ndarray | None:
     """Repeat PGD with fresh seeds and growing start pools until ``budget`` seconds are spent.
 
     The pool grows ×4 per round (capped at ~2·10^7 input values in memory), which matters for
-    low-dimensional inputs where counterexample regions are thin (ACAS Xu).
+    low-dimensional inputs where counterexample regions are thin (ACAS Xu). The start pool is
+    evaluated in one piece, so a round whose pool would not fit in the time left (estimated from
+    the previous round) keeps the previous pool size, and no round starts that could not finish.
     """
     stop = time.perf_counter() + budget
     if deadline is not None:
@@ -164,10 +190,17 @@ def budgeted_attack(graph: Graph, region: InputBox, prop: OutputProperty, budget
     pool = options.sample_pool
     cap = max(options.sample_pool, int(2e7 // max(region.lower.size, 1)))
     seed = first_seed
-    while time.perf_counter() < stop:
-        pool = min(pool * 4, cap)
+    last = 0.0  # seconds of the previous round
+    while True:
+        left = stop - time.perf_counter()
+        if left <= 0 or last > left:
+            break
+        if 4 * last < left:  # growing the pool costs up to ~4x the last round
+            pool = min(pool * 4, cap)
         opts = AttackOptions(options.restarts, options.steps, options.step_size, seed, pool)
-        cx = pgd_attack(graph, region, prop, opts, deadline=stop)
+        t0 = time.perf_counter()
+        cx = pgd_attack(graph, region, prop, opts, deadline=stop, stats=stats)
+        last = time.perf_counter() - t0
         if cx is not None:
             return cx
         seed += 1

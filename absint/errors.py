@@ -31,6 +31,11 @@ class UnsupportedOpError(ModelError):
         )
 
 
+class InvalidArgumentError(AbsintError, ValueError):
+    """An argument of a public function is out of range (a count below 1, a time limit that is
+    not a finite number of seconds > 0, ...); the message names the argument."""
+
+
 class SpecError(AbsintError):
     """A specification is malformed, infeasible, or does not match the network's shapes."""
 

@@ -2,6 +2,9 @@
 
 Flow of one instance: check the spec against the network; try to falsify cheaply (centre and
 random samples, then PGD); run the analysis and turn its proved lower bounds into a verdict.
+A time limit covers the whole instance: loading the network and parsing the specification when
+:func:`verify` is given files, the attacks, the analysis (see :mod:`absint.timelimit` for the
+cooperative deadline and the backstop); a time-out says what was done.
 A clause of the violation DNF is refuted when one of its rows has a proved lower bound above
 ``tolerance`` (a small positive number that absorbs float64 rounding); the property is verified
 when every clause is refuted. Any failure to decide (loose bounds, time-out, solver limit) gives
@@ -9,6 +12,7 @@ when every clause is refuted. Any failure to decide (loose bounds, time-out, sol
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -20,11 +24,12 @@ import torch
 
 from absint.analyses import Analysis, BoundResult, check_supported, get_analysis
 from absint.attack import AttackOptions, budgeted_attack, check_counterexample, pgd_attack, sample_attack_many
-from absint.errors import AbsintError, InvariantError, SpecError
+from absint.errors import AbsintError, InvalidArgumentError, InvariantError, SpecError
 from absint.ir import Graph
 from absint.linear import numel
 from absint.results import Result, Verdict
 from absint.specs import Instance, InputBox, OutputProperty, Spec, linf_ball, robustness_property
+from absint.timelimit import InvalidTimeLimit, Progress, allowed_overshoot, check_limit, hard_limit
 
 log = logging.getLogger(__name__)
 
@@ -103,25 +108,31 @@ def _falsified(name: str, analysis: str, seconds: float, x: np.ndarray, graph: G
                   counterexample=np.asarray(x).reshape(region.shape), counterexample_output=y)
 
 
-def _bound_batch(graph: Graph, analysis: Analysis, chunk: list[Instance], deadline: float | None
-                 ) -> tuple[BoundResult | None, str]:
-    """One analysis call over the instances of ``chunk`` (``B = len(chunk)``): (bounds, why none)."""
+def _bound_batch(graph: Graph, analysis: Analysis, chunk: list[Instance], deadline: float | None,
+                 hard_at: float | None) -> tuple[BoundResult | None, str]:
+    """One analysis call over the instances of ``chunk`` (``B = len(chunk)``): (bounds, why none).
+
+    ``deadline`` goes to the analysis; if it is still running at ``hard_at`` the backstop stops it."""
     props = [inst.prop for inst in chunk]
     C, d = _safety_tensors(props)
     lo = torch.as_tensor(np.stack([inst.region.lower for inst in chunk]))
     hi = torch.as_tensor(np.stack([inst.region.upper for inst in chunk]))
     extra = {"owner": props[0].stacked()[2]} if analysis.clause_aware else {}
-    try:
-        return analysis.bound(graph, lo, hi, C, d, deadline=deadline, **extra), ""
-    except TimeoutError:
-        return None, "time-out"
-    except (MemoryError, torch.OutOfMemoryError) as exc:  # type: ignore[attr-defined]
-        return None, f"out of memory: {exc}"
+    result: tuple[BoundResult | None, str] = (None, f"stopped during {analysis.name} bounding")
+    with hard_limit(hard_at):
+        try:
+            result = analysis.bound(graph, lo, hi, C, d, deadline=deadline, **extra), ""
+        except TimeoutError:
+            result = None, f"{analysis.name} stopped before it had a bound"
+        except (MemoryError, torch.OutOfMemoryError) as exc:  # type: ignore[attr-defined]
+            result = None, f"out of memory: {exc}"
+    return result
 
 
 def _decide_one(graph: Graph, inst: Instance, name: str, analysis: Analysis, bound: BoundResult | None, j: int,
                 why: str, seconds: float, timeout: float | None, deadline: float | None, attack: bool,
-                attack_first: bool, attack_options: AttackOptions, attack_budget: float, tolerance: float) -> Result:
+                attack_first: bool, attack_options: AttackOptions, attack_budget: float, tolerance: float,
+                progress: Progress) -> Result:
     """The verdict of instance ``j`` of a batch from its proved bounds (the one decision of absint).
 
     A candidate counterexample of the analysis (a MILP optimum) is re-run first; then every clause
@@ -131,8 +142,11 @@ def _decide_one(graph: Graph, inst: Instance, name: str, analysis: Analysis, bou
     """
     label = analysis.name
     region, prop = inst.region, inst.prop
+    expired = deadline is not None and time.perf_counter() > deadline
     if bound is None:
-        return Result(name, Verdict.UNKNOWN, label, seconds, reason=why)
+        if why.startswith("out of memory"):
+            return Result(name, Verdict.UNKNOWN, label, seconds, reason=why)
+        return Result(name, Verdict.UNKNOWN, label, seconds, reason=progress.timeout_reason(why, elapsed=seconds))
     stats = bound.stats if len(bound.lower) == 1 else {}
     cands = bound.candidates
     if cands and j < len(cands) and cands[j] is not None and check_counterexample(graph, region, prop, cands[j])[0]:
@@ -143,22 +157,28 @@ def _decide_one(graph: Graph, inst: Instance, name: str, analysis: Analysis, bou
         # Each clause refuted somewhere by *some* row (different rows in different sub-regions).
         margin = float(np.min(clause_lower))
         verified = margin > tolerance
-    if not verified and attack:
+    note = bound.notes[j] if j < len(bound.notes) else ""
+    if not verified:
+        progress.done(note or f"{label} bounds computed (margin ≥ {margin:.4g})")
+    if not verified and attack and not expired:
         # The analysis could not prove it: look for a counterexample within a bounded budget.
         t0 = time.perf_counter()
-        cx = None if attack_first else pgd_attack(graph, region, prop, attack_options, deadline)
-        if cx is None and attack_budget > 0:
-            cx = budgeted_attack(graph, region, prop, attack_budget, attack_options, deadline=deadline)
+        steps: dict[str, int] = {}
+        with progress.running("PGD attack after the analysis"):
+            cx = None if attack_first else pgd_attack(graph, region, prop, attack_options, deadline, stats=steps)
+            if cx is None and attack_budget > 0:
+                cx = budgeted_attack(graph, region, prop, attack_budget, attack_options, deadline=deadline,
+                                     stats=steps)
         seconds += time.perf_counter() - t0
         if cx is not None:
             return _falsified(name, label, seconds, cx, graph, region, prop, "PGD")
-    note = bound.notes[j] if j < len(bound.notes) else ""
+        progress.done(f"PGD {steps.get('pgd_steps', 0)} {'more ' if attack_first else ''}steps")
     if verified:
         return Result(name, Verdict.VERIFIED, label, seconds, margin, details=stats)
     if timeout is not None and seconds > timeout:
         # Keep what the analysis proved before the limit (margin, its note, its statistics).
-        return Result(name, Verdict.UNKNOWN, label, seconds, margin,
-                      reason="time-out" + (f" ({note})" if note else ""), details=stats)
+        return Result(name, Verdict.UNKNOWN, label, seconds, margin, reason=progress.timeout_reason(elapsed=seconds),
+                      details=stats)
     return Result(name, Verdict.UNKNOWN, label, seconds, margin,
                   reason=f"too loose: margin lower bound {margin:.4g}" + (f" ({note})" if note else ""),
                   details=stats)
@@ -168,7 +188,8 @@ def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Anal
                      timeout: float | None = None, attack: bool = True, attack_first: bool = True,
                      attack_options: AttackOptions = AttackOptions(), attack_budget: float | None = None,
                      tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 1, names: Sequence[str] | None = None,
-                     on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
+                     on_result: Callable[[int, Result], None] | None = None,
+                     progress: Progress | None = None) -> list[Result]:
     """Decide each (region, property) instance; the one decision path under :func:`verify` and
     :func:`verify_robustness`.
 
@@ -179,13 +200,28 @@ def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Anal
     :func:`_decide_one`. After an inconclusive analysis, ``attack`` runs one PGD round (unless it
     already ran first) and up to ``attack_budget`` seconds of restarts (default: a quarter of
     ``timeout``, at most 10 s; 2 s without a timeout; 0 when the attack did not run first).
+
+    ``timeout`` (seconds > 0, or None) is per instance; the analysis is stopped by the backstop of
+    :func:`absint.timelimit.hard_limit` if it overruns. ``progress`` (one instance only): the
+    instance began earlier (:func:`verify` loaded the network and parsed the specification); its
+    limit, start and notes apply, and ``timeout`` is ignored.
     """
+    if progress is not None and len(instances) != 1:
+        raise InvalidArgumentError("verify_instances: progress is for a single instance")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a whole number ≥ 1, got {batch_size!r}")
+    if attack_budget is not None and not (isinstance(attack_budget, (int, float)) and np.isfinite(attack_budget)
+                                          and attack_budget >= 0):
+        raise InvalidTimeLimit(f"attack_budget must be a finite number of seconds ≥ 0, got {attack_budget!r}")
+    timeout = progress.left() if progress is not None else check_limit(timeout)
     check_supported(graph, analysis)
     names = list(names) if names is not None else [inst.name or f"instance_{i}" for i, inst in enumerate(instances)]
     if attack_budget is None:
         attack_budget = (0.0 if not attack_first else 2.0 if timeout is None else min(10.0, 0.25 * timeout))
     results: list[Result | None] = [None] * len(instances)
     label = analysis.name
+    # What each instance did (for its time-out reason); an outside progress carries loading and parsing.
+    progs = [progress] if progress is not None else [Progress(timeout) for _ in instances]
 
     def done(i: int, r: Result) -> None:
         results[i] = r
@@ -198,14 +234,23 @@ def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Anal
         # cheap falsification first: sampling (one forward pass per batch), then PGD if asked
         t0 = time.perf_counter()
         part = list(range(start, min(len(instances), start + max(bs, 1))))
-        found = sample_attack_many(graph, [(instances[i].region, instances[i].prop) for i in part])
+        with contextlib.ExitStack() as phase:
+            if progress is not None:
+                phase.enter_context(progress.running("sampling attack"))
+            found = sample_attack_many(graph, [(instances[i].region, instances[i].prop) for i in part])
         share = (time.perf_counter() - t0) / len(part)
         for i, cx in zip(part, found):
             t1 = time.perf_counter()
             how = "sampling"
             if cx is None and attack and attack_first:
                 deadline = None if timeout is None else t1 + max(0.0, timeout - share)
-                cx, how = pgd_attack(graph, instances[i].region, instances[i].prop, attack_options, deadline), "PGD"
+                steps: dict[str, int] = {}
+                with progs[i].running("PGD attack"):
+                    cx = pgd_attack(graph, instances[i].region, instances[i].prop, attack_options, deadline,
+                                    stats=steps)
+                how = "PGD"
+                if cx is None:
+                    progs[i].done(f"PGD {steps.get('pgd_steps', 0)} steps")
             seconds = share + time.perf_counter() - t1
             if cx is not None:
                 done(i, _falsified(names[i], label, seconds, cx, graph, instances[i].region, instances[i].prop, how))
@@ -218,12 +263,21 @@ def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Anal
         spent = [results[i].seconds for i in group]  # type: ignore[union-attr]
         t0 = time.perf_counter()
         deadline = None if timeout is None else t0 + sum(max(0.0, timeout - s) for s in spent)
-        bound, why = _bound_batch(graph, analysis, chunk, deadline)
+        hard_at = None if timeout is None else deadline + 0.5 * allowed_overshoot(timeout)
+        with contextlib.ExitStack() as phase:
+            if progress is not None:
+                phase.enter_context(progress.running(f"{label} bounding"))
+            bound, why = _bound_batch(graph, analysis, chunk, deadline, hard_at)
         per = (time.perf_counter() - t0) / len(chunk)
         for j, i in enumerate(group):
             inst_deadline = None if timeout is None else time.perf_counter() + max(0.0, timeout - spent[j] - per)
-            done(i, _decide_one(graph, instances[i], names[i], analysis, bound, j, why, spent[j] + per, timeout,
-                                inst_deadline, attack, attack_first, attack_options, attack_budget, tolerance))
+            seconds = spent[j] + per
+            limit = timeout
+            if progress is not None:  # the instance's own clock (it began before this call)
+                seconds, inst_deadline, limit = progress.elapsed(), progress.deadline, progress.limit
+            done(i, _decide_one(graph, instances[i], names[i], analysis, bound, j, why, seconds, limit,
+                                inst_deadline, attack, attack_first, attack_options, attack_budget, tolerance,
+                                progs[i]))
     return [r for r in results if r is not None]
 
 
@@ -242,18 +296,27 @@ def _same_row_count(todo: list[int], instances: Sequence[Instance], size: int) -
 def verify_instance(graph: Graph, instance: Instance, analysis: Analysis, *, timeout: float | None = None,
                     attack: bool = True, attack_options: AttackOptions = AttackOptions(),
                     tolerance: float = DEFAULT_TOLERANCE, name: str | None = None,
-                    attack_budget: float | None = None) -> Result:
-    """Decide one (region, property) instance (:func:`verify_instances` with one instance)."""
-    return verify_instances(graph, [instance], analysis, timeout=timeout, attack=attack, attack_options=attack_options,
-                            attack_budget=attack_budget, tolerance=tolerance,
-                            names=[name or instance.name or "instance"])[0]
+                    attack_budget: float | None = None, progress: Progress | None = None) -> Result:
+    """Decide one (region, property) instance (:func:`verify_instances` with one instance) within
+    ``timeout`` seconds (or ``progress``'s limit), the backstop included."""
+    progress = progress if progress is not None else Progress(check_limit(timeout))
+    name = name or instance.name or "instance"
+    with hard_limit(progress.hard_deadline) as stop:
+        result = verify_instances(graph, [instance], analysis, attack=attack, attack_options=attack_options,
+                                  attack_budget=attack_budget, tolerance=tolerance, names=[name],
+                                  progress=progress)[0]
+    if stop.fired:
+        return Result(name, Verdict.UNKNOWN, analysis.name, progress.elapsed(),
+                      reason=progress.timeout_reason(stopped=progress.phase or f"{analysis.name}"))
+    return result
 
 
-def _combine(name: str, label: str, parts: list[Result]) -> Result:
-    """A spec with several regions holds iff it holds on each."""
+def _combine(name: str, label: str, parts: list[Result], seconds: float | None = None) -> Result:
+    """A spec with several regions holds iff it holds on each (``seconds``: of the whole call)."""
+    if seconds is None:
+        seconds = sum(p.seconds for p in parts)
     if len(parts) == 1:
-        return replace(parts[0], name=name)
-    seconds = sum(p.seconds for p in parts)
+        return replace(parts[0], name=name, seconds=seconds)
     for p in parts:
         if p.falsified:
             return replace(p, name=name, seconds=seconds)
@@ -273,21 +336,41 @@ def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", ti
     on ``network`` (ONNX path, torch module, or Graph) with the analysis named ``analysis``.
 
     Returns one :class:`Result`; a spec with several input regions is verified region by region.
+    ``timeout`` (seconds > 0, or None) covers the whole call: loading the network and parsing the
+    specification count, and a time-out says what was done ("time-out after 10.2 s (limit 10 s):
+    network loaded in 1.3 s, specification parsed, PGD 50 steps, ..., stopped during lp bounding").
     """
-    graph = load_network(network, device=device)
-    spec_obj = _check_compatible(graph, _as_spec(spec))
+    progress = Progress(check_limit(timeout))
     an = get_analysis(analysis, device=device, **analysis_options)
-    t0 = time.perf_counter()
-    parts = []
-    for inst in spec_obj.instances:
-        remaining = None if timeout is None else max(0.0, timeout - (time.perf_counter() - t0))
-        r = verify_instance(graph, inst, an, timeout=remaining, attack=attack, attack_options=attack_options,
-                            tolerance=tolerance, attack_budget=attack_budget)
-        parts.append(r)
-        if r.falsified:
-            break
-    label = name or (Path(spec).stem if isinstance(spec, (str, Path)) else spec_obj.instances[0].name or "instance")
-    return _combine(label, an.name, parts)
+    label = name or (Path(spec).stem if isinstance(spec, (str, Path)) else None)
+    parts: list[Result] = []
+    with hard_limit(progress.hard_deadline) as stop:
+        with progress.running("loading the network"):
+            graph = load_network(network, device=device)
+        if not isinstance(network, Graph):
+            progress.done(f"network loaded in {progress.elapsed():.2g} s")
+        with progress.running("reading the specification"):
+            spec_obj = _check_compatible(graph, _as_spec(spec))
+        if isinstance(spec, (str, Path)):
+            progress.done("specification parsed")
+        label = label or spec_obj.instances[0].name or "instance"
+        n = len(spec_obj.instances)
+        for k, inst in enumerate(spec_obj.instances):
+            if progress.expired():
+                if n > 1:
+                    progress.done(f"{k} of {n} input regions decided")
+                parts.append(Result(label, Verdict.UNKNOWN, an.name, progress.elapsed(),
+                                    reason=progress.timeout_reason()))
+                break
+            r = verify_instance(graph, inst, an, attack=attack, attack_options=attack_options, tolerance=tolerance,
+                                attack_budget=attack_budget, progress=progress)
+            parts.append(r)
+            if r.falsified or progress.expired():
+                break
+    if stop.fired:
+        return Result(label or "instance", Verdict.UNKNOWN, an.name, progress.elapsed(),
+                      reason=progress.timeout_reason(stopped=progress.phase or "verify"))
+    return _combine(label, an.name, parts, progress.elapsed())
 
 
 def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], eps: float, *,
@@ -304,12 +387,17 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
     through :func:`verify_instances` (the decision of :func:`verify`), in batches of ``batch_size``
     when the analysis supports it; PGD runs only on what the analysis cannot prove.
     """
+    timeout = check_limit(timeout)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a whole number ≥ 1, got {batch_size!r}")
     graph = load_network(network, device=device)
     an = get_analysis(analysis, device=device, **analysis_options)
     images = np.asarray(images, dtype=np.float64)
     labels = [int(v) for v in labels]
     if len(images) != len(labels):
         raise SpecError(f"{len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        return []
     n_classes = numel(graph.output_shape)
     names = list(names) if names is not None else [f"input_{i}" for i in range(len(images))]
     if len(images) and images[0].size == numel(graph.input_shape):

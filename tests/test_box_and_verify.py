@@ -135,6 +135,9 @@ def test_unknown_analysis_and_timeout():
     inst = Instance(absint.InputBox(x, x.copy()), robustness_property(label, 4))
     with pytest.raises(absint.AbsintError, match="unknown analysis"):
         absint.verify(graph, inst, analysis="no-such-analysis")
-    r = absint.verify(graph, inst, analysis="box", timeout=0.0, attack=False)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "10"):
+        with pytest.raises(absint.AbsintError, match="timeout must be a finite number of seconds > 0"):
+            absint.verify(graph, inst, analysis="box", timeout=bad, attack=False)
+    r = absint.verify(graph, inst, analysis="box", timeout=1e-9, attack=False)
     assert r.verdict is Verdict.UNKNOWN and r.reason.startswith("time-out"), r
     assert absint.verify(graph, inst, analysis="box", attack=False).verified  # with time, box proves a point

@@ -288,10 +288,8 @@ def test_timeout_gives_unknown_not_a_crash(networks_dir):
     i = 15  # DeepPoly fails here at eps 0.1; the SDP proves it, but not within 0.05 s
     region = absint.linf_ball(images[i], 0.1)
     prop = absint.robustness_property(int(labels[i]), 10)
-    t0 = time.perf_counter()
     r = absint.verify(net, absint.Instance(region, prop), analysis="sdp", solver="fo", timeout=0.05, attack=False)
-    assert r.verdict is absint.Verdict.UNKNOWN
-    assert time.perf_counter() - t0 < 30
+    assert r.verdict is absint.Verdict.UNKNOWN and r.reason.startswith("time-out")
     # the first-order solver is anytime: a deadline mid-run still returns a proved bound
     chain = relu_chain_from_graph(net)
     lo = torch.as_tensor(region.lower.reshape(1, -1))

@@ -110,7 +110,7 @@ class BabAnalysis(Analysis):
         g = graph.to(self.device, torch.float64)
         return Search(strat, C, d, owner, region, g, batch_size=o.batch_size, max_queue=o.max_queue,
                       tolerance=o.tolerance, attack=o.attack, attack_every=o.attack_every,
-                      max_depth=o.max_depth, seed=o.seed)
+                      max_depth=o.max_depth, seed=o.seed, max_nodes=o.max_nodes)
 
     def search(self, graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray, owner: np.ndarray | None = None,
                *, deadline: float | None = None) -> SearchResult:
@@ -181,7 +181,8 @@ class BabAnalysis(Analysis):
                       clause_lower=res.clause_min.tolist())
             stats.append(st)
             if res.status not in ("verified", "falsified"):
-                notes.append(f"bab {res.status}: {100 * res.proved:.4g}% of the "
+                notes.append(f"bab {res.status} after {st.get('bounded', 0)} sub-problems bounded: "
+                             f"{100 * res.proved:.4g}% of the "
                              f"{'input volume' if st['mode'] == 'input' else 'split tree'} proved, "
                              f"{st.get('open', 0)} sub-problems open")
         lower_np = np.stack(rows)

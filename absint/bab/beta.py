@@ -96,7 +96,7 @@ class BetaBounder:
         self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         t0 = time.perf_counter()
         if root_pre is None:
-            root_pre = self._deeppoly_pre(graph)
+            root_pre = self._deeppoly_pre(graph, deadline)
         pre_lo, pre_hi = root_pre
         res = self.ab.run(self.lo_in, self.hi_in, pre_lo, pre_hi, layers=options.layer_iters > 0,
                           deadline=deadline)
@@ -115,13 +115,13 @@ class BetaBounder:
         self.root_out = out
         self.stats = {"root_seconds": time.perf_counter() - t0, "unstable_root": res.stats.get("unstable_after")}
 
-    def _deeppoly_pre(self, graph: Graph):
+    def _deeppoly_pre(self, graph: Graph, deadline: float | None = None):
         from absint.bab.bounding import Bounder
         from absint.registry import get_domain
         from absint.domains.deeppoly import DeepPolyOptions
 
         b = Bounder(graph, get_domain("deeppoly")(DeepPolyOptions(early_stop=False)))
-        out = b.bound(self.lo_in[None], self.hi_in[None], self.C, self.d, want_pre=True)
+        out = b.bound(self.lo_in[None], self.hi_in[None], self.C, self.d, want_pre=True, deadline=deadline)
         return [t[0] for t in out.pre_lo], [t[0] for t in out.pre_hi]
 
     # ---------------------------------------------------------------------------------------

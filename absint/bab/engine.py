@@ -52,7 +52,7 @@ def property_from_rows(C: np.ndarray, d: np.ndarray, owner: np.ndarray, n_out: i
 class SearchResult:
     """Outcome of one search (also the per-worker result that :func:`merge_results` combines)."""
 
-    status: str  # verified | falsified | timeout | memory | stuck | stopped
+    status: str  # verified | falsified | timeout | budget | memory | stuck | stopped
     counterexample: np.ndarray | None = None
     row_min: np.ndarray | None = None  # proved lower bound of each row over the whole region
     clause_min: np.ndarray | None = None  # proved lower bound of each clause margin over the region
@@ -66,7 +66,7 @@ class Search:
 
     def __init__(self, strategy: Strategy, C: np.ndarray, d: np.ndarray, owner: np.ndarray, region: InputBox,
                  graph, *, batch_size: int, max_queue: int, tolerance: float, attack: bool, attack_every: float,
-                 max_depth: int, seed: int = 0) -> None:
+                 max_depth: int, seed: int = 0, max_nodes: int | None = None) -> None:
         self.s = strategy
         self.C, self.d, self.owner = C, d, owner
         self.K = int(owner.max()) + 1
@@ -76,6 +76,8 @@ class Search:
         self.prop = property_from_rows(C, d, owner, int(C.shape[1]))
         self.batch_size, self.tolerance = batch_size, tolerance
         self.attack, self.attack_every, self.max_depth, self.seed = attack, attack_every, max_depth, seed
+        self.max_nodes = max_nodes
+        self._per_item = 0.0
         self.queue = SubproblemQueue(max_queue)
         self.row_min = np.full(len(owner), np.inf)
         self.clause_min = np.full(self.K, np.inf)
@@ -121,7 +123,7 @@ class Search:
         self._attack_cost = 0.0
         status = "verified"
         t0 = time.perf_counter()
-        per_item = 0.0  # seconds per bounded sub-problem in the last batch
+        per_item = self._per_item  # seconds per bounded sub-problem in the last batch (kept across runs)
         while len(q):
             if deadline is not None and time.perf_counter() > deadline:
                 status = "timeout"
@@ -135,8 +137,13 @@ class Search:
             if q.room <= 0:
                 status = "memory"
                 break
+            if self.max_nodes is not None and self.stats["bounded"] >= self.max_nodes:
+                status = "budget"
+                break
             # Popping k and pushing at most 2k children keeps the queue within max_size.
             k = min(self.batch_size, q.room)
+            if self.max_nodes is not None:
+                k = min(k, self.max_nodes - self.stats["bounded"])
             if deadline is not None and per_item > 0:  # never start a batch that cannot finish in time
                 k = max(1, min(k, int(0.5 * (deadline - time.perf_counter()) / per_item)))
             batch = q.pop(k)
@@ -156,7 +163,7 @@ class Search:
                 q.push(batch)
                 status = "timeout"
                 break
-            per_item = (time.perf_counter() - tb) / batch_len(batch)
+            per_item = self._per_item = (time.perf_counter() - tb) / batch_len(batch)
             if self.stats["iterations"] % 50 == 1:
                 log.debug("bab iteration %d: %d open, %.6g%% proved, %.2g ms per sub-problem",
                           self.stats["iterations"], len(q), 100 * self.proved, 1e3 * per_item)
@@ -223,7 +230,7 @@ class Search:
                 orows, open_clause = orows[keep], open_clause[keep]
             children = self.s.branch(ob, oextra, orows, open_clause)
             q.push(children)
-            per_item = (time.perf_counter() - tb) / batch_len(batch)  # bounding + branching
+            per_item = self._per_item = (time.perf_counter() - tb) / batch_len(batch)  # bounding + branching
         if status == "verified" and self.stats["stuck"]:
             status = "stuck"
         return self._finish(status, None, t0)
@@ -248,7 +255,7 @@ def merge_results(parts: list[SearchResult], first: SearchResult | None = None) 
             return p
     row_min = np.min(np.stack([p.row_min for p in allp]), axis=0)
     clause_min = np.min(np.stack([p.clause_min for p in allp]), axis=0)
-    order = ["memory", "timeout", "stuck", "stopped"]
+    order = ["memory", "timeout", "budget", "stuck", "stopped"]
     bad = [p.status for p in parts if p.status != "verified"]
     status = "verified" if not bad else min(bad, key=order.index)
     stats: dict[str, Any] = {}

@@ -49,6 +49,9 @@ class BabOptions(Options):
     * ``tolerance`` — a clause counts as refuted on a sub-problem when its margin bound exceeds it
       (the same float64 slack :func:`absint.verify.decide` uses).
     * ``max_depth`` — a sub-problem deeper than this is left open (stuck; answer unknown).
+    * ``max_nodes`` — stop (status ``budget``, answer unknown with the partial results) once this
+      many sub-problems have been bounded (``None``: no limit). A budget in work, not in seconds:
+      the same on a busy and an idle machine (what tests use instead of a time limit).
     * ``bounding`` — ``domain``: every sub-problem is bounded by ``domain`` (splits imposed as box
       meets on pre-activation bounds); ``alpha-beta``: with ReLU splitting on a chain network,
       optimised slopes + split multipliers (β-CROWN style, :mod:`absint.bab.beta`) over the
@@ -71,6 +74,7 @@ class BabOptions(Options):
     attack_every: float = 1.0
     tolerance: float = 1e-8
     max_depth: int = 200
+    max_nodes: int | None = None
     seed: int = 0
     bounding: Literal["domain", "alpha-beta"] = "alpha-beta"
     beta_iters: int = 20
@@ -83,3 +87,5 @@ class BabOptions(Options):
             raise OptionError("bab: max_depth, beta_iters and auto_input_dims must be ≥ 0")
         if not (self.tolerance >= 0 and self.max_aspect >= 0 and self.attack_every >= 0):
             raise OptionError("bab: tolerance, max_aspect and attack_every must be ≥ 0")
+        if self.max_nodes is not None and self.max_nodes < 1:
+            raise OptionError(f"bab: max_nodes must be ≥ 1 or None, got {self.max_nodes!r}")
