@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from absint import argtypes
 from absint.data import bundled
 
 BUNDLED = bundled()
@@ -33,12 +34,14 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--analysis", "-a", default="deeppoly", help="analysis name (see `absint list`)")
-    p.add_argument("--timeout", type=float, default=None, help="time limit per instance in seconds")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--timeout", type=argtypes.seconds, default=None,
+                   help="time limit per instance in seconds (> 0; loading and parsing included)")
+    p.add_argument("--device", type=argtypes.device, default=None,
+                   help="torch device (default: cuda if present, else cpu)")
+    p.add_argument("--threads", type=argtypes.positive_int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-attack", action="store_true", help="skip the PGD attack")
-    p.add_argument("--json", type=Path, default=None, help="write results as JSON here")
-    p.add_argument("--csv", type=Path, default=None, help="write results as CSV here")
+    p.add_argument("--json", type=argtypes.output_file, default=None, help="write results as JSON here")
+    p.add_argument("--csv", type=argtypes.output_file, default=None, help="write results as CSV here")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or table")
     p.add_argument("--verbose", "-v", action="count", default=0)
 
@@ -46,16 +49,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("network", nargs="?", type=Path, default=DEFAULT_NETWORK,
                    help=f"ONNX network (default: bundled {DEFAULT_NETWORK.name})")
-    p.add_argument("--vnnlib", nargs="+", type=Path, default=None, help="VNN-LIB specification file(s)")
-    p.add_argument("--data", type=Path, default=None,
+    p.add_argument("--vnnlib", nargs="+", type=argtypes.existing_file, default=None,
+                   help="VNN-LIB specification file(s)")
+    p.add_argument("--data", type=argtypes.existing_file, default=None,
                    help="image set (.npz with images/labels or ERAN .csv); default: bundled digits test split "
                         "when the network is the bundled one")
-    p.add_argument("--eps", type=float, default=0.05, help="L-inf radius for --data (default 0.05)")
-    p.add_argument("--count", "-n", type=int, default=100, help="number of images (default 100)")
-    p.add_argument("--start", type=int, default=0, help="index of the first image")
-    p.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+    p.add_argument("--eps", type=argtypes.radius, default=0.05, help="L-inf radius for --data (default 0.05)")
+    p.add_argument("--count", "-n", type=argtypes.positive_int, default=100,
+                   help="number of images (default 100, or fewer if the data set ends first)")
+    p.add_argument("--start", type=argtypes.nonneg_int, default=0, help="index of the first image")
+    p.add_argument("--clip", type=argtypes.finite, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="valid input range for the ball (default 0 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batched analysis pass")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=32, help="images per batched analysis pass")
     _add_common(p)
 
 
@@ -63,6 +68,9 @@ def _run_verify(args: argparse.Namespace) -> int:
     import absint
     from absint.results import format_table, results_to_csv, results_to_json
 
+    argtypes.check_range(*args.clip, "--clip", "absint verify")
+    if args.vnnlib and args.data is not None:
+        raise argtypes.UsageError("absint verify: error: give --vnnlib or --data, not both")
     net = absint.load_network(args.network, device=args.device)
     results = []
     t0 = time.perf_counter()
@@ -85,6 +93,9 @@ def _run_verify(args: argparse.Namespace) -> int:
             else:
                 raise absint.SpecError("give --vnnlib SPEC or --data IMAGES for this network")
         images, labels = absint.load_images(data, tuple(net.input_shape))
+        if args.start >= len(images):
+            raise argtypes.UsageError(f"absint verify: error: argument --start: {args.start} is past the end of {data} "
+                                      f"({len(images)} images, indices 0 to {len(images) - 1})")
         sl = slice(args.start, args.start + args.count)
         names = [f"{Path(data).stem}[{i}]" for i in range(len(images))][sl]
         results = absint.verify_robustness(
@@ -171,7 +182,7 @@ def _bar(total: int, desc: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="absint", description="Certify neural-network robustness by abstract interpretation.")
+    parser = argtypes.Parser(prog="absint", description="Certify neural-network robustness by abstract interpretation.")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"verify": ("verify a network on VNN-LIB specs or an image set", _add_verify, _run_verify),
                 "list": ("list domains, analyses and solvers", _add_list, _run_list)}
@@ -196,24 +207,56 @@ def _load_extra_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``absint`` command; returns the exit code (2: a usage or input mistake, one line on stderr)."""
+    from absint.argtypes import UsageError
     from absint.errors import AbsintError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
-                        format="%(levelname)s %(name)s: %(message)s")
-    if args.command not in LIGHT_COMMANDS:  # commands that compute: one torch thread unless --threads
-        import torch
-
-        torch.set_num_threads(max(1, getattr(args, "threads", 1) or 1))
     try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help / --version print and "exit": hand the code back
+            return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+        logging.basicConfig(level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
+                            format="%(levelname)s %(name)s: %(message)s")
+        if args.command not in LIGHT_COMMANDS:  # commands that compute: one torch thread unless --threads
+            import torch
+
+            torch.set_num_threads(max(1, getattr(args, "threads", 1) or 1))
         return args._run(args)
+    except UsageError as exc:
+        print(_one_line(exc), file=sys.stderr)
+        return 2
     except AbsintError as exc:
-        print(f"absint: error: {exc}", file=sys.stderr)
+        print(f"absint: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("absint: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``absint bench --dry-run | head``): stop quietly, as `cat` would.
+        _silence_stdout()
+        return 141
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback only with -v
+        log.info("traceback of the internal error:", exc_info=True)
+        print(f"absint: internal error (please report it; -v shows the traceback): {type(exc).__name__}: "
+              f"{_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (multi-line messages are joined with ' ')."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured by a test)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,6 +98,8 @@ class Clause:
         b = np.asarray(self.b, dtype=np.float64).reshape(-1)
         if A.shape[0] != b.shape[0]:
             raise SpecError(f"clause has {A.shape[0]} rows but {b.shape[0]} constants")
+        if not (np.isfinite(A).all() and np.isfinite(b).all()):
+            raise SpecError("output constraint coefficients must be finite numbers (found NaN or inf)")
         object.__setattr__(self, "A", A)
         object.__setattr__(self, "b", b)
 

@@ -12,6 +12,8 @@ inequalities are treated alike (the difference has measure zero for verification
 """
 from __future__ import annotations
 
+import math
+
 import itertools
 import re
 from dataclasses import dataclass
@@ -104,9 +106,12 @@ class _Reader:
                     raise self.err(e, f"variable {e.text} used before declare-const")
                 return {(m.group(1), int(m.group(2))): 1.0}
             try:
-                return {"const": float(e.text)}
+                value = float(e.text)
             except ValueError:
                 raise self.err(e, f"expected a number or a variable X_i / Y_j, found {e.text!r}") from None
+            if not math.isfinite(value):
+                raise self.err(e, f"the number {e.text!r} is not finite (NaN, inf, or beyond float64's range ±1.8e308)")
+            return {"const": value}
         if not e or not isinstance(e[0], _Sym):
             raise self.err(e, "expected an arithmetic expression")
         op, args = e[0].text, [self.term(a) for a in e[1:]]
@@ -193,6 +198,8 @@ def parse_vnnlib(path: str | Path, *, text: str | None = None) -> Spec:
             text = Path(path).read_text()
         except OSError as exc:
             raise SpecError(f"{path}: cannot read VNN-LIB file ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not a VNN-LIB text file (byte {exc.start} is not UTF-8)") from None
     reader = _Reader(path)
     disjuncts: list[list[tuple[dict, int]]] = [[]]
     for e in _parse_sexprs(_tokenize(text, path), path):

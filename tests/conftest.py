@@ -24,3 +24,9 @@ def bench() -> Path:
 @pytest.fixture(scope="session")
 def networks_dir() -> Path:
     return NETWORKS
+
+
+@pytest.fixture(autouse=True)
+def _user_folders(tmp_path_factory, monkeypatch) -> None:
+    """Results that would go to the user's data folder go to a temporary one during tests."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg_data")))

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from absint.bench import BenchConfigError, ResultStore, load_config, parse_config, plan_tasks, read_rows, run_config
-from absint.bench.config import check_analyses
+from absint.bench.config import check_analyses, results_dir
 from absint.bench.store import row_key
 from absint.bench.tasks import analysis_call
 from absint.cli import main
@@ -52,7 +53,9 @@ timeout = 60
     assert img.network == (root / "../shared/bench/eran/net.onnx").resolve()
     assert img.eps == (0.01, 0.02) and img.count == 10 and img.batch_size == 4 and img.timeout == 5
     assert vnn.kind == "vnncomp" and vnn.timeout == 60
-    assert cfg.workers == 2 and cfg.results == root / "benchmarks/results/x.jsonl"
+    # rows go to the user results folder, not into the project
+    assert cfg.workers == 2 and cfg.results == results_dir() / "x.jsonl" and cfg.reference is None
+    assert str(results_dir()).startswith(os.environ["XDG_DATA_HOME"])
     # --bench-root rebases only the bench_root prefix
     other = load_config(cfg_dir / "x.toml", bench_root=tmp_path / "mine")
     assert other.experiments[0].network == tmp_path / "mine" / "eran" / "net.onnx"
@@ -118,7 +121,7 @@ def test_store_roundtrip_and_partial_line(tmp_path: Path) -> None:
         assert [r["input"] for r in rows] == ["0", "1"]
         assert rows[0]["margin"] == 0.5 and rows[0]["correct"] is True and rows[0]["label"] == 3
         assert rows[1]["margin"] is None and rows[1]["correct"] is False
-        assert row_key(rows[0]) == ("b", "n", "0", "0.1", "box")
+        assert row_key(rows[0]) == ("b", "n", "0", "0.1", "box", "")
         store = ResultStore(path)
         assert len(store.done()) == 2
         with store:  # reopening cuts the partial line, appends cleanly

@@ -36,8 +36,9 @@ def __getattr__(name: str) -> Any:
 
 
 def run_config(config: Any, *, results: str | Path | None = None, progress: bool = False,
-               retry_errors: bool = False, **overrides: Any) -> Any:
-    """Run every instance of ``config`` not yet in its results file (``overrides``: workers, backend, ...)."""
+               retry_errors: bool = False, rerun: bool = False, **overrides: Any) -> Any:
+    """Run every instance of ``config`` not yet in its results file (``rerun``: every instance, replacing
+    its rows; ``overrides``: workers, backend, ...)."""
     from dataclasses import replace
 
     from absint.bench.config import check_analyses
@@ -49,8 +50,8 @@ def run_config(config: Any, *, results: str | Path | None = None, progress: bool
         config = replace(config, results=Path(results))
     config = check_analyses(config.with_overrides(**overrides))
     store = ResultStore(config.results)
-    tasks = plan_tasks(config, store.done(retry_errors=retry_errors))
-    if retry_errors:
+    tasks = plan_tasks(config, set() if rerun else store.done(retry_errors=retry_errors))
+    if retry_errors or rerun:
         store.drop({k for t in tasks for k in t.keys()})
     with store:
         return run_tasks(tasks, store, workers=config.workers, threads_per_worker=config.threads_per_worker,

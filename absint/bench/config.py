@@ -3,7 +3,8 @@
 A configuration is a list of *experiments*, each run with every analysis listed::
 
     name = "eran-mnist"
-    results = "benchmarks/results/eran_mnist.jsonl"   # relative to the project root
+    results = "eran_mnist.jsonl"       # default <name>.jsonl in the user results folder (below)
+    reference = "benchmarks/results/eran_mnist.jsonl"   # results committed with the config (read only)
     bench_root = "../shared/bench"     # prefix that `absint bench --bench-root DIR` replaces
     analyses = ["box", "deepzono", "deeppoly"]
     skip_unavailable = true            # drop (with a warning) analyses this install lacks
@@ -35,8 +36,13 @@ The ``analyses`` lists name columns: a registered analysis (``absint list``) or 
 one analysis never share rows. ``report = "benchmarks/figures/NAME"`` makes ``absint bench`` write
 the comparison table and the figures there when the run ends (like ``absint report``).
 
-Relative paths are relative to the project root: the parent of the ``configs/`` folder the file
-sits in (for a file elsewhere, the current directory; ``root = ...`` or ``--root`` overrides).
+Rows go to the *user results folder* (``$XDG_DATA_HOME/absint/results``, by default
+``~/.local/share/absint/results``), never into a checkout unless asked: a relative ``results``
+or ``report`` path is relative to that folder, ``--out`` / ``--report`` override both.
+``reference`` names results committed with the configuration (``absint bench`` reads it only to
+say they exist). Other relative paths are relative to the project root: the parent of the
+``configs/`` folder the file sits in (for a file elsewhere, the current directory; ``root = ...``
+or ``--root`` overrides).
 Paths that start with ``bench_root`` are rebased onto ``--bench-root`` when that flag is given,
 so the shipped configs run against a copy of the benchmark data anywhere.
 """
@@ -55,7 +61,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BENCH_ROOT = "../shared/bench"
 
-_TOP_KEYS = {"name", "description", "results", "bench_root", "root", "analyses", "skip_unavailable", "timeout",
+_TOP_KEYS = {"name", "description", "results", "reference", "bench_root", "root", "analyses", "skip_unavailable", "timeout",
              "attack", "attack_budget", "batch_size", "workers", "threads_per_worker", "backend", "address", "experiment",
              "analysis", "report"}
 _IMAGE_KEYS = {"name", "network", "data", "eps", "count", "start", "clip"}
@@ -125,6 +131,7 @@ class BenchConfig:
     description: str = ""
     analysis_specs: tuple[AnalysisSpec, ...] = ()
     report: Path | None = None  # folder for the table and figures written when the run ends
+    reference: Path | None = None  # results committed with the configuration (read only)
 
     def spec(self, name: str) -> AnalysisSpec:
         """How column ``name`` runs (a bare registered analysis unless an ``[analysis.NAME]`` table says otherwise)."""
@@ -163,6 +170,21 @@ def _normpath(p: Path) -> str:
     import os
 
     return os.path.normpath(str(p))
+
+
+def results_dir() -> Path:
+    """The user results folder: ``$XDG_DATA_HOME/absint/results`` (default ``~/.local/share/absint/results``)."""
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "absint" / "results"
+
+
+def _in_results_dir(value: Any, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise BenchConfigError(f"{where}: expected a path, got {value!r}")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else results_dir() / p
 
 
 def default_root(config_path: Path | None) -> Path:
@@ -292,13 +314,15 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
                                           clip=None if clip is False else (float(clip[0]), float(clip[1]))))
         else:
             raise BenchConfigError(f"{ew}: give either `instances` (VNN-COMP list) or `network` + `data` + `eps`")
-    res = results if results is not None else resolve(data.get("results", f"benchmarks/results/{name}.jsonl"))
+    res = Path(results) if results is not None else _in_results_dir(data.get("results", f"{name}.jsonl"),
+                                                                      f"{where}: results")
     backend = str(data.get("backend", "local"))
     if backend not in ("local", "ray"):
         raise BenchConfigError(f"{where}: backend must be 'local' or 'ray', got {backend!r}")
     return BenchConfig(
         analysis_specs=_analysis_specs(data.get("analysis", {}), where),
-        report=resolve(data["report"]) if data.get("report") else None,
+        report=_in_results_dir(data["report"], f"{where}: report") if data.get("report") else None,
+        reference=resolve(data["reference"]) if data.get("reference") else None,
         name=name, results=Path(res), experiments=tuple(experiments),
         workers=_positive(data.get("workers", 1), f"{where}: workers", integer=True),
         threads_per_worker=_positive(data.get("threads_per_worker", 1), f"{where}: threads_per_worker", integer=True),

@@ -63,8 +63,10 @@ def _image_tasks(exp: Experiment, done: set[Key], specs: dict[str, AnalysisSpec]
     for eps in exp.eps:
         for analysis in exp.analyses:
             spec = specs[analysis]
+            settings = dict(timeout=exp.own_timeout or spec.timeout or exp.timeout, attack=exp.attack, clip=exp.clip,
+                            base=spec.base, options=spec.options)
             probe = ImageTask(exp.name, str(exp.network), net_name, analysis, eps, tuple(int(i) for i in idx),
-                              images[:0])
+                              images[:0], **settings)
             todo = [int(i) for i, k in zip(idx, probe.keys()) if k not in done]
             for s in range(0, len(todo), exp.batch_size):
                 chunk = todo[s:s + exp.batch_size]
@@ -73,9 +75,7 @@ def _image_tasks(exp: Experiment, done: set[Key], specs: dict[str, AnalysisSpec]
                     shared[key] = np.ascontiguousarray(images[chunk])
                 tasks.append(ImageTask(
                     benchmark=exp.name, network_path=str(exp.network), network_name=net_name, analysis=analysis,
-                    eps=eps, indices=key, images=shared[key],
-                    labels=tuple(int(labels[i]) for i in chunk), timeout=exp.own_timeout or spec.timeout or exp.timeout,
-                    attack=exp.attack, clip=exp.clip, base=spec.base, options=spec.options))
+                    eps=eps, indices=key, images=shared[key], labels=tuple(int(labels[i]) for i in chunk), **settings))
     return tasks
 
 

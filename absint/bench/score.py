@@ -60,7 +60,8 @@ class AnalysisScore:
     unknown: int = 0
     timeout: int = 0
     error: int = 0
-    missing: int = 0  # truth rows without a result for this analysis
+    missing: int = 0  # instances in scope (see :func:`score`) without a row of this analysis
+    conflict: int = 0  # decided where the truth files disagree (not scored)
     seconds: list[float] = field(default_factory=list)
 
     @property
@@ -79,7 +80,7 @@ class AnalysisScore:
         return {"analysis": self.analysis, "instances": self.instances, "correct_unsat": self.correct_unsat,
                 "correct_sat": self.correct_sat, "wrong": self.wrong,
                 "decided_truth_unknown": self.decided_truth_unknown, "unknown": self.unknown,
-                "timeout": self.timeout, "error": self.error, "missing": self.missing,
+                "timeout": self.timeout, "error": self.error, "missing": self.missing, "conflict": self.conflict,
                 "median_seconds": self.median_seconds, "mean_seconds": self.mean_seconds,
                 "total_seconds": float(np.sum(self.seconds))}
 
@@ -96,24 +97,57 @@ class ScoreReport:
         return [w for w in self.wrong if w.soundness_bug]
 
 
+#: Truth verdicts: ``conflict`` marks an instance on which tools (or truth files) disagree.
+TRUTH_VERDICTS = ("sat", "unsat", "unknown", "conflict")
+
+
 def read_truth(path: str | Path) -> dict[tuple[str, str], str]:
-    """``(onnx, vnnlib) -> verdict`` from a truth.csv (columns onnx, vnnlib, ..., verdict)."""
+    """``(onnx, vnnlib) -> verdict`` from a truth.csv (columns onnx, vnnlib, ..., verdict).
+
+    Verdicts: ``sat``/``violated``, ``unsat``/``holds``, ``unknown`` (also ``timeout``, an empty
+    cell) and ``conflict``. A file that lists one instance twice with different verdicts gives
+    ``conflict`` for it.
+    """
     path = Path(path)
     if not path.exists():
         raise TruthFileError(f"{path}: no such truth file")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        if not {"onnx", "vnnlib", "verdict"} <= set(cols):
-            raise TruthFileError(f"{path}: needs columns onnx, vnnlib, verdict (has {cols})")
-        truth = {}
-        for row in reader:
-            v = row["verdict"].strip().lower()
-            v = {"holds": "unsat", "violated": "sat"}.get(v, v)
-            if v not in ("sat", "unsat", "unknown"):
-                raise TruthFileError(f"{path}: verdict {row['verdict']!r} is not sat/unsat/unknown")
-            truth[(row["onnx"].strip(), row["vnnlib"].strip())] = v
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            if not {"onnx", "vnnlib", "verdict"} <= set(cols):
+                raise TruthFileError(f"{path}: needs columns onnx, vnnlib, verdict (has {cols})")
+            truth: dict[tuple[str, str], str] = {}
+            for i, row in enumerate(reader, 2):
+                v = (row["verdict"] or "").strip().lower()
+                v = {"holds": "unsat", "violated": "sat", "timeout": "unknown", "": "unknown"}.get(v, v)
+                if v not in TRUTH_VERDICTS:
+                    raise TruthFileError(f"{path}:{i}: verdict {row['verdict']!r} is not one of "
+                                         f"{', '.join(TRUTH_VERDICTS)}")
+                key = ((row["onnx"] or "").strip(), (row["vnnlib"] or "").strip())
+                truth[key] = _merge_verdicts(truth.get(key), v)
+    except UnicodeDecodeError as exc:
+        raise TruthFileError(f"{path}: not a text CSV file ({exc.reason})") from None
     return truth
+
+
+def _merge_verdicts(old: str | None, new: str) -> str:
+    """One instance's verdict from two sources: equal or one unknown → the decided one; else conflict."""
+    if old is None or old == new or old == "unknown":
+        return new
+    if new == "unknown":
+        return old
+    return "conflict"
+
+
+def read_truths(paths: list[str | Path]) -> dict[tuple[str, str], str]:
+    """Several truth files merged (an instance decided differently in two files becomes ``conflict``)."""
+    merged: dict[tuple[str, str], str] = {}
+    for p in paths:
+        for (o, v), t in read_truth(p).items():
+            key = (_norm(o), _norm(v))
+            merged[key] = _merge_verdicts(merged.get(key), t)
+    return merged
 
 
 def _norm(p: str) -> str:
@@ -127,27 +161,39 @@ def _outcome(row: dict[str, Any]) -> str:
     return v
 
 
+def _scope(o: str, v: str) -> tuple[str, str]:
+    """What a row says was run: the network and the folder of its property (e.g. ``vnnlib/2021``)."""
+    return (o, str(Path(v).parent))
+
+
 def score(rows: list[dict[str, Any]], truth: dict[tuple[str, str], str], *,
           benchmark: str | None = None) -> ScoreReport:
-    """Score VNN-COMP rows (``network`` = onnx path, ``input`` = vnnlib path) against ``truth``."""
+    """Score VNN-COMP rows (``network`` = onnx path, ``input`` = vnnlib path) against ``truth``.
+
+    Only truth entries of what was run count: those whose network and property folder (e.g. a
+    spec year such as ``vnnlib/2021``) appear in some matched row. Within that scope an
+    analysis with no row for an instance counts it as ``missing``.
+    """
     exact = {(_norm(o), _norm(v)): t for (o, v), t in truth.items()}
-    by_name: dict[tuple[str, str], str | None] = {}
-    for (o, v), t in exact.items():
+    by_name: dict[tuple[str, str], tuple[str, str] | None] = {}
+    for (o, v) in exact:
         k = (Path(o).name, Path(v).name)
-        by_name[k] = t if k not in by_name else None  # ambiguous names cannot be used
+        by_name[k] = (o, v) if k not in by_name else None  # ambiguous names cannot be used
     rows = [r for r in rows if r.get("eps") in (None, "") and (benchmark is None or r["benchmark"] == benchmark)]
     scores: dict[str, AnalysisScore] = {}
     wrong: list[Wrong] = []
     unmatched = 0
     seen: dict[str, set[tuple[str, str]]] = {}
+    run_scope: set[tuple[str, str]] = set()
     for r in rows:
         key = (_norm(r["network"]), _norm(r["input"]))
+        if key not in exact:
+            key = by_name.get((Path(key[0]).name, Path(key[1]).name)) or key
         t = exact.get(key)
-        if t is None:
-            t = by_name.get((Path(key[0]).name, Path(key[1]).name))
         if t is None:
             unmatched += 1
             continue
+        run_scope.add(_scope(*key))
         a = r["analysis"]
         s = scores.setdefault(a, AnalysisScore(a))
         seen.setdefault(a, set()).add(key)
@@ -155,7 +201,9 @@ def score(rows: list[dict[str, Any]], truth: dict[tuple[str, str], str], *,
         if r.get("seconds") is not None:
             s.seconds.append(float(r["seconds"]))
         ours = _outcome(r)
-        if ours == "verified":
+        if ours in ("verified", "falsified") and t == "conflict":
+            s.conflict += 1
+        elif ours == "verified":
             if t == "unsat":
                 s.correct_unsat += 1
             elif t == "sat":
@@ -175,9 +223,11 @@ def score(rows: list[dict[str, Any]], truth: dict[tuple[str, str], str], *,
             setattr(s, ours, getattr(s, ours) + 1)
         else:
             s.unknown += 1
+    in_scope = {k: t for k, t in exact.items() if _scope(*k) in run_scope}
     for a, s in scores.items():
-        s.missing = len(exact) - len(seen.get(a, set()))
-    counts = {v: sum(1 for t in truth.values() if t == v) for v in ("unsat", "sat", "unknown")}
+        s.missing = len(in_scope) - len(seen.get(a, set()) & set(in_scope))
+    truth = in_scope
+    counts = {v: sum(1 for t in truth.values() if t == v) for v in TRUTH_VERDICTS}
     for w in wrong:
         if w.soundness_bug:
             log.error("SOUNDNESS BUG: %s says verified on %s / %s, which has a counterexample (sat)",
@@ -191,16 +241,18 @@ def score(rows: list[dict[str, Any]], truth: dict[tuple[str, str], str], *,
 def format_score(report: ScoreReport) -> str:
     """A markdown table of the scores, with a loud banner for wrong answers."""
     c = report.truth_counts
-    lines = [f"truth: {c['unsat']} unsat (holds), {c['sat']} sat (violated), {c['unknown']} unknown", "",
-             "| analysis | instances | correct unsat | correct sat | WRONG | decided (truth unknown) | unknown "
-             "| timeout | error | missing | median s | mean s | total s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"truth (instances of the networks and property folders run): {c['unsat']} unsat (holds), "
+             f"{c['sat']} sat (violated), {c['unknown']} unknown" + (f", {c['conflict']} conflict" if c.get("conflict") else ""),
+             "",
+             "| analysis | instances | correct unsat | correct sat | WRONG | decided (truth unknown) | decided (truth conflict) "
+             "| unknown | timeout | error | missing | median s | mean s | total s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     from absint.bench.report import analysis_sort_key
 
     for a in sorted(report.scores, key=analysis_sort_key):
         s = report.scores[a]
         lines.append(f"| {a} | {s.instances} | {s.correct_unsat} | {s.correct_sat} | {s.wrong} | "
-                     f"{s.decided_truth_unknown} | {s.unknown} | {s.timeout} | {s.error} | {s.missing} | "
+                     f"{s.decided_truth_unknown} | {s.conflict} | {s.unknown} | {s.timeout} | {s.error} | {s.missing} | "
                      f"{s.median_seconds:.3f} | {s.mean_seconds:.3f} | {float(np.sum(s.seconds)):.1f} |")
     if report.unmatched:
         lines.append(f"\n{report.unmatched} result row(s) matched no truth entry (ignored)")

@@ -6,9 +6,12 @@ write, so a run killed at any point leaves every finished row on disk; a half-wr
 (the process died mid-write) is cut off when the file is opened again. :meth:`ResultStore.done`
 gives the keys already present, which the runner skips: that is how a killed run resumes.
 
-A row's key is ``(benchmark, network, input, eps, analysis)`` with the network's *file name*:
-results of a changed network file or of a changed analysis under the same name are not told
-apart, so write those to a new results file.
+A row's resume key is ``(benchmark, network, input, eps, analysis, options_hash)`` with the
+network's *file name*; ``options_hash`` digests everything that can change a verdict (the
+registered analysis behind the column, its options, the time limit, the attack settings, the
+clip range), so changing any of them and running again re-runs the instance instead of keeping
+the old row. Reports read the latest row of each instance (:func:`instance_key`). Results of a
+changed network file under the same name are not told apart: write those to a new file.
 """
 from __future__ import annotations
 
@@ -31,10 +34,10 @@ FIELDS: tuple[str, ...] = (
     "network",        # network file (image experiments: file name; VNN-COMP: path as in instances.csv)
     "input",          # image index in the data set, or the vnnlib path as in instances.csv
     "eps",            # L-inf radius (image experiments), empty for VNN-LIB instances
-    "analysis",       # analysis name
+    "analysis",       # analysis column name
     "verdict",        # verified / falsified / unknown / error
     "margin",         # proved lower bound of the worst safety margin (> 0 means verified); empty if none
-    "seconds",        # wall time of this instance (batched runs: batch time / batch size)
+    "seconds",        # wall time of this instance (batched runs: batch time / batch size); error rows too
     "cpu_seconds",    # CPU time of the worker process for this instance (all its threads; batched: / size)
     "timeout",        # time limit that applied, seconds (empty: none)
     "peak_rss_mib",   # high-water mark of the worker process RSS (getrusage ru_maxrss) after the instance
@@ -42,10 +45,20 @@ FIELDS: tuple[str, ...] = (
     "label",          # image experiments: true label
     "reason",         # why unknown / how falsified / the error
     "worker",         # "host:pid" that ran it
+    "options",        # the settings behind the column: base analysis, its options, limit, attack, clip (JSON)
+    "options_hash",   # short digest of ``options`` (part of the resume key)
+    "domain",         # the domain that actually bounded (as the analysis reports it), if any
+    "backend",        # the LP/MILP/SDP backend that actually solved, if any
+    "fallbacks",      # substitutions the analysis was allowed to make and made (JSON list), if any
+    "version",        # absint's version
+    "commit",         # git commit of the absint checkout that ran it (empty outside a checkout)
+    "counterexample", # falsified rows: the input that violates the property, flattened (JSON list)
 )
 
-KEY_FIELDS: tuple[str, ...] = ("benchmark", "network", "input", "eps", "analysis")
-Key = tuple[str, str, str, str, str]
+KEY_FIELDS: tuple[str, ...] = ("benchmark", "network", "input", "eps", "analysis", "options_hash")
+Key = tuple[str, str, str, str, str, str]
+#: Columns whose values are JSON structures (a JSON string in a CSV cell).
+JSON_FIELDS = ("options", "fallbacks", "counterexample")
 
 
 class ResultsFileError(AbsintError):
@@ -60,7 +73,12 @@ def fmt_eps(eps: Any) -> str:
 
 
 def row_key(row: dict[str, Any]) -> Key:
-    """The identity of a row: which instance with which analysis."""
+    """The resume key of a row: which instance, with which analysis column, under which settings."""
+    return instance_key(row) + (str(row.get("options_hash") or ""),)
+
+
+def instance_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """Which instance with which analysis column (settings aside): reports keep the latest such row."""
     return (str(row.get("benchmark", "")), str(row.get("network", "")), str(row.get("input", "")),
             fmt_eps(row.get("eps")), str(row.get("analysis", "")))
 
@@ -85,8 +103,16 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
     out["correct"] = None if c in ("", None) else str(c).lower() in ("1", "true", "yes")
     lab = _num(out["label"])
     out["label"] = None if lab is None else int(lab)
-    for k in ("benchmark", "network", "input", "analysis", "verdict", "reason", "worker"):
+    for k in ("benchmark", "network", "input", "analysis", "verdict", "reason", "worker", "options_hash",
+              "domain", "backend", "version", "commit"):
         out[k] = "" if out[k] is None else str(out[k])
+    for k in JSON_FIELDS:
+        v = out[k]
+        if isinstance(v, str):
+            try:
+                out[k] = json.loads(v) if v else None
+            except json.JSONDecodeError:
+                out[k] = v
     return out
 
 
@@ -138,11 +164,18 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_many(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Rows of several results files; a later file's row replaces an earlier one with the same key."""
-    merged: dict[Key, dict[str, Any]] = {}
-    for p in paths:
-        for r in read_rows(p):
-            merged[row_key(r)] = r
+    """Rows of several results files, the latest row of each instance and analysis column (a later
+    row, in the same file or a later one, replaces an earlier one of the same :func:`instance_key`)."""
+    return latest_rows(r for p in paths for r in read_rows(p))
+
+
+def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last row of each :func:`instance_key` (a re-run with other settings replaces the old row)."""
+    merged: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = instance_key(r)
+        merged.pop(key, None)  # keep file order of the latest rows
+        merged[key] = r
     return list(merged.values())
 
 
@@ -223,8 +256,12 @@ class ResultStore:
 
 def _clean(v: Any) -> Any:
     """Plain Python values; non-finite floats become None (JSON has no inf/NaN)."""
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        v = v.tolist()  # numpy scalars and arrays
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
@@ -233,6 +270,8 @@ def _clean(v: Any) -> Any:
 def _csv_cell(v: Any) -> str:
     if v is None:
         return ""
+    if isinstance(v, (list, dict, tuple)):
+        return json.dumps(v, allow_nan=False, default=_json_default)
     if isinstance(v, bool):
         return "1" if v else "0"
     if isinstance(v, float):

@@ -7,6 +7,8 @@ knows the row keys it will produce, which is what resume compares against.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -37,8 +39,15 @@ class ImageTask:
     def size(self) -> int:
         return len(self.indices)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the instance that can change a row's verdict (see :func:`settings_hash`)."""
+        return {"analysis": self.base or self.analysis, "options": dict(self.options), "timeout": _float(self.timeout),
+                "attack": self.attack, "clip": None if self.clip is None else list(self.clip)}
+
     def keys(self) -> list[Key]:
-        return [(self.benchmark, self.network_name, str(i), fmt_eps(self.eps), self.analysis) for i in self.indices]
+        h = settings_hash(self.settings)
+        return [(self.benchmark, self.network_name, str(i), fmt_eps(self.eps), self.analysis, h) for i in self.indices]
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,27 @@ class VnnTask:
     def size(self) -> int:
         return 1
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """As :attr:`ImageTask.settings` (with the extra attack budget instead of the clip range)."""
+        return {"analysis": self.base or self.analysis, "options": dict(self.options), "timeout": _float(self.timeout),
+                "attack": self.attack, "attack_budget": _float(self.attack_budget)}
+
     def keys(self) -> list[Key]:
-        return [(self.benchmark, self.network_name, self.vnnlib_name, "", self.analysis)]
+        return [(self.benchmark, self.network_name, self.vnnlib_name, "", self.analysis, settings_hash(self.settings))]
 
 
 Task = Union[ImageTask, VnnTask]
+
+
+def _float(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A short, stable digest of a task's settings (canonical JSON, SHA-256, 12 hex digits)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def analysis_call(task: Task) -> tuple[str, dict[str, Any]]:

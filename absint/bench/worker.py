@@ -91,20 +91,51 @@ def _worker_id() -> str:
 
 
 def _base_row(task: Task, key: tuple[str, ...]) -> dict[str, Any]:
+    from absint.bench.tasks import settings_hash
+    from absint.provenance import provenance
+
+    prov = provenance()
     return {"benchmark": key[0], "network": key[1], "input": key[2], "eps": task.eps if isinstance(task, ImageTask)
-            else None, "analysis": key[4], "timeout": task.timeout, "worker": _worker_id()}
+            else None, "analysis": key[4], "timeout": task.timeout, "worker": _worker_id(),
+            "options": task.settings, "options_hash": settings_hash(task.settings), "version": prov["version"],
+            "commit": prov["commit"] if not prov.get("dirty") else f"{prov['commit']}+dirty"}
 
 
-def error_rows(task: Task, exc: BaseException) -> list[dict[str, Any]]:
-    """Rows saying ``task`` failed with ``exc`` (kept, so a deterministic failure is not retried forever)."""
+def _resolved(result: Any, analysis: Any) -> dict[str, Any]:
+    """What actually ran, as the analysis reports it in ``details`` (``domain``, ``backend``,
+    ``fallbacks``), else the plain domain of a domain analysis."""
+    details = getattr(result, "details", None) or {}
+    domain = details.get("domain") or getattr(getattr(analysis, "domain", None), "name", None)
+    fallbacks = details.get("fallbacks")
+    return {"domain": domain, "backend": details.get("backend"),
+            "fallbacks": list(fallbacks) if fallbacks else None}
+
+
+def _counterexample(result: Any) -> list[float] | None:
+    x = getattr(result, "counterexample", None)
+    if getattr(result, "falsified", False) and x is not None:
+        import numpy as np
+
+        return [float(v) for v in np.asarray(x, dtype=np.float64).reshape(-1)]
+    return None
+
+
+def error_rows(task: Task, exc: BaseException, seconds: float | None = None,
+               cpu_seconds: float | None = None) -> list[dict[str, Any]]:
+    """Rows saying ``task`` failed with ``exc`` (kept, so a deterministic failure is not retried forever),
+    with the time the task ran until it failed (shared out over its instances)."""
     reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
-    return [{**_base_row(task, k), "verdict": "error", "reason": reason, "peak_rss_mib": peak_rss_mib()}
+    n = max(1, task.size)
+    return [{**_base_row(task, k), "verdict": "error", "reason": reason, "peak_rss_mib": peak_rss_mib(),
+             "seconds": None if seconds is None else seconds / n,
+             "cpu_seconds": None if cpu_seconds is None else cpu_seconds / n}
             for k in task.keys()]
 
 
 def _run_images(task: ImageTask) -> list[dict[str, Any]]:
     import torch
 
+    from absint.analyses import get_analysis
     from absint.verify import verify_robustness
 
     graph = _graph(task.network_path)
@@ -112,46 +143,51 @@ def _run_images(task: ImageTask) -> list[dict[str, Any]]:
         x = torch.as_tensor(task.images, dtype=graph.dtype, device=graph.device)
         preds = graph.forward(x).reshape(len(task.images), -1).argmax(1).cpu().numpy()
     c0 = time.process_time()
-    analysis, options = analysis_call(task)
+    name, options = analysis_call(task)
+    analysis = get_analysis(name, **options)
     results = verify_robustness(graph, task.images, list(task.labels), task.eps, analysis=analysis,
                                 clip=task.clip, timeout=task.timeout, attack=task.attack,
-                                batch_size=max(1, task.size), names=[str(i) for i in task.indices], **options)
+                                batch_size=max(1, task.size), names=[str(i) for i in task.indices])
     cpu = (time.process_time() - c0) / max(1, task.size)
     mem = peak_rss_mib()
     rows = []
     for key, r, p, lab in zip(task.keys(), results, preds, task.labels):
         rows.append({**_base_row(task, key), "verdict": str(r.verdict), "margin": r.margin, "seconds": r.seconds,
                      "cpu_seconds": cpu, "peak_rss_mib": mem, "correct": bool(int(p) == int(lab)), "label": int(lab),
-                     "reason": r.reason})
+                     "reason": r.reason, "counterexample": _counterexample(r), **_resolved(r, analysis)})
     if len(rows) != task.size:
         raise RuntimeError(f"verify_robustness returned {len(results)} results for {task.size} images")
     return rows
 
 
 def _run_vnn(task: VnnTask) -> list[dict[str, Any]]:
+    from absint.analyses import get_analysis
     from absint.verify import verify
 
-    graph = _graph(task.network_path)
-    t0, c0 = time.perf_counter(), time.process_time()
+    graph = _graph(task.network_path)  # cached per worker: loading is not part of an instance's time
     kw = {} if task.attack_budget is None else {"attack_budget": task.attack_budget}
-    analysis, options = analysis_call(task)
-    r = verify(graph, task.vnnlib_path, analysis=analysis, timeout=task.timeout, attack=task.attack, **kw, **options)
+    name, options = analysis_call(task)
+    analysis = get_analysis(name, **options)
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = verify(graph, task.vnnlib_path, analysis=analysis, timeout=task.timeout, attack=task.attack, **kw)
     seconds = time.perf_counter() - t0  # includes parsing the VNN-LIB file, like a competition run
     cpu = time.process_time() - c0
     key = task.keys()[0]
     return [{**_base_row(task, key), "verdict": str(r.verdict), "margin": r.margin, "seconds": seconds,
-             "cpu_seconds": cpu, "peak_rss_mib": peak_rss_mib(), "reason": r.reason}]
+             "cpu_seconds": cpu, "peak_rss_mib": peak_rss_mib(), "reason": r.reason,
+             "counterexample": _counterexample(r), **_resolved(r, analysis)}]
 
 
 def run_task(task: Task) -> list[dict[str, Any]]:
-    """Rows for ``task``; an exception becomes ``error`` rows instead of killing the run."""
+    """Rows for ``task``; an exception becomes ``error`` rows (with the time spent) instead of killing the run."""
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         if isinstance(task, ImageTask):
             return _run_images(task)
         return _run_vnn(task)
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop a benchmark
         log.exception("task %s failed", task.keys()[0])
-        return error_rows(task, exc)
+        return error_rows(task, exc, time.perf_counter() - t0, time.process_time() - c0)
 
 
 def run_task_with_threads(task: Task, threads: int,
