@@ -20,10 +20,8 @@ def absint_version() -> str:
         from importlib.metadata import PackageNotFoundError, version
 
         return version("absint")
-    except PackageNotFoundError:  # pragma: no cover - not installed at all
-        from absint import __version__
-
-        return __version__
+    except PackageNotFoundError:  # pragma: no cover - a bare source tree, never installed
+        return "unknown (not installed)"
 
 
 def _git_dir(root: Path) -> Path | None:

@@ -111,10 +111,11 @@ def test_memory_error_and_timeout_give_unknown(scripted, exc, reason) -> None:
     scripted.script = {"raise": exc}
     images, labels = _images()
     res = absint.verify_robustness(_net(), images, labels, 0.01, analysis=scripted(), attack=False, batch_size=2)
-    assert [(str(r.verdict), r.reason) for r in res] == [("unknown", reason)] * 4
+    # a time-out's reason goes on to say what was done ("time-out after 0.01 s: ... stopped before ...")
+    assert [(str(r.verdict), r.reason[:len(reason)]) for r in res] == [("unknown", reason)] * 4
     single = absint.verify(_net(), Instance(linf_ball(images[0], 0.01), robustness_property(0, 2)),
                            analysis=scripted(), attack=False)
-    assert (str(single.verdict), single.reason) == ("unknown", reason)
+    assert (str(single.verdict), single.reason[:len(reason)]) == ("unknown", reason)
 
 
 def test_sampling_attack_runs_in_verify_robustness(scripted, monkeypatch) -> None:

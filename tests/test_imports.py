@@ -9,13 +9,14 @@ import nothing heavy (tests/test_registry.py checks what ``import absint`` loads
 
 The floors (docs/architecture.md):
 
-0. core: errors, rounding, linear, ir, specs, options, registry, results, data (and the bundled data);
+0. core: errors, rounding, linear, ir, specs, options, registry, results, data (and the bundled data),
+   timelimit, provenance;
 1. domains, solvers, frontends, the VNN-LIB parser, the attacks — each on the core only;
    domains and solvers never import each other, and solvers never import the network IR;
 2. the interpreter (walks a graph with a domain);
 3. analyses (analyses, alpha, sdp, bab, refine) and the conformance kit;
 4. the decision path (verify);
-5. the CLI, the experiments (bench) and the public facade ``absint``.
+5. the CLI (with its argument types), the experiments (bench) and the public facade ``absint``.
 """
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ FOLDERS = {"absint": ROOT / "absint", "absint.domains": ROOT / "domains", "absin
 
 FLOORS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("absint.errors", "absint.rounding", "absint.linear", "absint.ir", "absint.specs", "absint.options",
-         "absint.registry", "absint.results", "absint.data", "absint.networks")),
+         "absint.registry", "absint.results", "absint.data", "absint.networks", "absint.timelimit",
+         "absint.provenance")),
     (1, ("absint.domains", "absint.solvers", "absint.frontends", "absint.vnnlib", "absint.attack")),
     (2, ("absint.interpreter",)),
     (3, ("absint.analyses", "absint.alpha", "absint.sdp", "absint.bab", "absint.refine", "absint.testing")),
     (4, ("absint.verify",)),
-    (5, ("absint.cli", "absint.bench", "absint")),
+    (5, ("absint.cli", "absint.argtypes", "absint.bench", "absint")),
 ]
 #: pairs of floor-1 packages that must not import each other
 APART = [("absint.domains", "absint.solvers"), ("absint.domains", "absint.frontends"),

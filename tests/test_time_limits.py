@@ -117,7 +117,7 @@ def test_stubborn_analysis_is_stopped_by_the_limit(digits):
     rs = absint.verify_robustness(net, images[3:5], labels[3:5], 0.08, analysis=Stubborn(), timeout=0.3,
                                   batch_size=1)
     assert all(r.verdict is not absint.Verdict.VERIFIED for r in rs)
-    assert any(r.reason.startswith("time-out: stopped during stubborn bounding") for r in rs)
+    assert any(r.reason.startswith("time-out after") and "stopped during stubborn bounding" in r.reason for r in rs)
 
 
 def test_cooperative_time_out_says_what_was_done(digits):
@@ -186,14 +186,3 @@ def test_progress_reason_lists_the_steps():
     assert text.startswith("time-out after") and "(limit 20 s): network loaded in 0.5 s, PGD 200 steps, " \
         "bab timeout after 1532 sub-problems bounded, stopped during bab bounding" in text
 
-
-def test_counterexample_recheck_failure_is_an_error_not_an_assert(digits, monkeypatch):
-    """``python -O`` drops asserts: a counterexample that does not re-check raises a typed error."""
-    net, images, labels = digits
-    import importlib
-
-    v = importlib.import_module("absint.verify")  # the module (absint.verify is also the function)
-
-    monkeypatch.setattr(v, "check_counterexample", lambda *a, **k: (False, np.empty(0)))
-    with pytest.raises(absint.AbsintError, match="does not re-check"):
-        v._falsified("x", "box", 0.0, images[0], net, linf_ball(images[0], 0.1), robustness_property(0, 10), "test")
