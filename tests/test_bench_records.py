@@ -173,3 +173,20 @@ def test_score_several_truth_files_conflicts_and_scope(tmp_path: Path, capsys: p
     assert main(["score", str(res), "--truth", str(t1), str(t2)]) == 0
     assert main(["score", str(res), str(t2)]) == 1  # old form (last file is the truth): p1 falsified vs unsat
     capsys.readouterr()
+
+
+def test_rows_record_what_actually_ran() -> None:
+    """Backend and fallbacks as the analysis reports them (refine: solves per backend, fallbacks)."""
+    from types import SimpleNamespace
+
+    from absint.bench.worker import _resolved
+
+    refine = SimpleNamespace(details={"domain": "deeppoly", "backend": "gurobi",
+                                      "solves": {"highs": 3, "gurobi": 9},
+                                      "fallbacks": {"gurobi->highs: licence limit (final)": 3}})
+    assert _resolved(refine, None) == {"domain": "deeppoly", "backend": "gurobi+highs",
+                                       "fallbacks": ["gurobi->highs: licence limit (final) (x3)"]}
+    nothing_solved = SimpleNamespace(details={"domain": "deeppoly", "backend": "auto"})
+    assert _resolved(nothing_solved, None) == {"domain": "deeppoly", "backend": None, "fallbacks": None}
+    plain = SimpleNamespace(details={})
+    assert _resolved(plain, SimpleNamespace(domain=SimpleNamespace(name="box")))["domain"] == "box"

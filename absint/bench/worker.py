@@ -106,9 +106,12 @@ def _resolved(result: Any, analysis: Any) -> dict[str, Any]:
     ``fallbacks``), else the plain domain of a domain analysis."""
     details = getattr(result, "details", None) or {}
     domain = details.get("domain") or getattr(getattr(analysis, "domain", None), "name", None)
-    fallbacks = details.get("fallbacks")
-    return {"domain": domain, "backend": details.get("backend"),
-            "fallbacks": list(fallbacks) if fallbacks else None}
+    solves = details.get("solves") or {}  # refine: solves per backend
+    # what solved, not what was asked ("auto" with no solve: nothing needed a solver)
+    backend = "+".join(sorted(solves)) if solves else (None if details.get("backend") == "auto" else details.get("backend"))
+    fb = details.get("fallbacks")  # refine: {"gurobi->highs: licence limit (...)": count}
+    fallbacks = [f"{k} (x{v})" for k, v in fb.items()] if isinstance(fb, dict) else (list(fb) if fb else None)
+    return {"domain": domain, "backend": backend, "fallbacks": fallbacks or None}
 
 
 def _counterexample(result: Any) -> list[float] | None:
