@@ -18,6 +18,7 @@ import torch
 from absint.interpreter import propagate
 from absint.ir import Graph, Relu, run_op
 from absint.domains.base import Domain, SymbolicInputBounds
+from absint.domains.linear_bounds import concretize_box
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ class Bounder:
         self.n_relu = sum(self.sizes)
         self.in_shape = tuple(self.graph.input_shape)
         self.symbolic = isinstance(domain, SymbolicInputBounds)
-        #: extra relative outward margin on bounds concretised here (float64 rounding of A·x + c)
-        self.fp_extra = 1e-12
+        #: also bound the rows directly (never looser; costs a second back-substitution)
+        self.tighten_rows = False
 
     def bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor, *,
               splits: torch.Tensor | None = None, want_symbolic: bool = False, want_pre: bool = False,
@@ -97,16 +98,14 @@ class Bounder:
         Cb = C.to(dom.device, dom.dtype).unsqueeze(0).expand(k, -1, -1)
         db = d.to(dom.device, dom.dtype).unsqueeze(0).expand(k, -1)
         if want_symbolic and self.symbolic:
-            # One back-substitution gives both the symbolic bound C·y ≥ A·x + c over the box and,
-            # concretised at the box, the proved row bounds (widened like the domain's own
-            # concretisations by fp_margin·(1+|v|) for float64 rounding).
+            # One back-substitution gives both the symbolic bound C·y ≥ A·x + c over the box (c
+            # already accounts for the pass's rounding) and, concretised rigorously at the box, the
+            # proved row bounds.
             A, c = dom.input_linear_bounds(prop.output, Cb)
             A = A.reshape(k, C.shape[0], -1)
-            flo, fhi = x_lo.reshape(k, 1, -1), x_hi.reshape(k, 1, -1)
-            v = c + (A.clamp(min=0) * flo + A.clamp(max=0) * fhi).sum(-1) + db
-            margin = float(getattr(dom.options, "fp_margin", 1e-9))
-            rows = (v - margin * (1 + v.abs()) - self.fp_extra * (1 + v.abs())).cpu()
-            out = BoundOut(rows, infeasible)
+            rows = concretize_box(A, c + db, x_lo.reshape(k, -1), x_hi.reshape(k, -1))
+            rows = torch.maximum(rows, dom.linear_bounds(prop.output, Cb, db)) if self.tighten_rows else rows
+            out = BoundOut(rows.cpu(), infeasible)
             out.sym_A, out.sym_c = A.cpu(), c.cpu()
         else:
             rows = dom.linear_bounds(prop.output, Cb, db).cpu()

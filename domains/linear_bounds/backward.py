@@ -1,0 +1,387 @@
+"""The backward pass: bound ``R`` linear functions of one node by back-substitution to the input.
+
+Rows ``λ_r · x + c_r`` of a start node are pushed backwards through the graph, one node at a time,
+deepest first (over a DAG a node's coefficients are summed from all its consumers before it is
+expanded), until only the input box remains, where they are concretised. Lower bounds only (an
+upper bound of ``λ·x`` is minus the lower bound of ``−λ·x``). Each op's step is one entry of
+:data:`RULES` (Singh et al., POPL 2019, §3; Zhang et al., NeurIPS 2018, CROWN; Xu et al., NeurIPS
+2020, auto_LiRPA's per-op bound rules):
+
+* ``Affine`` ``y = A x + b``: ``λ_x = Aᵀλ`` (``op.transpose``: conv_transpose2d for convolutions,
+  never a dense matrix), ``c += λ·b``;
+* activation lines ``ls·z + lo ≤ y ≤ us·z + uo``: ``λ_z = λ⁺·ls + λ⁻·us``, ``c += λ⁺·lo + λ⁻·uo``;
+  with optimisable parameters (:class:`~absint.domains.linear_bounds.params.Params`) ``ls = α`` per
+  row, split multipliers ``β`` add ``−β⊙s`` to ``λ_z`` and constraint multipliers ``μ`` add
+  ``μA_post`` to ``λ_y``, ``μA_pre`` to ``λ_z`` and ``−μ·b`` to ``c``;
+* ``MaxPool2d``: each output maps to one input (or a constant upper bound), scatter-added;
+* ``Reshape``: nothing; ``Add``: ``λ`` goes to both operands.
+
+**Rounding (issue 15).** Every coefficient and constant is a float computation; the pass keeps a
+rigorous bound ``E_r`` of how far the real function of the computed coefficients can lie above the
+target on the input box. A step through node ``v`` adds ``|λ_v| · e_v`` (:meth:`Engine.err_weight`:
+``e_v = 2γ_n·|A|·max|x| + 2γ_{n+K}·|b|`` for an affine map with dot products of length ``n``, the
+analogue for relaxation lines), where ``K`` bounds the number of terms the pass adds to its
+constant, so ``e_v`` also covers the rounding of those additions; a sum at a join node adds
+``2u·|λ|·max|x|``. An activation step pays its own error and, in advance, the error of the affine
+step that follows it (``|λ_z| ≤ |λ|·|ls| + |λ⁻|·|ds|``), so the affine step needs no extra work.
+Concretisation over a box ``[l, u]`` uses pre-widened vectors (:meth:`Engine.conc`), so ``λ·l' + λ⁻·w'``
+is itself a rigorous lower bound. Every returned number is ``c − E`` rounded down; NaN and +inf
+(overflow) become ``−inf``.
+
+Speed-ups that keep (or improve) DeepPoly's precision:
+
+* *intermediate concretisation* (GPUPoly, Müller et al., MLSys 2021): after an affine step the
+  whole frontier is concretised with its nodes' concrete bounds (fused into the next activation
+  step when the frontier is that one node); the best bound seen is kept. It runs with a
+  threshold (while it keeps deciding rows) or with ``keep_best``;
+* *early stopping*: with a ``threshold``, a row (and its partner: ``pair`` ids, or the other half
+  of the rows with ``halves``) is dropped once its bound reaches the threshold;
+* *pruning*: a node may carry coefficients on a subset ``cols`` of its neurons only (the neurons of
+  a ReLU that are not stably inactive, and the matching rows of the dense layer before it).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from absint.ir import Add, Affine, MaxPool2d, Relu, Reshape, Sigmoid, Tanh
+from absint.linear import DenseOperator
+from absint.domains.linear_bounds.graph import Node
+from absint.domains.linear_bounds.relax import gam, safe_down, unit
+from absint.domains.linear_bounds.rows import RowLayout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from absint.domains.linear_bounds.engine import Engine
+    from absint.domains.linear_bounds.params import Params
+
+__all__ = ["BackwardPass", "RULES", "full"]
+
+
+def full(lam: torch.Tensor, cols: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Coefficients over all ``n`` neurons from coefficients over the subset ``cols``."""
+    if cols is None:
+        return lam
+    return lam.new_zeros(lam.shape[0], n).index_copy(1, cols, lam)
+
+
+class BackwardPass:
+    """One back-substitution run over ``R`` rows (see the module docstring)."""
+
+    def __init__(self, engine: "Engine", const: torch.Tensor, rows: RowLayout, *, threshold: float | None = None,
+                 keep_best: bool = False, pair: torch.Tensor | None = None, halves: bool = False,
+                 symbolic: bool = False, params: "Params | None" = None) -> None:
+        self.engine = engine
+        self.const = const
+        self.rows = rows
+        self.threshold = threshold
+        # Intermediate concretisation: always with keep_best; with a threshold, as long as it
+        # keeps deciding rows (it costs a pass over the frontier each time).
+        self.early = (keep_best or threshold is not None) and not symbolic
+        self.keep_best = keep_best
+        self.pair = pair
+        self.halves = halves  # rows r and r + R/2 are partners (kept so by symmetric dropping)
+        self.symbolic = symbolic
+        self.params = params
+        n = const.shape[0]
+        self.err = const.new_zeros(n)  # rounding-error bound E_r accumulated so far
+        self.c0 = const.abs()  # the initial constant (its later sums are paid by the error weights)
+        self.K = 64  # bound on the number of terms added to the constant (set at the first push)
+        self.best = const.new_full((n,), float("-inf"))
+        self.pos: torch.Tensor | None = None  # original row of each current row (None: identity)
+        self.out: torch.Tensor | None = None
+        self.pending: dict[int, list] = {}
+        self.heap: list[tuple[int, int, int]] = []
+        self._seq = itertools.count()
+        self.input_lam: torch.Tensor | None = None
+        self.steps = 0
+        self.dropped = 0
+        self.conc_due = False
+        self.width = 1
+        self.started = False
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def push(self, node: Node, lam: torch.Tensor, cols: torch.Tensor | None = None, paid: bool = False) -> None:
+        """Add ``lam`` (``[R, n]``, or ``[R, k]`` over neurons ``cols``) to ``node``'s coefficients;
+        ``paid``: the rounding error of ``node``'s own step on ``lam`` is already in ``E``."""
+        if not self.started:
+            self.started = True
+            self.K = self.engine.term_budget(node)
+        key = id(node)
+        self.width = max(self.width, node.numel)
+        entry = self.pending.get(key)
+        if entry is None:
+            self.pending[key] = [node, lam, cols, paid]
+            heapq.heappush(self.heap, (-node.index, next(self._seq), key))
+            return
+        if entry[2] is cols:
+            total = entry[1] + lam
+        else:
+            total = full(entry[1], entry[2], node.numel) + full(lam, cols, node.numel)
+            entry[2] = cols = None
+        entry[1] = total
+        entry[3] = entry[3] and paid
+        # the sum is rounded: |fl(a + b) − (a + b)| ≤ u|fl(a + b)|, times max|x|
+        self.err = self.err + self.rows.dot(total.abs(), self.engine.magnitude(node, cols)) * (
+            2 * unit(total.dtype))
+
+    def add_const(self, *terms: torch.Tensor) -> None:
+        """``c += Σ terms`` (each term's magnitude is part of its step's error weight, which covers
+        the rounding of these additions)."""
+        for t in terms:
+            self.const = self.const + t
+
+    def add_err(self, lam: torch.Tensor, weight: torch.Tensor, neg: torch.Tensor | None = None) -> None:
+        """``E += |λ|·weight`` (per member ``weight`` ``[B, k]``; ``|λ| = λ − 2λ⁻`` when ``neg`` is given)."""
+        if neg is None:
+            self.err = self.err + self.rows.dot(lam.abs(), weight)
+        else:
+            self.err = self.err + (self.rows.dot(lam, weight) - 2 * self.rows.dot(neg, weight))
+
+    def safe(self, value: torch.Tensor) -> torch.Tensor:
+        """``value − E`` (plus the initial constant's share of rounding) rounded down: a proved lower bound."""
+        dt = value.dtype
+        scale = (1 + 4 * gam(self.width + 8, dt)) * (1 + 8 * unit(dt))  # E's own roundings
+        return safe_down(value - torch.add(self.err * scale, self.c0, alpha=4 * gam(self.K + 2, dt)))
+
+    def concretize(self, node: Node, lam: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor | None:
+        """Terms ``min λ·x`` over ``node``'s concrete bounds (already widened), or None."""
+        cw = self.engine.conc(node, cols, self.K)
+        if cw is None:
+            return None
+        low, wid = cw
+        return self.rows.dot(lam, low), self.rows.dot(lam.clamp(max=0), wid)
+
+    # -- main loop ----------------------------------------------------------------------------
+    def run(self) -> torch.Tensor:
+        """Expand the frontier down to the input; returns the best lower bound of every row ``[R]``."""
+        while self.heap:
+            _, _, key = heapq.heappop(self.heap)
+            node, lam, cols, paid = self.pending.pop(key)
+            self.steps += 1
+            if node.boxlike and (not self.symbolic or not node.parents):
+                if self.symbolic:
+                    lam = full(lam, cols, node.numel)
+                    self.input_lam = lam if self.input_lam is None else self.input_lam + lam
+                else:
+                    self.add_const(*self.concretize(node, lam, cols))
+                continue
+            fuse = False
+            if self.conc_due:  # concretise the frontier left by the last affine step
+                self.conc_due = False
+                if isinstance(node.op, (Relu, Sigmoid, Tanh)) and not self.pending and \
+                        self.engine.conc(node, None, self.K) is not None:
+                    fuse = True  # done inside the activation step, nearly for free
+                else:
+                    self.pending[key] = [node, lam, cols, paid]
+                    self._concretize_frontier()
+                    entry = self.pending.pop(key, None)
+                    if entry is None or self.const.shape[0] == 0:
+                        break
+                    lam = entry[1]
+            rule = RULES.get(type(node.op))
+            if rule is None:  # pragma: no cover - GraphView.of and the domain check ops first
+                raise TypeError(f"no backward rule for {node.op.kind}")
+            rule(self, node, lam, cols, fuse, paid)
+            if isinstance(node.op, Affine):
+                self.conc_due = self.early and bool(self.heap)
+            if fuse and self.const.shape[0] == 0:
+                break
+        best = torch.maximum(self.best, self.safe(self.const)) if not self.symbolic else self.best
+        if self.pos is None:
+            return best
+        out = self.out
+        out[self.pos] = best
+        return out
+
+    def symbolic_result(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """After :meth:`run` in symbolic mode: input coefficients and a safe constant ``c − E``."""
+        return self.input_lam, self.safe(self.const)
+
+    # -- intermediate concretisation and early stopping ---------------------------------------
+    def _concretize_frontier(self) -> None:
+        total = self.const
+        for node, lam, cols, _ in self.pending.values():
+            c = self.concretize(node, lam, cols)
+            if c is None:
+                return
+            total = total + c[0] + c[1]
+        self.update_best(self.safe(total))
+
+    def update_best(self, value: torch.Tensor) -> None:
+        """Keep the better (safe) bound per row; with a threshold, drop rows it decides."""
+        self.best = torch.maximum(self.best, value)
+        if self.threshold is None:
+            return
+        decided = self.best >= self.threshold
+        n_dec = int(decided.sum())
+        n = decided.numel()
+        if n_dec * 16 < n and not self.keep_best:
+            self.early = False  # unproductive here: deeper frontiers rarely do better
+        if n_dec == 0:
+            return
+        if self.halves:
+            h = n // 2
+            d = decided[:h] | decided[h:]
+            decided = torch.cat([d, d])
+            n_dec = int(decided.sum())
+        elif self.pair is not None:
+            dead = torch.zeros(int(self.pair.max()) + 1, dtype=torch.bool, device=decided.device)
+            dead[self.pair[decided]] = True
+            decided = dead[self.pair]
+            n_dec = int(decided.sum())
+        if n_dec * 8 < n and n_dec < 64:
+            return  # not worth a copy
+        keep = (~decided).nonzero().squeeze(1)
+        if self.pos is None:
+            self.out = self.best.clone()
+            self.pos = keep
+        else:
+            self.out[self.pos[decided]] = self.best[decided]
+            self.pos = self.pos[keep]
+        self.dropped += n_dec
+        self.best = self.best[keep]
+        self.const = self.const[keep]
+        self.err = self.err[keep]
+        self.c0 = self.c0[keep]
+        self.rows = self.rows.keep(keep)
+        if self.pair is not None:
+            self.pair = self.pair[keep]
+        for entry in self.pending.values():
+            entry[1] = entry[1][keep]
+        if keep.numel() == 0:
+            self.pending.clear()
+            self.heap.clear()
+
+
+# -- the per-op rules ---------------------------------------------------------------------------
+def _affine(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,
+            paid: bool) -> None:
+    parent = node.parents[0]
+    op = node.op.operator
+    eng = p.engine
+    if not paid:
+        p.add_err(lam, eng.err_weight(node, cols, p.K))
+    if isinstance(op, DenseOperator):
+        pcols = eng.alive(parent)
+        weight, bias = eng.dense_block(node, cols, pcols)
+        members = eng.members(node) if cols is not None and p.rows.bidx is not None else None
+        if members is not None and members[0] is cols and p.rows.segmented(lam):
+            # batch members have different dead neurons: skip each member's zero columns
+            lam_p = lam.new_empty(lam.shape[0], weight.shape[1])
+            for b, s, e in p.rows.segments:
+                idx = members[1][b]
+                if idx.numel() == lam.shape[1]:
+                    torch.mm(lam[s:e], weight, out=lam_p[s:e])
+                else:
+                    torch.mm(lam[s:e][:, idx], weight[idx], out=lam_p[s:e])
+        else:
+            lam_p = lam @ weight
+        if bias is not None:
+            p.add_const(lam @ bias)
+        p.push(parent, lam_p, pcols)
+        return
+    lam = full(lam, cols, node.numel)
+    r = lam.shape[0]
+    lam_p = op.transpose(lam.reshape(r, *node.shape)).reshape(r, -1)
+    bias = node.flat_bias()
+    if bias is not None:
+        p.add_const(lam @ bias)
+    p.push(parent, lam_p)
+
+
+def _act(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,
+         paid: bool) -> None:
+    eng = p.engine
+    params = p.params.at(node) if p.params is not None else None
+    if params is not None:
+        _act_params(p, node, lam, cols, params)
+        return
+    pr = eng.prune(node)
+    if pr is not None:
+        if cols is not pr[0]:
+            lam = full(lam, cols, node.numel)[:, pr[0]]
+            cols = pr[0]
+        lines = pr[1]
+    else:
+        lam = full(lam, cols, node.numel)
+        cols = None
+        lines = eng.lines(node)
+    rows = p.rows
+    neg = lam.clamp(max=0)
+    P, Q = eng.act_vectors(node, cols, p.K)
+    t = rows.pair_dots(lam, P, neg, Q)  # [error increment, constant term, concretisation here]
+    p.err = p.err + t[:, 0]
+    value = p.safe(p.const + t[:, 2]) if fuse else None  # min of λ·y over y's own box
+    # λ_z = λ⁺·ls + λ⁻·(ls + ds) = λ·ls + λ⁻·ds;  c += λ·lo + λ⁻·do
+    lam_p = rows.scale(lam, lines.ls, (neg, lines.ds))
+    p.add_const(t[:, 1])
+    p.push(node.parents[0], lam_p, cols, paid=eng.prepaid(node))
+    if value is not None:
+        p.update_best(value)
+
+
+def _act_params(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, prm: Any) -> None:
+    """ReLU step with per-row slopes α, split multipliers β and constraint multipliers μ
+    (:mod:`.params`); every parameter is projected to its sound range here."""
+    eng = p.engine
+    rows = p.rows
+    lam = full(lam, cols, node.numel)
+    pre = node.parents[0]
+    if prm.mu is not None:  # λ_y += μ A_post (before relaxing y)
+        lam = lam + prm.mu[0].post_term(prm.mu[1], rows)
+    us, uo = eng.upper_line(node)
+    neg = lam.clamp(max=0)
+    if prm.alpha is None:
+        lam_p = rows.scale(lam - neg, eng.lines(node).ls) + rows.scale(neg, us)
+    else:
+        lam_p = (lam - neg) * prm.alpha.clamp(0, 1) + rows.scale(neg, us)
+    p.add_const(rows.dot(neg, uo))
+    if prm.beta is not None:
+        sign, beta = prm.beta
+        lam_p = lam_p - rows.scale(beta.clamp(min=0), sign)
+    if prm.mu is not None:
+        cons, mu = prm.mu
+        lam_p = lam_p + cons.pre_term(mu, rows)
+        p.add_const(-cons.const_term(mu, rows))
+        p.err = p.err + cons.err_term(mu, rows, eng, node, p.K)
+    # |λ_z − fl(λ_z)| ≤ γ·(|λ|·max(α, us) + |β|) with α, us ∈ [0, 1]; plus the λ⁻·uo dot
+    p.add_err(lam, eng.err_weight(node, None, p.K, params=True))
+    if prm.beta is not None:
+        p.add_err(prm.beta[1].clamp(min=0), eng.magnitude(pre, None) * (4 * gam(4, lam.dtype)))
+    p.push(pre, lam_p)
+
+
+def _maxpool(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,
+             paid: bool) -> None:
+    eng = p.engine
+    lam = full(lam, cols, node.numel)
+    pl = eng.pool(node)
+    r = lam.shape[0]
+    index, exact = p.rows.gather(pl.index, r), p.rows.gather(pl.exact, r)
+    neg = lam.clamp(max=0)
+    # y ≥ x_j* always; y ≤ x_j* where exact, else y ≤ max u (a constant).
+    coef = torch.where(exact, lam, lam - neg)
+    loose = torch.where(exact, torch.zeros_like(neg), neg)
+    p.add_err(lam, eng.err_weight(node, None, p.K))
+    p.add_const(p.rows.dot(loose, pl.upper))
+    lam_p = lam.new_zeros(r, pl.in_numel).scatter_add(1, index, coef)
+    p.push(node.parents[0], lam_p)
+
+
+def _reshape(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,
+             paid: bool) -> None:
+    p.push(node.parents[0], lam, cols)
+
+
+def _add(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,
+         paid: bool) -> None:
+    p.push(node.parents[0], lam, cols)
+    p.push(node.parents[1], lam, cols)
+
+
+#: op type → backward rule ``rule(pass, node, λ, cols, fuse, paid)``
+RULES = {Affine: _affine, Relu: _act, Sigmoid: _act, Tanh: _act, MaxPool2d: _maxpool, Reshape: _reshape,
+         Add: _add}
