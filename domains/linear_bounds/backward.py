@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -53,9 +53,6 @@ from absint.domains.linear_bounds.graph import Node
 from absint.domains.linear_bounds.relax import gam, safe_down, unit
 from absint.domains.linear_bounds.rows import RowLayout
 
-if TYPE_CHECKING:  # pragma: no cover
-    from absint.domains.linear_bounds.engine import Engine
-    from absint.domains.linear_bounds.params import Params
 
 __all__ = ["BackwardPass", "RULES", "full"]
 
@@ -70,9 +67,9 @@ def full(lam: torch.Tensor, cols: torch.Tensor | None, n: int) -> torch.Tensor:
 class BackwardPass:
     """One back-substitution run over ``R`` rows (see the module docstring)."""
 
-    def __init__(self, engine: "Engine", const: torch.Tensor, rows: RowLayout, *, threshold: float | None = None,
+    def __init__(self, engine: Any, const: torch.Tensor, rows: RowLayout, *, threshold: float | None = None,
                  keep_best: bool = False, pair: torch.Tensor | None = None, halves: bool = False,
-                 symbolic: bool = False, params: "Params | None" = None) -> None:
+                 symbolic: bool = False, params: Any = None) -> None:
         self.engine = engine
         self.const = const
         self.rows = rows

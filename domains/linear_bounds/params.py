@@ -20,7 +20,7 @@ good ones. The rounding of the extra terms is accounted for like every other ste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -28,8 +28,6 @@ from absint.domains.linear_bounds.relax import floor, gam
 from absint.domains.linear_bounds.graph import Node
 from absint.domains.linear_bounds.rows import RowLayout
 
-if TYPE_CHECKING:  # pragma: no cover
-    from absint.domains.linear_bounds.engine import Engine
 
 __all__ = ["LayerConstraints", "NodeParams", "Params"]
 
@@ -73,7 +71,7 @@ class LayerConstraints:
         b = self.b if self.b.dim() == 2 else self.b.unsqueeze(0)
         return rows.dot(mu.clamp(min=0), b.expand(rows.batch, -1)) if rows.bidx is not None else mu.clamp(min=0) @ b[0]
 
-    def err_term(self, mu: torch.Tensor, rows: RowLayout, engine: "Engine", node: Node, K: int) -> torch.Tensor:
+    def err_term(self, mu: torch.Tensor, rows: RowLayout, engine: Any, node: Node, K: int) -> torch.Tensor:
         """A bound ``[R]`` of the rounding error of the three terms (γ_K·|μ|·(|A_post| ymax + |A_pre| zmax + |b|))."""
         ymag = engine.magnitude(node, None)
         zmag = engine.magnitude(node.parents[0], None)
