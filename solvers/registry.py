@@ -13,13 +13,22 @@ from absint import registry
 from .base import Backend
 from .errors import BackendUnavailableError, UnknownBackendError
 
-__all__ = ["get_backend", "available_backends", "backend_class", "DEFAULT_ORDER"]
+__all__ = ["get_backend", "available_backends", "backend_class", "canonical_name", "DEFAULT_ORDER"]
 
 logger = logging.getLogger(__name__)
 
 #: backends tried, in this order, for the default choice
 DEFAULT_ORDER: tuple[str, ...] = ("highs", "scipy")
 _ALIASES = {"auto": None, "default": None, "": None, "highspy": "highs", "grb": "gurobi"}
+
+
+def canonical_name(name: str | None) -> str | None:
+    """The registry name a user's backend name means (``"HiGHS"``, ``"highspy"`` -> ``"highs"``;
+    ``None``, ``""``, ``"auto"``, ``"default"`` -> ``None``: the default choice)."""
+    if name is None:
+        return None
+    key = name.strip().lower()
+    return _ALIASES.get(key, key)
 
 
 def backend_class(name: str) -> type[Backend]:

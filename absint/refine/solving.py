@@ -65,10 +65,9 @@ class SolverOptions(Options):
     threads: int = 1
 
     def check(self) -> None:
-        from absint.solvers.registry import _ALIASES
+        from absint.solvers.registry import canonical_name
 
-        key = self.backend.strip().lower()
-        name = _ALIASES.get(key, key) or "auto"
+        name = canonical_name(self.backend) or "auto"
         if name != "auto" and not registry.has(registry.SOLVERS, name):
             backend_class(name)  # raises UnknownBackendError naming the known backends
         object.__setattr__(self, "backend", name)
