@@ -805,3 +805,82 @@ def domain_conformance_tests(domain: type[Domain], **kwargs: Any) -> Callable[[s
 
     test_domain_conformance.__doc__ = f"Conformance of {getattr(domain, '__name__', domain)} (absint.testing)."
     return test_domain_conformance
+
+
+# -- example networks for engine and domain tests ------------------------------------------------
+def _rand_dense(name, src, n_in, n_out, g, scale=None):
+    w = torch.randn(n_out, n_in, generator=g, dtype=torch.float64) * (scale or 1.5 / n_in ** 0.5)
+    b = torch.randn(n_out, generator=g, dtype=torch.float64) * 0.1
+    return Affine(name, (src,), (n_out,), DenseOperator(w), b)
+
+
+def _rand_conv(name, src, in_shape, c_out, k, stride, pad, groups, g):
+    c_in = in_shape[0]
+    w = torch.randn(c_out, c_in // groups, k, k, generator=g, dtype=torch.float64) * (1.0 / (k * (c_in / groups) ** 0.5))
+    op = ConvOperator(w, in_shape, (stride, stride), (pad, pad), (1, 1), groups)
+    b = (torch.randn(c_out, generator=g, dtype=torch.float64) * 0.1).reshape(-1, 1, 1)
+    return Affine(name, (src,), op.out_shape, op, b)
+
+
+def _convnet(seed: int, pool: bool = True) -> Graph:
+    """Normalisation, conv (stride 2, padding 1), ReLU, grouped conv, max-pool (padded), dense."""
+    g = torch.Generator().manual_seed(seed)
+    nodes = [Input("x", (), (2, 9, 9))]
+    nodes.append(Affine("norm", ("x",), (2, 9, 9), DiagonalOperator(torch.tensor([2.0, 0.5], dtype=torch.float64).reshape(2, 1, 1),
+                                                                      (2, 9, 9)), torch.tensor(-0.3, dtype=torch.float64)))
+    c1 = _rand_conv("c1", "norm", (2, 9, 9), 4, 3, 2, 1, 1, g)
+    nodes += [c1, Relu("r1", ("c1",), c1.shape)]
+    c2 = _rand_conv("c2", "r1", c1.shape, 4, 3, 1, 1, 2, g)
+    nodes.append(c2)
+    src, shape = "c2", c2.shape
+    if pool:  # pooling of pre-activations (negative values too), then ReLU
+        shape = (4, (shape[1] + 2 - 3) // 2 + 1, (shape[2] + 2 - 3) // 2 + 1)
+        nodes.append(MaxPool2d("mp", ("c2",), shape, kernel=(3, 3), stride=(2, 2), padding=(1, 1)))
+        src = "mp"
+    nodes.append(Relu("r2", (src,), shape))
+    src = "r2"
+    n = int(np.prod(shape))
+    nodes.append(Reshape("flat", (src,), (n,)))
+    nodes.append(_rand_dense("fc1", "flat", n, 7, g))
+    nodes.append(Relu("r3", ("fc1",), (7,)))
+    nodes.append(_rand_dense("fc2", "r3", 7, 3, g))
+    return Graph(tuple(nodes), "fc2")
+
+
+def _resnet(seed: int) -> Graph:
+    """A residual DAG: two skip connections, one of them across two layers, plus a tanh branch."""
+    g = torch.Generator().manual_seed(seed)
+    n = 8
+    nodes = [Input("x", (), (n,)), _rand_dense("a", "x", n, n, g), Relu("ra", ("a",), (n,)),
+             _rand_dense("b", "ra", n, n, g), Relu("rb", ("b",), (n,)), _rand_dense("c", "rb", n, n, g),
+             Add("s1", ("c", "a"), (n,)), Relu("rs1", ("s1",), (n,)), _rand_dense("d", "rs1", n, n, g),
+             Tanh("td", ("d",), (n,)), Add("s2", ("td", "rs1"), (n,)), Add("s3", ("s2", "s2"), (n,)),
+             _rand_dense("out", "s3", n, 3, g)]
+    return Graph(tuple(nodes), "out")
+
+
+def _poolnet(seed: int) -> Graph:
+    """Max-pooling straight on the input (overlapping, padded windows), then dense."""
+    g = torch.Generator().manual_seed(seed)
+    nodes = (Input("x", (), (2, 5, 5)), MaxPool2d("mp", ("x",), (2, 3, 3), kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+             Reshape("flat", ("mp",), (18,)), _rand_dense("fc", "flat", 18, 6, g))
+    return Graph(nodes, "fc")
+
+
+
+#: name → builder ``(seed) -> Graph`` of small random networks covering every op of the IR
+EXAMPLE_NETWORKS: dict[str, Callable[[int], Graph]] = {
+    "pool": _poolnet,
+    "mlp_relu": lambda s: random_mlp(s, (6, 12, 10, 8, 4)),
+    "mlp_sigmoid": lambda s: random_mlp(s, (6, 12, 10, 8, 4), act=Sigmoid),
+    "mlp_tanh": lambda s: random_mlp(s, (6, 12, 10, 8, 4), act=Tanh),
+    "conv_pool": lambda s: _convnet(s),
+    "conv": lambda s: _convnet(s, pool=False),
+    "residual": _resnet,
+}
+
+
+def example_network(name: str, seed: int = 0) -> Graph:
+    """A small random network of kind ``name`` (:data:`EXAMPLE_NETWORKS`): dense, convolution (strided,
+    padded, grouped), normalisation, max-pooling, residual ``Add``, sigmoid/tanh."""
+    return EXAMPLE_NETWORKS[name](seed)

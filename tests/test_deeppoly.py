@@ -13,7 +13,7 @@ from absint.frontends.onnx_loader import load_onnx
 from absint.interpreter import propagate
 from absint.ir import Add, Affine, Graph, Input, MaxPool2d, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator
-from absint.testing import random_mlp
+from absint.testing import EXAMPLE_NETWORKS, example_network, random_mlp
 from absint.domains.box import BoxDomain
 from absint.domains.deeppoly import DeepPolyDomain, DeepPolyOptions
 
@@ -21,60 +21,9 @@ F64 = torch.float64
 TOL = 1e-8
 
 
-# -- small random networks as IR graphs ---------------------------------------------------------
-def _dense(name, src, n_in, n_out, g, scale=None):
-    w = torch.randn(n_out, n_in, generator=g, dtype=F64) * (scale or 1.5 / n_in ** 0.5)
-    b = torch.randn(n_out, generator=g, dtype=F64) * 0.1
-    return Affine(name, (src,), (n_out,), DenseOperator(w), b)
-
-
+# -- small random networks as IR graphs (shared: absint.testing) ------------------------------
 def mlp(seed: int, act=Relu, sizes=(6, 12, 10, 8, 4)) -> Graph:
     return random_mlp(seed, sizes, act=act)
-
-
-def _conv(name, src, in_shape, c_out, k, stride, pad, groups, g):
-    c_in = in_shape[0]
-    w = torch.randn(c_out, c_in // groups, k, k, generator=g, dtype=F64) * (1.0 / (k * (c_in / groups) ** 0.5))
-    op = ConvOperator(w, in_shape, (stride, stride), (pad, pad), (1, 1), groups)
-    b = (torch.randn(c_out, generator=g, dtype=F64) * 0.1).reshape(-1, 1, 1)
-    return Affine(name, (src,), op.out_shape, op, b)
-
-
-def convnet(seed: int, pool: bool = True) -> Graph:
-    """Normalisation, conv (stride 2, padding 1), ReLU, grouped conv, max-pool (padded), dense."""
-    g = torch.Generator().manual_seed(seed)
-    nodes = [Input("x", (), (2, 9, 9))]
-    nodes.append(Affine("norm", ("x",), (2, 9, 9), DiagonalOperator(torch.tensor([2.0, 0.5], dtype=F64).reshape(2, 1, 1),
-                                                                      (2, 9, 9)), torch.tensor(-0.3, dtype=F64)))
-    c1 = _conv("c1", "norm", (2, 9, 9), 4, 3, 2, 1, 1, g)
-    nodes += [c1, Relu("r1", ("c1",), c1.shape)]
-    c2 = _conv("c2", "r1", c1.shape, 4, 3, 1, 1, 2, g)
-    nodes.append(c2)
-    src, shape = "c2", c2.shape
-    if pool:  # pooling of pre-activations (negative values too), then ReLU
-        shape = (4, (shape[1] + 2 - 3) // 2 + 1, (shape[2] + 2 - 3) // 2 + 1)
-        nodes.append(MaxPool2d("mp", ("c2",), shape, kernel=(3, 3), stride=(2, 2), padding=(1, 1)))
-        src = "mp"
-    nodes.append(Relu("r2", (src,), shape))
-    src = "r2"
-    n = int(np.prod(shape))
-    nodes.append(Reshape("flat", (src,), (n,)))
-    nodes.append(_dense("fc1", "flat", n, 7, g))
-    nodes.append(Relu("r3", ("fc1",), (7,)))
-    nodes.append(_dense("fc2", "r3", 7, 3, g))
-    return Graph(tuple(nodes), "fc2")
-
-
-def resnet(seed: int) -> Graph:
-    """A residual DAG: two skip connections, one of them across two layers, plus a tanh branch."""
-    g = torch.Generator().manual_seed(seed)
-    n = 8
-    nodes = [Input("x", (), (n,)), _dense("a", "x", n, n, g), Relu("ra", ("a",), (n,)),
-             _dense("b", "ra", n, n, g), Relu("rb", ("b",), (n,)), _dense("c", "rb", n, n, g),
-             Add("s1", ("c", "a"), (n,)), Relu("rs1", ("s1",), (n,)), _dense("d", "rs1", n, n, g),
-             Tanh("td", ("d",), (n,)), Add("s2", ("td", "rs1"), (n,)), Add("s3", ("s2", "s2"), (n,)),
-             _dense("out", "s3", n, 3, g)]
-    return Graph(tuple(nodes), "out")
 
 
 def _boxes(shape, batch, seed, width=0.4):
@@ -113,23 +62,7 @@ def _check_sound(graph: Graph, dom, lo, hi, n_samples=300, seed=0):
     return prop
 
 
-def poolnet(seed: int) -> Graph:
-    """Max-pooling straight on the input (overlapping, padded windows), then dense."""
-    g = torch.Generator().manual_seed(seed)
-    nodes = (Input("x", (), (2, 5, 5)), MaxPool2d("mp", ("x",), (2, 3, 3), kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
-             Reshape("flat", ("mp",), (18,)), _dense("fc", "flat", 18, 6, g))
-    return Graph(nodes, "fc")
-
-
-NETS = {
-    "pool": lambda s: poolnet(s),
-    "mlp_relu": lambda s: mlp(s),
-    "mlp_sigmoid": lambda s: mlp(s, Sigmoid),
-    "mlp_tanh": lambda s: mlp(s, Tanh),
-    "conv_pool": lambda s: convnet(s),
-    "conv": lambda s: convnet(s, pool=False),
-    "residual": lambda s: resnet(s),
-}
+NETS = {name: (lambda seed, name=name: example_network(name, seed)) for name in EXAMPLE_NETWORKS}
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
@@ -219,7 +152,7 @@ def test_relu_lower_modes_sound(mode):
 
 @pytest.mark.parametrize("opts", [dict(early_stop=False), dict(keep_best=True), dict(memory_mb=0.001)])
 def test_option_variants_sound_and_consistent(opts):
-    graph = convnet(3)
+    graph = example_network('conv_pool', 3)
     lo, hi = _boxes(graph.input_shape, 2, 3, width=0.3)
     dom = DeepPolyDomain(DeepPolyOptions(**opts))
     prop = _check_sound(graph, dom, lo, hi)
@@ -248,7 +181,7 @@ def _dense_copy(graph: Graph) -> Graph:
 
 
 def test_conv_backsubstitution_matches_dense():
-    graph = convnet(4, pool=False)
+    graph = example_network('conv', 4)
     dense = _dense_copy(graph)
     lo, hi = _boxes(graph.input_shape, 2, 4, width=0.3)
     dom = DeepPolyDomain()
@@ -283,7 +216,7 @@ def test_batch_equals_separate_runs(name, segments, monkeypatch):
 
 
 def test_inputs_not_mutated_and_deterministic():
-    graph = convnet(6)
+    graph = example_network('conv_pool', 6)
     lo, hi = _boxes(graph.input_shape, 2, 6)
     lo0, hi0 = lo.clone(), hi.clone()
     dom = DeepPolyDomain()
@@ -320,7 +253,7 @@ def test_maxpool_exact_when_one_input_dominates():
 
 def test_maxpool_bounds_of_single_outputs_are_tight():
     """``±y_p`` back-substituted through the pool lines gives exactly ``max l`` and ``max u``."""
-    graph = poolnet(0)
+    graph = example_network('pool', 0)
     lo, hi = _boxes(graph.input_shape, 2, 0, width=0.5)
     dom = DeepPolyDomain()
     p = propagate(graph, dom, lo, hi, keep_all=True)
@@ -380,7 +313,7 @@ def test_meet_box_tightens_later_relaxations():
 
 
 def test_linear_bounds_at_intermediate_node_and_input_form():
-    graph = resnet(8)
+    graph = example_network('residual', 8)
     lo, hi = _boxes(graph.input_shape, 2, 8)
     dom = DeepPolyDomain()
     p = propagate(graph, dom, lo, hi, keep_all=True)

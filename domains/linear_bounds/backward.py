@@ -309,12 +309,13 @@ def _act(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | No
     rows = p.rows
     neg = lam.clamp(max=0)
     P, Q = eng.act_vectors(node, cols, p.K)
-    t = rows.pair_dots(lam, P, neg, Q)  # [error increment, constant term, concretisation here]
-    p.err = p.err + t[:, 0]
-    value = p.safe(p.const + t[:, 2]) if fuse else None  # min of λ·y over y's own box
+    # columns: error increment, constant term, concretisation at this node's own box
+    t_err, t_const, t_conc = rows.pair_dots(lam, P, neg, Q).unbind(1)
+    p.err = p.err + t_err
+    value = p.safe(p.const + t_conc) if fuse else None  # min of λ·y over y's own box
     # λ_z = λ⁺·ls + λ⁻·(ls + ds) = λ·ls + λ⁻·ds;  c += λ·lo + λ⁻·do
     lam_p = rows.scale(lam, lines.ls, (neg, lines.ds))
-    p.add_const(t[:, 1])
+    p.add_const(t_const)
     p.push(node.parents[0], lam_p, cols, paid=eng.prepaid(node))
     if value is not None:
         p.update_best(value)

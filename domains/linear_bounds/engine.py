@@ -168,11 +168,20 @@ class Engine:
         if self.level(node) < 0:
             self.bounds(node, 0)
         c = node.cache
+        frozen = c.get("mag_frozen")
+        if frozen is not None:
+            return frozen if cols is None else frozen[:, cols]
         memo = c.get("mag")
         if memo is None or memo[0] is not c["lower"]:
             lo, hi = c["lower"].reshape(node.batch, -1), c["upper"].reshape(node.batch, -1)
-            memo = c["mag"] = (c["lower"], torch.maximum(lo.abs(), hi.abs()))
+            memo = c["mag"] = (c["lower"], torch.maximum(lo.abs(), hi.abs()).detach())
         return memo[1] if cols is None else memo[1][:, cols]
+
+    def freeze_magnitude(self, node: Node) -> None:
+        """Keep the current magnitude (and so the rounding-error weights derived from it) while the
+        node's bounds change, e.g. during slope optimisation; valid as long as the bounds only
+        tighten (the optimisers intersect with the bounds they started from)."""
+        node.cache["mag_frozen"] = self.magnitude(node, None)
 
     def conc(self, node: Node, cols: torch.Tensor | None, K: int = 64) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Vectors ``(l', w')`` (``[B, k]``) with ``λ·l' + λ⁻·w'`` a rigorous lower bound of
@@ -201,10 +210,7 @@ class Engine:
     def term_budget(node: Node) -> int:
         """A bound on the number of terms a backward pass from ``node`` adds to its constant
         (≤ 2 per node it visits plus 2 per frontier node), rounded up to a power of two (≥ 64)."""
-        k = node.cache.get("n_anc")
-        if k is None:
-            k = node.cache["n_anc"] = len(node.ancestors())
-        need, K = 4 * k + 8, 64
+        need, K = 4 * len(node.ancestor_ids()) + 8, 64
         while K < need:
             K *= 2
         return K
@@ -218,7 +224,8 @@ class Engine:
         key = ("errp" if params else "err", K)
         memo = node.cache.get(key)
         if memo is None or memo[0] is not pmag:
-            memo = node.cache[key] = (pmag, self._err_weight(node, pmag, K, params), {})
+            with torch.no_grad():
+                memo = node.cache[key] = (pmag, self._err_weight(node, pmag, K, params), {})
         if cols is None:
             return memo[1]
         sub = memo[2]
@@ -268,6 +275,17 @@ class Engine:
            affine step's (``|λ_z| ≤ (|λ||ls| + |λ⁻||ds|)(1 + 2u)``; ``|λ| = λ − 2λ⁻``);
         1. the constant term ``λ⁻·do`` (+ ``λ·lo``) of the lines;
         2. ``λ·l' + λ⁻·w'``: the concretisation at the node's own box (:meth:`conc`)."""
+        fast = node.cache.get("act_vec_last")  # the last answer, valid while both nodes' bounds stand
+        pc, c_ = node.parents[0].cache, node.cache
+        if fast is not None and fast[0] is cols and fast[1] == K and fast[2] is c_.get("lower") \
+                and fast[3] is (pc.get("mag_frozen") if "mag_frozen" in pc else pc.get("lower")):
+            return fast[4]
+        out = self._act_vectors(node, cols, K)
+        c_["act_vec_last"] = (cols, K, c_.get("lower"), pc.get("mag_frozen") if "mag_frozen" in pc else pc.get("lower"),
+                              out)
+        return out
+
+    def _act_vectors(self, node: Node, cols: torch.Tensor | None, K: int) -> tuple[torch.Tensor, torch.Tensor]:
         pmag = self.magnitude(node.parents[0], None)
         low, wid = self.conc(node, None, K)
         key = ("act_vec", K)
@@ -416,35 +434,14 @@ class Engine:
         if p == 0:
             return lo.reshape(ilo.shape), hi.reshape(ihi.shape)
         chunk = max(1, self.chunk_rows(node) // 2)
-        dense = isinstance(node.op, Affine) and isinstance(node.op.operator, DenseOperator)
         for s in range(0, p, chunk):
             cf = flat[s:s + chunk]
             k = int(cf.numel())
-            cn = cf if b == 1 else cf % n
-            bidx = None if b == 1 else (cf // n).repeat(2)
-            pair = torch.arange(k, device=lo.device).repeat(2) if level == 1 and b > 1 else None
-            perm = None
-            if bidx is not None:  # rows grouped by batch member (lower and upper rows interleaved)
-                perm = torch.argsort(bidx, stable=True)
-                bidx = bidx[perm]
-                pair = None if pair is None else pair[perm]
-            cols = None
-            if dense:  # first step by row selection from [W; −W] (exact) instead of one-hot @ W
-                parent = node.parents[0]
-                cols = self.alive(parent)
-                wpm, bpm = self.signed_rows(node, cols)
-                rows = torch.cat([cn, cn + n])
-                lam = wpm.index_select(0, rows)
-                const = bpm.index_select(0, rows) if bpm is not None else lam.new_zeros(2 * k)
-                start = parent
-            else:
-                lam = torch.zeros(2 * k, n, dtype=lo.dtype, device=lo.device)
-                r = torch.arange(k, device=lo.device)
-                lam[r, cn] = 1.0
-                lam[r + k, cn] = -1.0
-                const, start = lam.new_zeros(2 * k), node
-            if perm is not None:
-                lam, const = lam[perm], const[perm]
+            start, lam, const, bidx, cols, perm = self.unit_rows(node, cf)
+            pair = None
+            if level == 1 and b > 1:
+                pair = torch.arange(k, device=lo.device).repeat(2)
+                pair = pair if perm is None else pair[perm]
             best = self.run_rows(start, lam, const, bidx, threshold=0.0 if level == 1 else None,
                                  pair=pair, halves=level == 1 and b == 1, cols=cols)
             if perm is not None:
@@ -452,6 +449,38 @@ class Engine:
             lo.scatter_reduce_(0, cf, best[:k], "amax")
             hi.scatter_reduce_(0, cf, -best[k:], "amin")
         return lo.reshape(ilo.shape), hi.reshape(ihi.shape)
+
+    def unit_rows(self, node: Node, flat: torch.Tensor):
+        """Rows ``+e_i`` then ``−e_i`` for the flat indices ``flat`` (``b·n + i``) of ``node``, grouped by
+        batch member. Returns ``(start, λ, c, bidx, cols, perm)``: a dense node starts at its parent
+        with the exact rows ``±W_i`` and constants ``±b_i`` (over the parent's carried neurons
+        ``cols``); ``perm[j]`` is the original position of row ``j`` (None: unchanged order)."""
+        b, n = node.batch, node.numel
+        k = int(flat.numel())
+        cn = flat if b == 1 else flat % n
+        bidx = None if b == 1 else (flat // n).repeat(2)
+        perm = None
+        if bidx is not None:  # rows grouped by batch member (lower and upper rows interleaved)
+            perm = torch.argsort(bidx, stable=True)
+            bidx = bidx[perm]
+        cols = None
+        if isinstance(node.op, Affine) and isinstance(node.op.operator, DenseOperator):
+            parent = node.parents[0]
+            cols = self.alive(parent)
+            wpm, bpm = self.signed_rows(node, cols)
+            rows = torch.cat([cn, cn + n])
+            lam = wpm.index_select(0, rows)
+            const = bpm.index_select(0, rows) if bpm is not None else lam.new_zeros(2 * k)
+            start = parent
+        else:
+            lam = torch.zeros(2 * k, n, dtype=self.dtype, device=flat.device)
+            r = torch.arange(k, device=flat.device)
+            lam[r, cn] = 1.0
+            lam[r + k, cn] = -1.0
+            const, start = lam.new_zeros(2 * k), node
+        if perm is not None:
+            lam, const = lam[perm], const[perm]
+        return start, lam, const, bidx, cols, perm
 
     def chunk_rows(self, node: Node) -> int:
         """Rows per back-substitution chunk: memory budget (≈4 live ``[R, width]`` blocks) and cap."""

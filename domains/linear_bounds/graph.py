@@ -117,6 +117,19 @@ class Node:
             stack.extend(e.parents)
         return sorted(seen.values(), key=lambda e: -e.index)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)  # object identities mean nothing after unpickling
+        state["cache"] = {k: v for k, v in self.cache.items() if k != "ancestor_ids"}
+        return state
+
+    def ancestor_ids(self) -> frozenset[int]:
+        """Identities of this node and all nodes it depends on (memoised, built from the parents')."""
+        ids = self.cache.get("ancestor_ids")
+        if ids is None:
+            ids = frozenset({id(self)}).union(*(p.ancestor_ids() for p in self.parents))
+            self.cache["ancestor_ids"] = ids
+        return ids
+
     def input_node(self) -> "Node":
         """The Input node this node depends on."""
         node = self
