@@ -155,3 +155,32 @@ def test_to_layer_constraints_matches_rows():
     theirs = (torch.as_tensor(z) @ cons.A_pre.T + torch.as_tensor(y) @ cons.A_post.T - cons.b).numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-12)
     assert to_layer_constraints(rows).A_pre.shape == (rows.num_rows, rows.numel)
+
+
+def test_grouped_constraints_equal_dense_ones():
+    """The grouped slot filler computes the same three terms as the dense one, and a bound at least
+    as safe (its error term covers the same rounding)."""
+    from absint.domains.krelu.constraints import GroupedConstraints
+    from absint.domains.linear_bounds.rows import RowLayout
+
+    g, dom, prop, lo, hi, rng = _setup(_mlp, 5, 0.6)
+    node = prop.elements[next(n.name for n in g.nodes if isinstance(n, Relu))]
+    rows, dense = relu_constraints(dom.engine, node, KReluOptions(k=3, s=-2, sparse_n=6, cutoff=0.0))
+    grouped = GroupedConstraints(rows)
+    assert grouped.num_rows >= rows.num_rows
+    # μ over the dense rows, scattered into the grouped (padded) layout
+    mu = torch.as_tensor(rng.exponential(size=(4, rows.num_rows)))
+    counts = np.bincount(rows.group_of)
+    slot = np.arange(rows.num_rows) - np.concatenate([[0], np.cumsum(counts)[:-1]])[rows.group_of]
+    mu_g = torch.zeros(4, grouped.num_rows, dtype=torch.float64)
+    mu_g[:, torch.as_tensor(rows.group_of * grouped.r + slot)] = mu
+    lay = RowLayout.single()
+    for a, b in ((dense.post_term(mu, lay), grouped.post_term(mu_g, lay)),
+                 (dense.pre_term(mu, lay), grouped.pre_term(mu_g, lay)),
+                 (dense.const_term(mu, lay), grouped.const_term(mu_g, lay))):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-12)
+    e_d = dense.err_term(mu, lay, dom.engine, node, 64)
+    e_g = grouped.err_term(mu_g, lay, dom.engine, node, 64)
+    assert (e_g >= 0.5 * e_d).all() and (e_g > 0).all()
+    # negative multipliers are clamped
+    np.testing.assert_allclose(grouped.post_term(-mu_g, lay).numpy(), 0.0)

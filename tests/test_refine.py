@@ -159,23 +159,26 @@ def test_tiny_time_limits_keep_valid_bounds():
     g = _mlp([4, 10, 10, 10, 3], seed=9)
     lo, hi = -np.ones(4), np.ones(4)
     opts = {"timeout_lp": 1e-6, "timeout_milp": 1e-6, "timeout_final_lp": 1e-6, "timeout_final_milp": 1e-6,
-            "sparse_n": 8, "cutoff": 0.0}
+            "k": 3, "sparse_n": 8, "cutoff": 0.0}
     C, d = np.array([[1.0, 0.0, -1.0]]), np.zeros(1)
     box = torch.as_tensor(lo[None]), torch.as_tensor(hi[None])
-    res = run_preset(g, *box, C, d, "kpoly", **opts)
+    res = run_preset(g, *box, C, d, "refinepoly", **opts)
     vals = _samples(g, lo, hi, 20000) @ C.T + d
     assert np.all(res.rows <= vals.min(0) + 1e-8)
     for name, (blo, bhi) in res.bounds.items():
         assert np.all(np.isfinite(blo)) and np.all(blo <= bhi + 1e-12)
     # an expired deadline: no crash, no work, a time-out note
-    res2 = run_preset(g, *box, C, d, "kpoly", deadline=0.0, **opts)
+    res2 = run_preset(g, *box, C, d, "refinepoly", deadline=0.0, **opts)
     assert np.all(res2.rows <= vals.min(0) + 1e-8)
     assert res2.notes[0].startswith("time-out") and res2.stats["timed_out"]
+    res3 = run_preset(g, *box, C, d, "kpoly", deadline=0.0, sparse_n=8, cutoff=0.0)
+    assert np.all(res3.rows <= vals.min(0) + 1e-8)
+    assert res3.notes[0].startswith("time-out") and res3.stats["timed_out"]
 
 
 @pytest.mark.parametrize("analysis,options", [
     ("lp", {}), ("milp", {}), ("refinezono", {"n_milp_refine": 0}), ("refinepoly", {"sparse_n": 6}),
-    ("kpoly", {"n_milp_refine": 0, "k": 2, "sparse_n": 6}),
+    ("kpoly", {"k": 2, "sparse_n": 6}),
 ])
 def test_verify_never_contradicts_pgd(analysis, options):
     g = _mlp([6, 10, 10, 4], seed=11, scale=1.5)
@@ -206,9 +209,12 @@ def test_options_presets_and_overrides():
     assert "krelu" not in keys(make_config("refinepoly", {"k": 1}))
     assert "krelu" in keys(make_config("refinepoly", {"k": 3}))
     assert "krelu" not in keys(make_config("lp", {"sparse_n": 8}))  # k-ReLU settings alone do not switch it on
-    o = make_config("kpoly", {"sparse_n": 50, "timeout_lp": 0.5})
+    o = make_config("refinepoly", {"k": 3, "sparse_n": 50, "timeout_lp": 0.5})
     assert o.pipeline.stage("krelu").krelu.sparse_n == 50 and o.pipeline.stage("krelu").krelu.k == 3
     assert o.pipeline.stage("tighten").timeout_lp == 0.5
+    o = make_config("kpoly", {"sparse_n": 20, "k": 2})  # kpoly: the rows inside bound propagation
+    assert keys(o) == ["domain", "slopes", "multineuron", "bab"] and "krelu" not in keys(o)
+    assert o.pipeline.stage("multineuron").krelu.sparse_n == 20 and o.pipeline.stage("multineuron").krelu.k == 2
     assert make_config("refinezono", {}).domain == "deepzono"
     assert keys(make_config("refinepoly", {"give_up_below": -11, "final_bab": False}))[:4] == \
         ["domain", "slopes", "triage", "tighten"]
@@ -228,7 +234,7 @@ def test_partial_milp_and_lazy_krelu_rows():
     d = -vals.min(0) + 0.05  # true with a small margin: DeepPoly and the final LP alone cannot prove it
     opts = {"n_milp_refine": 0, "krelu_tighten": False, "sparse_n": 6, "cutoff": 0.0, "max_milp_neurons": 4,
             "final_bab": False, "alpha_iters": 0}
-    res = run_preset(g, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d, "kpoly", **opts)
+    res = run_preset(g, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d, "refinepoly", k=3, **opts)
     assert np.all(res.rows <= (vals + d).min(0) + 1e-8)
     ran = res.stats["stage_seconds"]
     assert "final_lp" in ran and "krelu" in res.stats  # k-ReLU rows, computed for the final LP

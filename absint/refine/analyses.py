@@ -52,7 +52,8 @@ class RefineAnalysis(Analysis):
                  **keywords: Any) -> None:
         super().__init__(options, device="cpu" if device is None else device, **keywords)
         self.options.solver.check_available()
-        if any(stage.key == "krelu" for stage in self.options.pipeline.stages):
+        if any(stage.key == "krelu" or (stage.key == "multineuron" and stage.krelu.k > 1)  # type: ignore[attr-defined]
+               for stage in self.options.pipeline.stages):
             _require_cdd(self.name)
         # the registered domain, or UnknownDomainError: never a silent substitute
         self.domain = registry.get_domain(self.options.domain)(device=self.device)
@@ -134,11 +135,12 @@ class RefinePolyAnalysis(RefineAnalysis):
 
 
 class KPolyAnalysis(RefinePolyAnalysis):
-    """``refinepoly`` plus k-ReLU joint constraints (kPoly, Singh et al., NeurIPS 2019)."""
+    """k-ReLU joint constraints inside bound propagation, then branch and bound (kPoly/PRIMA rows, GCP-CROWN dual)."""
 
     name = "kpoly"
     preset = "kpoly"
-    description = "refinepoly plus k-ReLU joint convex-hull constraints (kPoly, Singh et al., NeurIPS 2019)"
+    description = ("k-ReLU hull rows (kPoly, Singh et al., NeurIPS 2019) with optimised multipliers in bound "
+                   "propagation (GCP-CROWN, Zhang et al., NeurIPS 2022), then alpha/beta branch and bound")
 
 
 ANALYSES = (LPAnalysis, MILPAnalysis, RefineZonoAnalysis, RefinePolyAnalysis, KPolyAnalysis)

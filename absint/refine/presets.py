@@ -8,8 +8,11 @@ The presets follow ERAN's modes (Singh et al.; flags documented in ERAN's README
   Neural Networks", Singh et al., ICLR 2019), final LP, partial MILP;
 * ``refinepoly`` — DeepPoly, optimised slopes, MILP tightening of three layers, the rows' slopes,
   final LP, α/β branch and bound, PRIMA-style partial MILP;
-* ``kpoly`` — ``refinepoly`` plus k-ReLU joint constraints ("Beyond the Single Neuron Convex
-  Barrier", Singh et al., NeurIPS 2019) in the final LP/MILP.
+* ``kpoly`` — DeepPoly, optimised slopes, then k-ReLU joint constraints ("Beyond the Single Neuron
+  Convex Barrier", Singh et al., NeurIPS 2019; PRIMA, Müller et al., POPL 2022) *inside* bound
+  propagation: every layer re-bounded with optimised slopes and hull-row multipliers (GCP-CROWN,
+  Zhang et al., NeurIPS 2022; stage ``multineuron``, no LP), then α/β branch and bound over those
+  bounds for the rest of the time. (``refinepoly`` with ``k=3`` puts hull rows into its final LP.)
 
 :class:`RefineConfig` is an analysis' whole configuration: the pipeline and the solver options.
 :func:`make_config` applies keyword options to a preset. Three kinds of keys are accepted:
@@ -32,6 +35,7 @@ from typing import Any, Callable
 from absint.errors import OptionError
 from absint.options import Options
 from absint.refine.final import Bab, CompleteMILP, FinalLP, PartialMILP
+from absint.refine.multineuron import MultiNeuron
 from absint.refine.pipeline import Pipeline, Stage
 from absint.refine.solving import SolverOptions
 from absint.refine.stages import DomainBounds, KRelu, RowSlopes, Slopes, Triage
@@ -42,7 +46,7 @@ __all__ = ["RefineConfig", "PRESETS", "STAGE_TYPES", "make_config", "ALIASES"]
 
 #: every stage type by key, in the order stages run when a pipeline has them
 STAGE_TYPES: dict[str, type[Stage]] = {s().key: s for s in (
-    DomainBounds, Slopes, Triage, Tighten, KRelu, RowSlopes, FinalLP, CompleteMILP, Bab, PartialMILP)}
+    DomainBounds, Slopes, Triage, MultiNeuron, Tighten, KRelu, RowSlopes, FinalLP, CompleteMILP, Bab, PartialMILP)}
 _ORDER = list(STAGE_TYPES)
 
 
@@ -81,7 +85,7 @@ PRESETS: dict[str, RefineConfig] = {
     "refinepoly": RefineConfig(_pipeline(
         DomainBounds(), Slopes(), Tighten(), RowSlopes(), FinalLP(), Bab(), PartialMILP())),
     "kpoly": RefineConfig(_pipeline(
-        DomainBounds(), Slopes(), Tighten(), KRelu(), RowSlopes(), FinalLP(), Bab(), PartialMILP())),
+        DomainBounds(), Slopes(), MultiNeuron(), Bab(share=1.0, max_seconds=None))),
 }
 
 
@@ -216,8 +220,9 @@ _SOLVER_KEYS = {f.name for f in fields(SolverOptions)}
 def make_config(preset: str, overrides: dict[str, Any], *, base: RefineConfig | None = None) -> RefineConfig:
     """``base`` (default: the preset's configuration) with ``overrides`` applied (see the module
     docstring). The k-ReLU fields (``k``, ``s``, ``sparse_n``,
-    ``cutoff``, ``hull``, ``relative_cutoff``) edit the ``krelu`` stage (``k`` switches it on, ``k=1``
-    off) and, with ``krelu_tighten=True``, the tightening LPs' rows too.
+    ``cutoff``, ``hull``, ``relative_cutoff``, ``max_groups``) edit the ``multineuron`` stage where the
+    pipeline has one (``kpoly``; ``k=1``: slopes alone there), else the ``krelu`` stage (``k``
+    switches it on, ``k=1`` off) and, with ``krelu_tighten=True``, the tightening LPs' rows too.
     """
     overrides = dict(overrides)
     if base is None:
@@ -244,6 +249,9 @@ def make_config(preset: str, overrides: dict[str, Any], *, base: RefineConfig | 
             raise OptionError(f"analysis {preset!r} does not take the option {key!r}; options: a stage name "
                               f"({', '.join(STAGE_TYPES)}), '<stage>.<option>', {', '.join(sorted(_SOLVER_KEYS))}, "
                               f"{', '.join(sorted(ALIASES))}, k-ReLU fields ({', '.join(sorted(_KRELU_KEYS))})")
+    if kre and e.has("multineuron"):  # kpoly: the k-ReLU fields edit the rows inside bound propagation
+        e.set("multineuron", "krelu", replace(e.stages["multineuron"].krelu, **kre))  # type: ignore[attr-defined]
+        kre = {}
     if kre:
         if kre.get("k") == 1:
             e.toggle("krelu", False)

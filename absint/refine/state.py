@@ -72,6 +72,9 @@ class RefineState:
     rows: np.ndarray = field(default=None)  # type: ignore[assignment]
     bounds: Bounds = field(default_factory=dict)
     krelu: dict[str, KReluRows] = field(default_factory=dict)
+    #: k-ReLU rows of the ``multineuron`` stage by ReLU node name (:class:`absint.domains.krelu.HullRows`),
+    #: valid on the whole region and every sub-region
+    hull_rows: dict[str, Any] = field(default_factory=dict)
     candidate: np.ndarray | None = None
     stopped: str | None = None  # why a stage ended the run early (triage)
     notes: list[str] = field(default_factory=list)

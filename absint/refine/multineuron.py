@@ -1,0 +1,91 @@
+"""The ``multineuron`` stage: k-ReLU hull rows inside bound propagation, no LP (``kpoly``'s core).
+
+Every ReLU input is re-bounded layer by layer with optimised slopes α and multipliers μ on the hull
+rows of all earlier ReLU layers, each layer's rows computed from its tightened bounds, then the
+unproved safety rows are bounded the same way (:class:`absint.domains.krelu.tighten.MultiNeuronBounds`;
+GCP-CROWN, Zhang et al. NeurIPS 2022, with kPoly/PRIMA hull rows, Singh et al. NeurIPS 2019, Müller
+et al. POPL 2022). The proved node bounds go into the state (the root bounds of the branch and bound
+that follows) and the hull rows too (``state.hull_rows``: valid in every sub-problem).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from absint.domains.krelu import KReluOptions
+from absint.domains.krelu.tighten import MultiNeuronBounds, TightenOptions
+from absint.domains.linear_bounds import Engine, GraphView
+from absint.refine.pipeline import Context, Stage, share_deadline
+from absint.refine.state import RefineState
+
+__all__ = ["MultiNeuron", "KPOLY_KRELU"]
+
+#: kpoly's default grouping (benchmarks/results/kpoly.md): triples (k=3) in windows of 10 of the
+#: widest unstable neurons, sharing at most one neuron (s=−2); the certified fast hull.
+KPOLY_KRELU = KReluOptions(k=3, s=-2, sparse_n=10, cutoff=0.05, hull="auto")
+
+
+@dataclass(frozen=True)
+class MultiNeuron(Stage):
+    """Layer-by-layer α + μ bounds with k-ReLU rows (see the module docstring).
+
+    ``krelu``: grouping and hull options (``k = 1``: α alone); ``iters`` Adam steps per layer,
+    ``final_iters`` for the rows; ``lr_alpha``/``lr_mu`` step sizes; ``rows_from``: the first ReLU
+    layer (topological index) that gets rows; ``share``/``max_seconds``: the part of the time left
+    this stage may use (the branch and bound after it gets the rest).
+    """
+
+    key: str = field(default="multineuron", init=False)
+    krelu: KReluOptions = field(default_factory=lambda: KPOLY_KRELU)
+    iters: int = 30
+    final_iters: int = 100
+    lr_alpha: float = 0.1
+    lr_mu: float = 0.05
+    rows_from: int = 0
+    share: float = 0.5
+    max_seconds: float | None = None
+
+    def deadline(self, state: RefineState) -> float | None:
+        return share_deadline(state, self.share, self.max_seconds)
+
+    def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
+        p = state.problem
+        engine = Engine(device=ctx.domain.device, dtype=ctx.domain.dtype)
+        view = GraphView.of(p.graph, 1)
+        engine.store(view.input, 2, p.lower.reshape(1, *p.graph.input_shape).to(engine.dtype),
+                     p.upper.reshape(1, *p.graph.input_shape).to(engine.dtype))
+        # DeepPoly over the view, every node met with the bounds proved by earlier stages first (in
+        # topological order, so each relaxation is fixed from the tightest bounds known)
+        for node in view:
+            if node.parents and node.name in state.bounds:
+                engine.bounds(node, 2)
+                lo, hi = state.bounds[node.name]
+                engine.store(node, 2, torch.as_tensor(lo, dtype=engine.dtype).reshape(1, *node.shape),
+                             torch.as_tensor(hi, dtype=engine.dtype).reshape(1, *node.shape))
+        t0 = time.perf_counter()
+        mb = MultiNeuronBounds(view, engine, self.krelu if self.krelu.k >= 2 else None,
+                               TightenOptions(iters=self.iters, final_iters=self.final_iters, lr_alpha=self.lr_alpha,
+                                              lr_mu=self.lr_mu, rows_from=self.rows_from))
+        st = mb.run(deadline)
+        for name, (lo, hi) in mb.preactivation_bounds().items():
+            state.meet(name, lo, hi)
+        state.hull_rows.update(mb.constraints())
+        todo = state.todo
+        if todo.size and state.time_left() > 0:
+            # the rows always get some steps over whatever bounds were tightened in time (up to a tenth
+            # of the time left beyond this stage's share, never beyond the run's limit)
+            now = time.perf_counter()
+            end = None if deadline is None else max(deadline, now + 0.1 * state.time_left())
+            if state.deadline is not None:
+                end = min(end if end is not None else state.deadline, state.deadline)
+            C = torch.as_tensor(p.C[todo], dtype=engine.dtype)
+            lower = mb.bound_rows(view.output, C, deadline=end, stop_above=float(-np.min(p.d[todo])))
+            state.raise_rows(lower.cpu().double().numpy() + p.d[todo], todo)
+        if not st.complete:
+            state.note(f"{self.key}: time limit reached after {len(st.unstable_after)} of {len(mb.layers)} layers")
+        state.record(self.key, seconds=time.perf_counter() - t0, tighten_s=st.tighten_s, rows_s=st.rows_s,
+                     groups=st.groups, rows=st.rows, unstable_before=st.unstable_before,
+                     unstable_after=st.unstable_after)
