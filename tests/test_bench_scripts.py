@@ -125,17 +125,17 @@ def test_kpoly_ablation_grid_and_validation(tmp_path):
                  "--out", str(out)])
     assert not out.exists()  # rejected before any work
     args = ["--analysis", "kpoly", "--nets", f"{DIGITS}:0.07", "--data", str(DIGITS_DATA), "--n", "2",
-            "--grid", "k=1,3", "--opt", "timeout_final_lp=5", "--timeout", "20", "--out", str(out)]
+            "--grid", "k=1,3", "--opt", "final_bab_timeout=5", "--timeout", "20", "--out", str(out)]
     assert ka.main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["config"] for r in rows} == {"k=1 timeout_final_lp=5", "k=3 timeout_final_lp=5"}
+    assert {r["config"] for r in rows} == {"final_bab_timeout=5 k=1", "final_bab_timeout=5 k=3"}
     assert len(rows) == 2 * len({r["image"] for r in rows})
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     conf = summary["meta"]["configurations"]
-    def krelu_stage(resolved):  # the refinement pipeline's k-ReLU stage, if any
-        return [s for s in resolved["options"]["pipeline"]["stages"] if s["key"] == "krelu"]
+    def krelu_stage(resolved):  # kpoly's k-ReLU rows inside bound propagation (the multineuron stage)
+        return [s for s in resolved["options"]["pipeline"]["stages"] if s["key"] == "multineuron"]
 
-    assert krelu_stage(conf[0]["resolved"]) == []  # k=1: the triangle relaxation only
+    assert krelu_stage(conf[0]["resolved"])[0]["krelu"]["k"] == 1  # k=1: slopes alone
     assert krelu_stage(conf[1]["resolved"])[0]["krelu"]["k"] == 3
     assert all(s["pgd_contradictions"] == 0 for s in summary["summary"])
     assert ka.main(args + ["--resume"]) == 0  # nothing left to do

@@ -250,7 +250,13 @@ def make_config(preset: str, overrides: dict[str, Any], *, base: RefineConfig | 
                               f"({', '.join(STAGE_TYPES)}), '<stage>.<option>', {', '.join(sorted(_SOLVER_KEYS))}, "
                               f"{', '.join(sorted(ALIASES))}, k-ReLU fields ({', '.join(sorted(_KRELU_KEYS))})")
     if kre and e.has("multineuron"):  # kpoly: the k-ReLU fields edit the rows inside bound propagation
-        e.set("multineuron", "krelu", replace(e.stages["multineuron"].krelu, **kre))  # type: ignore[attr-defined]
+        current = e.stages["multineuron"].krelu  # type: ignore[attr-defined]
+        if "k" in kre and "s" not in kre:  # keep the overlap valid for the new k (k + s >= 0)
+            kre["s"] = max(current.s, -int(kre["k"]))
+        try:
+            e.set("multineuron", "krelu", replace(current, **kre))
+        except ValueError as exc:
+            raise OptionError(f"k-ReLU options {kre}: {exc}") from None
         kre = {}
     if kre:
         if kre.get("k") == 1:
