@@ -41,22 +41,29 @@ def clause_tensors(prop: OutputProperty, device, dtype) -> tuple[torch.Tensor, t
     """The property as padded tensors ``A [K, R, n]``, ``b [K, R]`` and a row mask ``[K, R]``."""
     K = len(prop.clauses)
     R = max(c.A.shape[0] for c in prop.clauses)
-    A = torch.zeros(K, R, prop.n_outputs, dtype=dtype, device=device)
-    b = torch.zeros(K, R, dtype=dtype, device=device)
-    mask = torch.zeros(K, R, dtype=torch.bool, device=device)
+    A = np.zeros((K, R, prop.n_outputs))
+    b = np.zeros((K, R))
+    mask = np.zeros((K, R), dtype=bool)
     for k, c in enumerate(prop.clauses):
         r = c.A.shape[0]
-        A[k, :r] = torch.as_tensor(c.A, dtype=dtype)
-        b[k, :r] = torch.as_tensor(c.b, dtype=dtype)
+        A[k, :r] = c.A
+        b[k, :r] = c.b
         mask[k, :r] = True
-    return A, b, mask
+    return (torch.as_tensor(A, dtype=dtype, device=device), torch.as_tensor(b, dtype=dtype, device=device),
+            torch.as_tensor(mask, device=device))
 
 
 def clause_values(y: torch.Tensor, A: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per sample and clause ``min_r (A_r y + b_r)``: ``[N, K]`` for ``y`` ``[N, n]``."""
-    v = torch.einsum("krn,bn->bkr", A, y) + b
-    v = torch.where(mask, v, torch.full_like(v, math.inf))
-    return v.min(dim=-1).values
+    """Per sample and clause ``min_r (A_r y + b_r)``: ``[N, K]`` for ``y`` ``[N, n]``.
+
+    Samples go through in chunks so the ``[chunk, K, R]`` intermediate stays near 8M entries
+    (VNN-LIB properties can have 10^5 clauses)."""
+    per = max(1, int(8e6 // max(A.shape[0] * A.shape[1], 1)))
+    parts = []
+    for s in range(0, y.shape[0], per):
+        v = torch.einsum("krn,bn->bkr", A, y[s:s + per]) + b
+        parts.append(v.masked_fill(~mask, math.inf).min(dim=-1).values)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def check_counterexample(graph: Graph, region: InputBox, prop: OutputProperty, x: np.ndarray,
@@ -91,7 +98,9 @@ def pgd_attack(graph: Graph, region: InputBox, prop: OutputProperty, options: At
     # Starts: the centre, the best of a cheap random sample (corners included), and random points.
     n_random = max(options.restarts, 1)
     rng = np.random.default_rng(options.seed)
-    pool = torch.as_tensor(region.sample(options.sample_pool, rng), dtype=dtype, device=device)
+    # Scoring the pool costs pool x rows; properties with 10^5 clauses get a smaller pool.
+    pool_size = min(options.sample_pool, max(64, int(2e7 // max(A.shape[0] * A.shape[1], 1))))
+    pool = torch.as_tensor(region.sample(pool_size, rng), dtype=dtype, device=device)
     pool_vals = _pool_values(graph, pool, A, b, mask, deadline)
     pool = pool[: len(pool_vals)]
     best = pool[torch.argsort(pool_vals, descending=True)[: n_random // 2 + 1]]

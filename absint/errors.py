@@ -87,3 +87,14 @@ class UnknownBackendError(UnknownNameError, ValueError):
 class InvariantError(AbsintError):
     """An internal invariant does not hold (a bug in absint or in a plugin, never a user mistake);
     raised instead of ``assert`` so that it also holds under ``python -O``."""
+
+
+class QueryContractError(SpecError):
+    """A VNN-LIB query and its models break one of the verify command's error conditions
+    (VNN-LIB 2.0, section 5.3.2): ``condition`` 1 — missing or unnecessary ONNX models for the
+    declared networks; 2 — model element types differ from the declared ones; 3 — declared types
+    the solver cannot analyse soundly (consent to unsound analysis is given by declaring ``real``)."""
+
+    def __init__(self, condition: int, message: str) -> None:
+        self.condition = condition
+        super().__init__(message)

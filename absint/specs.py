@@ -125,22 +125,45 @@ class OutputProperty:
                 raise SpecError(f"clause refers to {c.A.shape[1]} outputs, property has {self.n_outputs}")
 
     def violated_by(self, y: np.ndarray) -> bool:
-        return any(c.satisfied_by(y) for c in self.clauses)
+        return bool(np.any(self.margins(y) <= 0))
 
     def margins(self, y: np.ndarray) -> np.ndarray:
         """Per clause, the worst-row 'safety margin' ``max_r −(A_r y + b_r)`` at a concrete ``y``.
 
         The property holds at ``y`` iff every entry is > 0 (a row of every clause fails).
+        Vectorised over all rows (properties from VNN-LIB files can have 10^5 clauses).
         """
         y = np.asarray(y, dtype=np.float64).reshape(-1)
-        return np.array([np.max(-(c.A @ y + c.b)) for c in self.clauses])
+        C, d, _ = self._rows()
+        return self.clause_max(C @ y + d)
+
+    def clause_max(self, row_values: np.ndarray) -> np.ndarray:
+        """Per clause, the largest of its rows' values (``row_values`` in :meth:`stacked` order)."""
+        return np.maximum.reduceat(np.asarray(row_values), self._clause_starts())
 
     def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All rows as one safety system ``C y + d`` (``C = −A``, ``d = −b``) and each row's clause."""
-        C = np.concatenate([-c.A for c in self.clauses])
-        d = np.concatenate([-c.b for c in self.clauses])
-        owner = np.concatenate([np.full(len(c.b), i) for i, c in enumerate(self.clauses)])
-        return C, d, owner
+        C, d, owner = self._rows()
+        return C.copy(), d.copy(), owner.copy()
+
+    def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`stacked`, computed once per property and shared (callers here never write)."""
+        cached = self.__dict__.get("_stacked")
+        if cached is None:
+            C = -np.concatenate([c.A for c in self.clauses])
+            d = -np.concatenate([c.b for c in self.clauses])
+            owner = np.repeat(np.arange(len(self.clauses)), [len(c.b) for c in self.clauses])
+            cached = (C, d, owner)
+            object.__setattr__(self, "_stacked", cached)
+        return cached
+
+    def _clause_starts(self) -> np.ndarray:
+        """Index of each clause's first row in :meth:`stacked` (for segment reductions)."""
+        cached = self.__dict__.get("_starts")
+        if cached is None:
+            cached = np.concatenate([[0], np.cumsum([len(c.b) for c in self.clauses])[:-1]]).astype(np.int64)
+            object.__setattr__(self, "_starts", cached)
+        return cached
 
     def is_pairwise_comparison(self) -> bool:
         """True if every row compares two outputs (``y_i − y_j ≥ 0``) with no constant.

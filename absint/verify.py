@@ -86,8 +86,7 @@ def _check_compatible(graph: Graph, spec: Spec) -> Spec:
 
 def decide(prop: OutputProperty, row_lower: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> tuple[bool, float]:
     """From proved lower bounds of the stacked safety rows: (all clauses refuted?, worst clause margin)."""
-    _, _, owner = prop.stacked()
-    margins = np.array([row_lower[owner == k].max() for k in range(len(prop.clauses))])
+    margins = prop.clause_max(row_lower)
     worst = float(margins.min())
     return bool(np.all(margins > tolerance)), worst
 

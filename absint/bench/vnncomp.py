@@ -100,14 +100,19 @@ def run_instance(onnx: str | Path, vnnlib: str | Path, out: str | Path, *, timeo
     competition): whatever loading took is subtracted from the analysis's budget.
     """
     from absint.verify import load_network, verify
+    from absint.vnnlib import parse_vnnlib
 
     t0 = time.perf_counter()
     result: Result | None = None
     try:
         graph = load_network(onnx)
+        spec = parse_vnnlib(vnnlib, deadline=None if timeout is None else t0 + timeout)
         left = None if timeout is None else max(0.0, timeout - (time.perf_counter() - t0))
         kw = {} if attack_budget is None else {"attack_budget": attack_budget}
-        result = verify(graph, vnnlib, analysis=analysis, timeout=left, attack=attack, **kw)
+        result = verify(graph, spec, analysis=analysis, timeout=left, attack=attack, name=Path(vnnlib).stem, **kw)
+    except TimeoutError:
+        result = Result(Path(vnnlib).stem, Verdict.UNKNOWN, analysis, time.perf_counter() - t0,
+                        reason="time-out (reading the property)")
     except Exception as exc:  # noqa: BLE001 - the competition wants 'error', not a traceback
         log.error("error on %s / %s: %s: %s", onnx, vnnlib, type(exc).__name__, exc)
         result = None

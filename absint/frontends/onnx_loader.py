@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,7 +64,8 @@ class _Lowering:
         self.nodes: list[Op] = []
         self.problems: list[tuple[str, str, str]] = []
         self.poisoned: set[str] = set()
-        self.output_softmax = False
+        self.softmax_outputs: set[str] = set()
+        self.requested: set[str] = set()
         self._counter = 0
 
     # -- helpers -----------------------------------------------------------------------------
@@ -116,23 +117,28 @@ class _Lowering:
         return _t(arr)
 
     # -- main loop ---------------------------------------------------------------------------
-    def run(self) -> Graph:
-        import onnx
-
+    def run(self, inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None) -> Graph:
+        """Lower the model. ``inputs``: the ONNX inputs that form the network input, in order
+        (default: every graph input that is not an initializer); ``outputs``: the tensors (graph
+        outputs or hidden tensors) that form the network output, in order (default: every graph
+        output). One input keeps its shape; several are read from one flat vector, each through an
+        exact selection (a 0/1 :class:`DenseOperator`). One output is that tensor's node; several
+        are flattened and concatenated as a sum of zero-padded embeddings ``E_1 a + E_2 b + ...``
+        (Affine and Add nodes: linear, exact in every domain). Nodes that no output needs are
+        dropped, and an unsupported op only matters if an output depends on it."""
         init_names = set(self.consts)
-        graph_inputs = [i for i in self.graph.input if i.name not in init_names]
-        if len(graph_inputs) != 1:
-            raise ModelError(f"{self.source}: expected exactly one network input, found {[i.name for i in graph_inputs]}")
-        inp = graph_inputs[0]
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
-        if not dims:
-            raise ModelError(f"{self.source}: input {inp.name!r} has no shape")
-        if dims[0] != 1 or any(d <= 0 for d in dims):
-            # A symbolic batch axis is read as 1; anything else must be a real batch of one.
-            dims = [1] + dims[1:] if dims[0] in (0, -1) else dims
-            if dims[0] != 1:
-                raise ModelError(f"{self.source}: input shape {dims} must have a batch axis of size 1 first")
-        self.emit(Input("input", (), tuple(dims[1:])), inp.name, tuple(dims))
+        graph_inputs = {i.name: i for i in self.graph.input if i.name not in init_names}
+        if inputs is None:
+            inputs = list(graph_inputs)
+        if not inputs:
+            raise ModelError(f"{self.source}: the model has no input")
+        for name in inputs:
+            if name not in graph_inputs:
+                raise ModelError(f"{self.source}: no graph input named {name!r} (inputs: {list(graph_inputs)})")
+        self._emit_inputs([graph_inputs[n] for n in inputs])
+        if outputs is None:
+            outputs = [o.name for o in self.graph.output]
+        self.requested = set(outputs)
 
         handlers = self.handlers()
         for node in self.graph.node:
@@ -152,32 +158,89 @@ class _Lowering:
             except (ValueError, IndexError, KeyError, TypeError) as exc:
                 self.problems.append((name, node.op_type, f"malformed: {exc}"))
                 self.poisoned.update(node.output)
-        if self.problems:
+        if not outputs:
+            raise ModelError(f"{self.source}: expected at least one graph output")
+        if any(o in self.poisoned for o in outputs):
             raise UnsupportedOpError(self.problems, self.source)
-        outputs = [o.name for o in self.graph.output]
-        if len(outputs) != 1:
-            raise ModelError(f"{self.source}: expected one graph output, found {outputs}")
-        if outputs[0] not in self.vars:
-            raise ModelError(f"{self.source}: output {outputs[0]!r} does not depend on the input")
-        out_node = self.vars[outputs[0]].node
-        _ = onnx  # imported for attribute parsing
-        g = Graph(tuple(self.nodes), out_node, Path(self.source).stem, {"output_softmax": self.output_softmax,
-                                                                          "source": self.source})
+        known = {t for n in self.graph.node for t in n.output} | set(graph_inputs) | init_names
+        for o in outputs:
+            if o not in self.vars:
+                if o not in known:
+                    raise ModelError(f"{self.source}: no tensor named {o!r} in the model")
+                raise ModelError(f"{self.source}: output {o!r} does not depend on the input")
+        dropped = sorted(self.softmax_outputs & set(outputs))
+        if len(outputs) > 1 and dropped:
+            raise UnsupportedOpError([(t, "Softmax", "a final Softmax is dropped (argmax is unchanged) only when its "
+                                                     "tensor is the one network output") for t in dropped], self.source)
+        out_node = self._emit_outputs(list(outputs))
+        meta = {"output_softmax": bool(dropped), "source": self.source,
+                "input_shapes": [self.vars[i].ir_shape for i in inputs],
+                "output_shapes": [self.vars[o].ir_shape for o in outputs]}
+        g = Graph(tuple(_prune(self.nodes, out_node)), out_node, Path(self.source).stem, meta)
         return normalize(g)
 
+    def _emit_inputs(self, graph_inputs: list) -> None:
+        shapes = []
+        for inp in graph_inputs:
+            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+            if not dims:
+                raise ModelError(f"{self.source}: input {inp.name!r} has no shape")
+            if dims[0] != 1 or any(d <= 0 for d in dims):
+                # A symbolic batch axis is read as 1; anything else must be a real batch of one.
+                dims = [1] + dims[1:] if dims[0] in (0, -1) else dims
+                if dims[0] != 1:
+                    raise ModelError(f"{self.source}: input shape {dims} must have a batch axis of size 1 first")
+            shapes.append(tuple(dims))
+        if len(graph_inputs) == 1:
+            self.emit(Input("input", (), shapes[0][1:]), graph_inputs[0].name, shapes[0])
+            return
+        total = sum(numel(s[1:]) for s in shapes)
+        self.nodes.append(Input("input", (), (total,)))
+        start = 0
+        for inp, dims in zip(graph_inputs, shapes):
+            size = numel(dims[1:])
+            select = torch.zeros(size, total, dtype=torch.float64)
+            select[torch.arange(size), torch.arange(start, start + size)] = 1.0
+            start += size
+            flat = self.fresh(f"{inp.name}/select")
+            op = Affine(flat, ("input",), (size,), DenseOperator(select), None)
+            if tuple(dims[1:]) == (size,):
+                self.emit(op, inp.name, dims)
+            else:
+                self.nodes.append(op)
+                self.emit(Reshape(self.fresh(inp.name), (flat,), tuple(dims[1:])), inp.name, dims)
+
+    def _emit_outputs(self, outputs: list[str]) -> str:
+        if len(outputs) == 1:
+            return self.vars[outputs[0]].node
+        parts = []
+        for o in outputs:
+            var = self.vars[o]
+            node = var.node
+            size = numel(var.ir_shape)
+            if tuple(var.ir_shape) != (size,):
+                node = self.fresh(f"{o}/flat")
+                self.nodes.append(Reshape(node, (var.node,), (size,)))
+            parts.append((node, size))
+        total = sum(size for _, size in parts)
+        start = 0
+        acc: str | None = None
+        for node, size in parts:
+            embed = torch.zeros(total, size, dtype=torch.float64)
+            embed[torch.arange(start, start + size), torch.arange(size)] = 1.0
+            start += size
+            name = self.fresh(f"{node}/embed")
+            self.nodes.append(Affine(name, (node,), (total,), DenseOperator(embed), None))
+            if acc is not None:
+                summed = self.fresh("outputs")
+                self.nodes.append(Add(summed, (acc, name), (total,)))
+                name = summed
+            acc = name
+        assert acc is not None
+        return acc
+
     def handlers(self) -> dict[str, Callable[[Any, str], None]]:
-        return {
-            "Constant": self.op_constant, "Identity": self.op_identity, "Dropout": self.op_identity,
-            "Cast": self.op_cast, "Gemm": self.op_gemm, "MatMul": self.op_matmul,
-            "Add": self.op_add, "Sub": self.op_sub, "Mul": self.op_mul, "Div": self.op_div,
-            "Neg": self.op_neg, "Conv": self.op_conv, "Relu": self.op_act, "Sigmoid": self.op_act,
-            "Tanh": self.op_act, "Flatten": self.op_flatten, "Reshape": self.op_reshape,
-            "Squeeze": self.op_squeeze, "Unsqueeze": self.op_squeeze, "Transpose": self.op_transpose,
-            "MaxPool": self.op_maxpool, "AveragePool": self.op_avgpool,
-            "GlobalAveragePool": self.op_avgpool, "BatchNormalization": self.op_batchnorm,
-            "Softmax": self.op_softmax, "Shape": self.op_shape, "Gather": self.op_gather,
-            "Concat": self.op_concat,
-        }
+        return {op: getattr(self, method) for op, method in OP_HANDLERS.items()}
 
     # -- constant-only / plumbing ops -------------------------------------------------------
     def op_constant(self, node, name) -> None:
@@ -217,7 +280,9 @@ class _Lowering:
     def op_shape(self, node, name) -> None:
         src = node.input[0]
         shape = self.consts[src].shape if self.is_const(src) else self.vars[src].shape
-        self.consts[node.output[0]] = np.array(shape, dtype=np.int64)
+        a = _attrs(node)  # opset 15: optional start / end slice the shape (negative counts from the end)
+        start, end = a.get("start", 0), a.get("end", len(shape))
+        self.consts[node.output[0]] = np.array(shape, dtype=np.int64)[slice(start, end)]
 
     def op_gather(self, node, name) -> None:
         data, idx = node.input[0], node.input[1]
@@ -516,15 +581,66 @@ class _Lowering:
         self.elementwise(x, scale.reshape(-1, *extra), shift.reshape(-1, *extra), node.output[0], name)
 
     def op_softmax(self, node, name) -> None:
-        outputs = {o.name for o in self.graph.output}
-        if node.output[0] not in outputs:
+        if node.output[0] not in self.requested:
             raise _Unsupported("Softmax is supported only as the last op (it is dropped: argmax is unchanged)")
-        self.output_softmax = True
+        self.softmax_outputs.add(node.output[0])
         self.vars[node.output[0]] = self.vars[node.input[0]]
 
 
-def load_onnx(path: str | Path) -> Graph:
-    """Load an ONNX file (or bytes) and lower it to a normalised :class:`~absint.ir.Graph`."""
+#: ONNX op type -> the handler method that lowers it. This table *is* the list of supported
+#: operators (``absint-vnnlib supports --onnx-operators`` prints it). Some handlers accept an op
+#: only in common forms (e.g. Concat/Gather/Shape on constants, Softmax as the last op); they say
+#: why when they refuse a node.
+OP_HANDLERS: dict[str, str] = {
+    "Constant": "op_constant", "Identity": "op_identity", "Dropout": "op_identity", "Cast": "op_cast",
+    "Gemm": "op_gemm", "MatMul": "op_matmul", "Add": "op_add", "Sub": "op_sub", "Mul": "op_mul", "Div": "op_div",
+    "Neg": "op_neg", "Conv": "op_conv", "Relu": "op_act", "Sigmoid": "op_act", "Tanh": "op_act",
+    "Flatten": "op_flatten", "Reshape": "op_reshape", "Squeeze": "op_squeeze", "Unsqueeze": "op_squeeze",
+    "Transpose": "op_transpose", "MaxPool": "op_maxpool", "AveragePool": "op_avgpool",
+    "GlobalAveragePool": "op_avgpool", "BatchNormalization": "op_batchnorm", "Softmax": "op_softmax",
+    "Shape": "op_shape", "Gather": "op_gather", "Concat": "op_concat",
+}
+
+#: Default-domain opsets whose semantics of every op above the handlers implement: from 7 (numpy
+#: broadcasting in Add/Sub/Mul/Div/Gemm, BatchNormalization without ``spatial``) to 25; changes in
+#: 14-25 to these ops only add element types or attributes the handlers read or refuse (Reshape
+#: ``allowzero``, Shape ``start``/``end``, AveragePool ``dilations``).
+OPSET_RANGE: tuple[int, int] = (7, 25)
+
+
+def supported_operators() -> tuple[str, ...]:
+    """The ONNX operator types the loader lowers (the keys of :data:`OP_HANDLERS`)."""
+    return tuple(OP_HANDLERS)
+
+
+def _prune(nodes: list[Op], output: str) -> list[Op]:
+    """The nodes the output depends on (the Input node always stays first), in order."""
+    by_name = {n.name: n for n in nodes}
+    needed = {output}
+    stack = [output]
+    while stack:
+        for a in by_name[stack.pop()].inputs:
+            if a not in needed:
+                needed.add(a)
+                stack.append(a)
+    return [n for i, n in enumerate(nodes) if i == 0 or n.name in needed]
+
+
+def load_onnx(path: str | Path | bytes, *, inputs: Sequence[str] | None = None,
+              outputs: Sequence[str] | None = None) -> Graph:
+    """Load an ONNX file (or bytes) and lower it to a normalised :class:`~absint.ir.Graph`.
+
+    ``inputs`` / ``outputs`` choose and order the ONNX inputs and the tensors (graph outputs or
+    hidden tensors) that form the graph's input and output; by default every graph input and every
+    graph output. Several inputs are read from one flat vector, several outputs are concatenated
+    into one flat vector, both in the order given (see :meth:`_Lowering.run`)."""
+    model = read_onnx(path)
+    source = str(path) if not isinstance(path, (bytes, bytearray)) else "<bytes>"
+    return lower_onnx(model, source, inputs=inputs, outputs=outputs)
+
+
+def read_onnx(path: str | Path | bytes) -> Any:
+    """The ``onnx.ModelProto`` of a file (or bytes); a :class:`ModelError` if it is not one."""
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -538,4 +654,11 @@ def load_onnx(path: str | Path) -> Graph:
         raise ModelError(f"{source}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node:
         raise ModelError(f"{source}: the ONNX graph has no nodes")
-    return _Lowering(model, source).run()
+    return model
+
+
+def lower_onnx(model: Any, source: str, *, inputs: Sequence[str] | None = None,
+               outputs: Sequence[str] | None = None) -> Graph:
+    """:func:`load_onnx` for a model already read with :func:`read_onnx`. The graph's ``meta``
+    records the IR shape of each chosen input (``input_shapes``) and output (``output_shapes``)."""
+    return _Lowering(model, source).run(inputs, outputs)
