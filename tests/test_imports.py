@@ -15,8 +15,9 @@ The floors (docs/architecture.md):
    domains and solvers never import each other, and solvers never import the network IR;
 2. the interpreter (walks a graph with a domain);
 3. analyses (analyses, alpha, sdp, bab, refine) and the conformance kit;
-4. the decision path (verify);
-5. the CLI (with its argument types), the experiments (bench) and the public facade ``absint``.
+4. the decision path (verify, and absint.vnnlib.solver which answers VNN-LIB queries through it);
+5. the CLI (with its argument types; absint-vnnlib and the VNN-COMP runner of absint.vnnlib), the
+   experiments (bench) and the public facade ``absint``.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ FLOORS: list[tuple[int, tuple[str, ...]]] = [
     (1, ("absint.domains", "absint.solvers", "absint.frontends", "absint.vnnlib", "absint.attack")),
     (2, ("absint.interpreter",)),
     (3, ("absint.analyses", "absint.alpha", "absint.sdp", "absint.bab", "absint.refine", "absint.testing")),
-    (4, ("absint.verify",)),
-    (5, ("absint.cli", "absint.argtypes", "absint.bench", "absint")),
+    (4, ("absint.verify", "absint.vnnlib.solver")),
+    (5, ("absint.cli", "absint.argtypes", "absint.bench", "absint", "absint.vnnlib.cli", "absint.vnnlib.vnncomp")),
 ]
 #: pairs of floor-1 packages that must not import each other
 APART = [("absint.domains", "absint.solvers"), ("absint.domains", "absint.frontends"),
