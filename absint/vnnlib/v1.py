@@ -136,8 +136,8 @@ class _Reader:
             except ValueError:
                 raise self.err(line, f"expected a number or a variable X_i / Y_j, found {tok!r}") from None
             if not math.isfinite(v):
-                raise self.err(line, f"{tok!r} is not a finite number (NaN and infinite constants have no meaning "
-                                     "in a bound)")
+                raise self.err(line, f"the number {tok!r} is not finite (NaN, inf, or beyond float64's range "
+                                     "±1.8e308)")
             self.numbers[tok] = v
         return v
 

@@ -171,7 +171,7 @@ class _Walker:
         const = sign * (ca - cb)
         line = la or lb
         if not all(math.isfinite(c) for _, c in items) or not math.isfinite(const):
-            raise VnnlibParseError(self.path, line, "a constant is not a finite number")
+            raise VnnlibParseError(self.path, line, "a constant is not finite")
         self.atoms.append(Atom(tuple(g for g, _ in items), tuple(c for _, c in items), const + 0.0, kind, line))
         return len(self.atoms) - 1
 
