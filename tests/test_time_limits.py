@@ -186,3 +186,36 @@ def test_progress_reason_lists_the_steps():
     assert text.startswith("time-out after") and "(limit 20 s): network loaded in 0.5 s, PGD 200 steps, " \
         "bab timeout after 1532 sub-problems bounded, stopped during bab bounding" in text
 
+
+
+def test_vnncomp_watchdog_writes_timeout_when_native_code_hangs(tmp_path):
+    """``absint vnncomp``'s last resort: a phase stuck in native code (here a sleep) past the limit
+    and the allowed overshoot; the watchdog thread writes ``timeout`` and ends the process."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "result.txt"
+    code = (
+        "import threading, time\n"
+        "from absint.bench.vnncomp import _watchdog\n"
+        f"_watchdog({str(out)!r}, '2022', time.perf_counter() + 0.2, threading.Lock(), threading.Event())\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == "timeout\n"
+
+
+def test_vnncomp_limit_covers_loading_and_parsing(tmp_path):
+    """run_instance hands the files to verify, so the clock starts before loading and parsing."""
+    from absint.bench.vnncomp import run_instance
+
+    spec = tmp_path / "p.vnnlib"
+    decl = "".join(f"(declare-const X_{i} Real)\n" for i in range(64)) + \
+        "".join(f"(declare-const Y_{j} Real)\n" for j in range(10))
+    spec.write_text(decl + "".join(f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 0.01))\n" for i in range(64))
+                    + "(assert (>= Y_1 Y_0))\n")
+    word, result, _ = run_instance(NET, spec, tmp_path / "r.txt", timeout=1e-6, analysis="box")
+    assert word == "timeout" and "time-out" in result.reason
+    assert "network loaded" in result.reason or "loading the network" in result.reason

@@ -211,7 +211,7 @@ def _run_vnncomp(args: argparse.Namespace) -> int:
 
     word, result, seconds = run_instance(args.onnx, args.vnnlib, args.out, timeout=args.timeout,
                                          analysis=args.analysis, fmt=args.format, attack=not args.no_attack,
-                                         attack_budget=args.attack_budget)
+                                         attack_budget=args.attack_budget, hard_exit=True)
     why = f" ({result.reason})" if result is not None and result.reason else ""
     print(f"{word}{why} in {seconds:.2f} s -> {args.out}")
     return 1 if word == "error" else 0

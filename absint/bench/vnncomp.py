@@ -21,6 +21,8 @@ For the 2021 format the counterexample goes to ``RESULTS.counterexample`` in the
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -93,28 +95,51 @@ def write_result(path: str | Path, result: Result | None, fmt: str = "2022") -> 
 
 def run_instance(onnx: str | Path, vnnlib: str | Path, out: str | Path, *, timeout: float | None,
                  analysis: str = "deeppoly", fmt: str = "2022", attack: bool = True,
-                 attack_budget: float | None = None) -> tuple[str, Result | None, float]:
+                 attack_budget: float | None = None, hard_exit: bool = False) -> tuple[str, Result | None, float]:
     """Verify one instance and write its results file: ``(word, result or None on error, seconds)``.
 
     The time limit covers loading the network and parsing the property too (as in the
-    competition): whatever loading took is subtracted from the analysis's budget.
+    competition): :func:`absint.verify.verify` starts its clock before either. ``hard_exit``
+    (the ``absint vnncomp`` command): should anything still run at the limit plus the allowed
+    overshoot (a phase in native code that no deadline reaches, e.g. a parser or a solver), a
+    watchdog thread writes ``timeout`` and ends the process.
     """
-    from absint.verify import load_network, verify
-    from absint.vnnlib import parse_vnnlib
+    from absint.timelimit import allowed_overshoot, check_limit
+    from absint.verify import verify
 
     t0 = time.perf_counter()
+    timeout = check_limit(timeout)
+    written = threading.Event()
+    lock = threading.Lock()
+    if hard_exit and timeout is not None:
+        _watchdog(out, fmt, t0 + timeout + 0.9 * allowed_overshoot(timeout), lock, written)
     result: Result | None = None
     try:
-        graph = load_network(onnx)
-        spec = parse_vnnlib(vnnlib, deadline=None if timeout is None else t0 + timeout)
-        left = None if timeout is None else max(0.0, timeout - (time.perf_counter() - t0))
         kw = {} if attack_budget is None else {"attack_budget": attack_budget}
-        result = verify(graph, spec, analysis=analysis, timeout=left, attack=attack, name=Path(vnnlib).stem, **kw)
-    except TimeoutError:
-        result = Result(Path(vnnlib).stem, Verdict.UNKNOWN, analysis, time.perf_counter() - t0,
-                        reason="time-out (reading the property)")
+        result = verify(onnx, vnnlib, analysis=analysis, timeout=timeout, attack=attack, **kw)
     except Exception as exc:  # noqa: BLE001 - the competition wants 'error', not a traceback
         log.error("error on %s / %s: %s: %s", onnx, vnnlib, type(exc).__name__, exc)
         result = None
-    word = write_result(out, result, fmt)
+    with lock:
+        word = write_result(out, result, fmt)
+        written.set()
     return word, result, time.perf_counter() - t0
+
+
+def _watchdog(out: str | Path, fmt: str, at: float, lock: threading.Lock, written: threading.Event) -> None:
+    """At ``at`` (``perf_counter``), unless the result is written: write ``timeout`` and exit the process."""
+
+    def fire() -> None:
+        if not written.wait(max(0.0, at - time.perf_counter())):
+            with lock:
+                if not written.is_set():
+                    write_result(out, Result(Path(out).stem, Verdict.UNKNOWN, "", 0.0, reason="time-out (watchdog)"),
+                                 fmt)
+                    log.error("time limit: stopped by the watchdog; wrote 'timeout' to %s", out)
+                    import sys
+
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(0)
+
+    threading.Thread(target=fire, name="absint-vnncomp-watchdog", daemon=True).start()
