@@ -67,7 +67,10 @@ def _as_spec(spec: Any) -> Spec:
     if isinstance(spec, (str, Path)):
         from absint.vnnlib import parse_vnnlib
 
-        return parse_vnnlib(spec)
+        try:
+            return parse_vnnlib(spec)
+        except RecursionError:  # a parser that recurses per nesting level (VNN-LIB 1.0's)
+            raise SpecError(f"{spec}: formulas nested too deeply to parse") from None
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], InputBox):
         return Spec((Instance(spec[0], spec[1]),))
     raise SpecError(f"cannot use {type(spec).__name__} as a specification")

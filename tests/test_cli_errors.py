@@ -102,8 +102,12 @@ def test_verify_non_finite_vnnlib_bounds(capsys, files, key, needles):
     one_line_error(capsys, ["verify", str(NET), "--vnnlib", str(files[key]), "--quiet"], *needles)
 
 
-def test_verify_binary_vnnlib(capsys, files):
+def test_verify_binary_and_deeply_nested_vnnlib(capsys, files, tmp_path):
     one_line_error(capsys, ["verify", str(NET), "--vnnlib", str(files["binary_vnnlib"]), "--quiet"], "binary.vnnlib")
+    deep = tmp_path / "deep.vnnlib"
+    text = files["nan_vnnlib"].read_text().replace("(assert (>= X_0 NaN))", "(assert (>= X_0 0.0))")
+    deep.write_text(text + "(assert " + "(or " * 5000 + "(>= Y_0 Y_1)" + ")" * 5000 + ")\n")
+    one_line_error(capsys, ["verify", str(NET), "--vnnlib", str(deep), "--quiet"], "deep.vnnlib")
 
 
 @pytest.mark.parametrize("argv, needles", [
