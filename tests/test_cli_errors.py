@@ -149,3 +149,12 @@ def test_closed_stdout_is_not_a_traceback(capsys, monkeypatch):
     code = main(["bench", str(ROOT / "configs/digits_smoke.toml"), "--dry-run"])
     err = capsys.readouterr().err
     assert code == 141 and "Traceback" not in err and "Error" not in err
+
+
+def test_bench_config_with_unknown_backend_or_option(capsys, tmp_path):
+    """Options of a column are checked before anything runs: one line naming the column and option."""
+    for extra, needle in (('backend = "nosuch"', "unknown solver backend 'nosuch'"), ("frobnicate = 1", "frobnicate")):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'name = "c"\nanalyses = ["mine"]\n[analysis.mine]\nbase = "lp"\n{extra}\n'
+                       f'[[experiment]]\nname = "d"\nnetwork = "{NET}"\ndata = "{DATA}"\neps = 0.01\ncount = 1\n')
+        one_line_error(capsys, ["bench", str(cfg), "--dry-run"], "[analysis.mine]", needle)
