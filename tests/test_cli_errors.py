@@ -122,6 +122,7 @@ def test_verify_binary_and_deeply_nested_vnnlib(capsys, files, tmp_path):
     (["nosuch.toml"], ["nosuch.toml: no such file"]),
     ([], ["give a CONFIG file"]),
     (["--network", str(NET)], ["--network needs --data and --eps"]),
+    (["--network", str(NET), "--data", str(DATA), "--eps", "0.01", "--start", "99999"], ["start 99999 is past the end"]),
 ])
 def test_bench_argument_mistakes(capsys, argv, needles):
     one_line_error(capsys, ["bench", *argv, "--dry-run"], *needles)

@@ -52,6 +52,9 @@ def _image_tasks(exp: Experiment, done: set[Key], specs: dict[str, AnalysisSpec]
                                "(use --bench-root to point at your copy of the benchmark data)")
     graph = absint.load_network(exp.network)
     images, labels = absint.load_images(exp.data, tuple(graph.input_shape))
+    if exp.start >= len(images):
+        raise BenchConfigError(f"experiment {exp.name!r}: start {exp.start} is past the end of {exp.data} "
+                               f"({len(images)} images)")
     stop = len(images) if exp.count is None else min(len(images), exp.start + exp.count)
     if exp.count is not None and exp.start + exp.count > len(images):
         log.warning("experiment %r: asked for %d images from %d, the data set has %d", exp.name, exp.count,
