@@ -59,7 +59,7 @@ def load_network(source: Any, *, input_shape: Sequence[int] | None = None,
     return graph.to(device) if device is not None else graph
 
 
-def _as_spec(spec: Any) -> Spec:
+def _as_spec(spec: Any, deadline: float | None = None) -> Spec:
     if isinstance(spec, Spec):
         return spec
     if isinstance(spec, Instance):
@@ -68,7 +68,7 @@ def _as_spec(spec: Any) -> Spec:
         from absint.vnnlib import parse_vnnlib
 
         try:
-            return parse_vnnlib(spec)
+            return parse_vnnlib(spec, deadline=deadline)
         except RecursionError:  # a parser that recurses per nesting level (VNN-LIB 1.0's)
             raise SpecError(f"{spec}: formulas nested too deeply to parse") from None
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], InputBox):
@@ -352,7 +352,11 @@ def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", ti
         if not isinstance(network, Graph):
             progress.done(f"network loaded in {progress.elapsed():.2g} s")
         with progress.running("reading the specification"):
-            spec_obj = _check_compatible(graph, _as_spec(spec))
+            try:
+                spec_obj = _check_compatible(graph, _as_spec(spec, progress.deadline))
+            except TimeoutError:  # the parser stopped at the deadline
+                return Result(label or "instance", Verdict.UNKNOWN, an.name, progress.elapsed(),
+                              reason=progress.timeout_reason(stopped="reading the specification"))
         if isinstance(spec, (str, Path)):
             progress.done("specification parsed")
         label = label or spec_obj.instances[0].name or "instance"
