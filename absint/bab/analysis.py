@@ -18,6 +18,7 @@ import logging
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,6 @@ from absint.bab.relu_split import ReluSplitting
 from absint.ir import Graph
 from absint.registry import DOMAINS, get_domain, names
 from absint.specs import InputBox
-from absint.domains.alpha import chain_of
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,12 @@ class BabAnalysis(Analysis):
         return "input" if int(np.prod(graph.input_shape)) <= o.auto_input_dims else "relu"
 
     def make_search(self, graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray,
-                    owner: np.ndarray, input_heuristic: str | None = None) -> Search:
+                    owner: np.ndarray, input_heuristic: str | None = None, *,
+                    root_bounds: Any = None) -> Search:
         """A ready :class:`~absint.bab.engine.Search` for one region (``input_heuristic``
-        overrides the options' one; ``portfolio`` means ``smear`` for a single search)."""
+        overrides the options' one; ``portfolio`` means ``smear`` for a single search;
+        ``root_bounds``: bounds of some nodes proved elsewhere, name → ``(lower, upper)``, used by
+        α/β ReLU splitting)."""
         o = self.bab_options
         heuristic = input_heuristic or o.input_heuristic
         if heuristic == "portfolio":
@@ -100,11 +103,11 @@ class BabAnalysis(Analysis):
         mode = self.split_mode(graph)
         if mode == "input":
             strat = InputSplitting(bounder, region, Ct, dt, onehot, heuristic, o.attack, o.max_aspect)
-        elif o.bounding == "alpha-beta" and chain_of(graph) is not None:
+        elif o.bounding == "alpha-beta" and bounder.n_relu > 0:
             from absint.bab.beta import BetaOptions, BetaReluSplitting
 
             strat = BetaReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack,
-                                      BetaOptions(iters=o.beta_iters))
+                                      BetaOptions(iters=o.beta_iters), root_bounds=root_bounds)
         else:
             strat = ReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack)
         g = graph.to(self.device, torch.float64)
@@ -192,6 +195,21 @@ class BabAnalysis(Analysis):
                 if c is not None:
                     lower_np[i] = np.minimum(lower_np[i], 0.0)
         return BoundResult(lower_np, candidates=cands, notes=notes, stats=stats[0] if B == 1 else {"per_region": stats})
+
+
+def relu_branch_and_bound(graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray, *,
+                          root_bounds: Any = None, owner: np.ndarray | None = None,
+                          options: BabOptions | None = None, device: Any = None,
+                          deadline: float | None = None) -> SearchResult:
+    """ReLU-split branch and bound with α/β bounding (β-CROWN) of the rows ``C y + d`` on ``region``,
+    started from bounds proved elsewhere: ``root_bounds`` maps node names to ``(lower, upper)``
+    (flat or shaped like the node), intersected with the engine's own root bounds. The public
+    entry for refinement stages; ``options`` default to ``BabOptions(split="relu")``.
+    ``SearchResult.row_min`` are proved bounds of the rows when the status is ``verified``."""
+    o = replace(options or BabOptions(), split="relu", bounding="alpha-beta")
+    an = BabAnalysis(options=o, device=device)
+    owner = np.arange(len(d)) if owner is None else np.asarray(owner)
+    return an.make_search(graph, region, C, d, owner, root_bounds=root_bounds).run(deadline=deadline)
 
 
 # -- parallel workers --------------------------------------------------------------------------

@@ -1,63 +1,59 @@
-"""Optimised-slope + split-multiplier bounds for ReLU-split sub-problems (β-CROWN style).
+"""Optimised-slope + split-multiplier bounds for ReLU-split sub-problems (β-CROWN) on the bound engine.
 
 Wang, Zhang, Xu, Lin, Jana, Hsieh, Kolter, "Beta-CROWN: Efficient Bound Propagation with
 Per-neuron Split Constraints for Neural Network Robustness Verification", NeurIPS 2021.
 
 A sub-problem is the root input box plus a phase per ReLU (``+1``: ``z ≥ 0``, ``−1``: ``z ≤ 0``,
-``0``: free). Its bound is computed as follows (chain networks only, see
-:func:`absint.domains.alpha.chain_of`):
+``0``: free), on any graph the engine handles (residual ``Add`` included). Its bound:
 
-1. Intermediate pre-activation bounds ``l, u`` of the *root* (DeepPoly, then α-optimised per layer
-   by :class:`absint.domains.alpha.AlphaBounder`) are computed once; they hold on every sub-problem. Per
-   sub-problem they are clamped by its split constraints (active: ``l = max(l, 0)``, inactive:
-   ``u = min(u, 0)``); a sub-problem whose clamped bounds are contradictory (``l > u``) is empty
-   (*infeasible*, proved vacuously).
-2. Each safety row ``c·y + d`` is bounded by back-substitution through the chain, with an upper
-   chord and an optimisable lower slope ``α ∈ [0, 1]`` per unstable neuron, row and sub-problem,
-   and the split constraints ``s_j z_j ≥ 0`` entering by Lagrangian relaxation: for ``β_j ≥ 0``,
-   ``c·y ≥ c·y − Σ_j β_j s_j z_j`` on the sub-problem, so ``−β_j s_j`` is added to the
-   coefficient of ``z_j`` when the backward pass reaches that layer. Every ``α ∈ [0, 1]`` and
-   ``β ≥ 0`` gives a sound lower bound, so both are optimised by projected Adam for a few
-   iterations and the best bound seen (per row and sub-problem) is kept, widened by a float64
-   rounding margin.
+1. The root's intermediate bounds (DeepPoly over the graph view, intersected with given bounds,
+   then slope-optimised per layer, :mod:`absint.domains.linear_bounds.optimize`) hold on every
+   sub-problem. Per sub-problem they are clamped by its splits (active: ``l = max(l, 0)``,
+   inactive: ``u = min(u, 0)``) and by its parent's bounds; contradictory bounds (``l > u``) make
+   it empty (*infeasible*, proved vacuously).
+2. With ``tighten``, the ReLU inputs of the layers after the newest split are re-bounded per
+   sub-problem by the engine (DeepPoly slopes over the clamped bounds; split ReLUs are exact).
+3. Each safety row ``c·y + d`` is bounded by one backward pass per (sub-problem, open row) pair
+   with per-row slopes ``α ∈ [0, 1]`` on the root-unstable neurons and split multipliers ``β ≥ 0``
+   (:mod:`absint.domains.linear_bounds.params`): every value is sound, so both are optimised by
+   projected Adam and the best bound seen is kept. Children warm-start from their parent's ``α``,
+   ``β`` (stored packed on the root-unstable neurons, float32) and bounds.
 
-3. Per sub-problem, the intermediate bounds of the layers after its newest split are re-bounded
-   by back-substitution over its own clamped bounds (DeepPoly slopes, split ReLUs exact there:
-   :meth:`BetaBounder.tighten`); the result is stored with the sub-problem and inherited by its
-   children (a child is a subset of its parent), as are its best ``α``/``β`` (warm start).
-
-Everything is batched: one back-substitution row per (sub-problem, still-open safety row) pair
-(rows of clauses the parent already refuted are skipped). The slopes start from the parent's, or
-the root's optimised slopes. Sub-problems with no unstable unsplit ReLU left get
-``leaf_iters`` more iterations (there the bound is the Lagrangian dual of an LP, exact at the
-optimal ``β``) before the engine reports them stuck.
+Sub-problems with no unstable unsplit ReLU left get ``leaf_iters`` more iterations (there the bound
+is the Lagrangian dual of an LP, exact at the optimal ``β``) before the search reports them stuck.
+Every number is rigorous in real arithmetic (the engine's rounding accounting).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
-from absint.ir import Graph
-from absint.domains.alpha import AlphaBounder, AlphaOptions, chain_of
-from absint.domains.relaxations import relu_lower_slope, relu_upper_line
+from absint.ir import Graph, Relu
+from absint.domains.linear_bounds import Engine, EngineOptions, GraphView, NodeParams, Params
+from absint.domains.linear_bounds.api import deeppoly_view
+from absint.domains.linear_bounds.graph import NONLINEAR
+from absint.domains.linear_bounds.optimize import SlopeOptimiser, SlopeOptions
+from absint.domains.linear_bounds.rows import RowLayout
+from absint.domains.relaxations import relu_lower_slope
+
+__all__ = ["BetaOptions", "BetaOut", "BetaBounder", "BetaReluSplitting"]
 
 
 @dataclass(frozen=True)
 class BetaOptions:
     """``iters`` Adam steps per batch (``lr_alpha``, ``lr_beta``); ``root_iters`` for the root's
-    rows; ``layer_iters`` for the root's α-optimised intermediate bounds (0: DeepPoly's only);
-    ``margin`` relative + absolute outward widening of every returned bound; ``tighten``:
-    re-bound the intermediate pre-activations of the layers after each new split per sub-problem
-    (DeepPoly slopes over the clamped bounds, :meth:`BetaBounder.tighten`)."""
+    rows; ``layer_iters`` for the root's slope-optimised intermediate bounds (0: DeepPoly's only);
+    ``tighten``: re-bound the intermediate bounds of the layers after each new split per
+    sub-problem; ``leaf_iters`` for sub-problems with every ReLU decided."""
 
     iters: int = 20
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     root_iters: int = 100
     layer_iters: int = 30
-    margin: float = 1e-9
     tighten: bool = True
     leaf_iters: int = 300
 
@@ -74,55 +70,48 @@ class BetaOut:
     beta: torch.Tensor | None = None  # [k, m, U] best multipliers on them
 
 
+RootBounds = Mapping[str, tuple[Any, Any]] | tuple[list[torch.Tensor], list[torch.Tensor]]
+
+
 class BetaBounder:
     """β-CROWN-style bounds of ``C y + d`` on ReLU-split sub-problems of one input box."""
 
     def __init__(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
-                 d: torch.Tensor, options: BetaOptions = BetaOptions(), *, root_pre=None,
+                 d: torch.Tensor, options: BetaOptions = BetaOptions(), *, root_pre: RootBounds | None = None,
                  deadline: float | None = None) -> None:
-        chain = chain_of(graph)
-        if chain is None:
-            raise ValueError("alpha-beta bounding needs a chain network (Affine/Reshape/ReLU)")
-        self.chain, self.opt = chain, options
+        self.opt = options
         self.dtype = torch.float64
-        self.ab = AlphaBounder(chain, AlphaOptions(iters=options.layer_iters, margin=options.margin),
-                               dtype=self.dtype)
-        self.steps = self.ab.steps
+        self.graph = graph.to("cpu", self.dtype)
         self.lo_in = lower.reshape(-1).to(self.dtype)
         self.hi_in = upper.reshape(-1).to(self.dtype)
-        self.mid, self.rad = (self.lo_in + self.hi_in) / 2, (self.hi_in - self.lo_in) / 2
         self.C, self.d = C.to(self.dtype), d.to(self.dtype)
-        self.sizes = list(chain.pre_sizes)
-        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         t0 = time.perf_counter()
-        if root_pre is None:
-            root_pre = self._deeppoly_pre(graph, deadline)
-        pre_lo, pre_hi = root_pre
-        res = self.ab.run(self.lo_in, self.hi_in, pre_lo, pre_hi, layers=options.layer_iters > 0,
-                          deadline=deadline)
-        self.root_lo = [t.clone() for t in res.pre_lo]
-        self.root_hi = [t.clone() for t in res.pre_hi]
+        names = [n.inputs[0] for n in self.graph.nodes if isinstance(n, Relu)]
+        self.pre_names = names
+        if root_pre is not None and not isinstance(root_pre, Mapping):  # (lists per ReLU layer)
+            root_pre = {n: (a, b) for n, a, b in zip(names, root_pre[0], root_pre[1])}
+        view, engine = deeppoly_view(self.graph, self.lo_in[None], self.hi_in[None],
+                                     options=EngineOptions(early_stop=False), given=root_pre)
+        if options.layer_iters > 0:
+            opt = SlopeOptimiser(view, engine, SlopeOptions(iters=options.layer_iters, final_iters=0))
+            opt.run(view.output, self.C[None], self.d[None], deadline=deadline, stop_above=None)
+        pre = [view[n] for n in names]
+        self.root_lo = [engine.cached(p)[0].detach().reshape(-1).clone() for p in pre]
+        self.root_hi = [engine.cached(p)[1].detach().reshape(-1).clone() for p in pre]
+        self.sizes = [int(t.numel()) for t in self.root_lo]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         # Only root-unstable neurons ever get an optimised slope or a split: their per-sub-problem
         # α/β are stored (float32, [k, m, U]) to warm-start the children.
         self.unst = [torch.nonzero((l < 0) & (u > 0)).reshape(-1) for l, u in zip(self.root_lo, self.root_hi)]
         self.upos = [sum(int(t.numel()) for t in self.unst[:j]) for j in range(len(self.unst))]
         self.n_unstable = sum(int(t.numel()) for t in self.unst)
-        # Root rows with many iterations; its slopes warm-start every sub-problem.
         self.root_alpha: list[torch.Tensor | None] = [None] * len(self.sizes)
         splits0 = torch.zeros(1, sum(self.sizes), dtype=torch.int8)
         out = self.bound(splits0, iters=options.root_iters, deadline=deadline, keep_alpha=True)
         self.root_rows = out.rows[0]
         self.root_out = out
-        self.stats = {"root_seconds": time.perf_counter() - t0, "unstable_root": res.stats.get("unstable_after")}
-
-    def _deeppoly_pre(self, graph: Graph, deadline: float | None = None):
-        from absint.bab.bounding import Bounder
-        from absint.registry import get_domain
-        from absint.domains.deeppoly import DeepPolyOptions
-
-        b = Bounder(graph, get_domain("deeppoly")(DeepPolyOptions(early_stop=False)))
-        out = b.bound(self.lo_in[None], self.hi_in[None], self.C, self.d, want_pre=True, deadline=deadline)
-        return [t[0] for t in out.pre_lo], [t[0] for t in out.pre_hi]
+        self.stats = {"root_seconds": time.perf_counter() - t0,
+                      "unstable_root": [int(t.numel()) for t in self.unst]}
 
     # ---------------------------------------------------------------------------------------
     def _layer(self, splits: torch.Tensor, j: int):
@@ -131,89 +120,52 @@ class BetaBounder:
         u = torch.where(s < 0, self.root_hi[j].clamp(max=0)[None], self.root_hi[j][None])
         return s, l, u
 
-    def _backward(self, lam: torch.Tensor, layers, alphas, betas, keep_coef: bool = False, start: int | None = None):
-        """``lam``: ``[R, n_out]`` (one row per (sub-problem, row) pair; ``layers`` gathered to match).
-        Returns lower bounds ``[R]`` (without ``d``), the input coefficients and, with
-        ``keep_coef``, the coefficient of each post-ReLU value per layer."""
-        R = lam.shape[0]
-        const = lam.new_zeros(R)
-        coefs: dict[int, torch.Tensor] = {}
-        for i in range(len(self.steps) - 1 if start is None else start, -1, -1):
-            step = self.steps[i]
-            if step[0] == "affine":
-                op = step[1]
-                const = const + lam @ step[2]
-                lam = op.transpose(lam.reshape(R, *op.out_shape)).reshape(R, -1)
-            else:
-                j = step[1]
-                s, l, u, unstable, active, us, uo, ls0 = layers[j]
-                if keep_coef:
-                    coefs[j] = lam.detach()
-                a = alphas.get(j)
-                ls = ls0 if a is None else torch.where(unstable, a.clamp(0, 1), active.to(lam.dtype))
-                pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-                const = const + (neg * uo).sum(-1)
-                lam = pos * ls + neg * us
-                b = betas.get(j)
-                if b is not None:
-                    lam = lam - b * s
-        val = lam @ self.mid - lam.abs() @ self.rad + const
-        return val, lam, coefs
-
-    @staticmethod
-    def _relax(s, l, u):
-        unstable = (l < 0) & (u > 0)
-        us, uo = relu_upper_line(l, u)
-        return (s, l, u, unstable, l >= 0, us, uo, relu_lower_slope(l, u))
-
-    def tighten(self, per_layer: list, infeasible: torch.Tensor, from_layer: torch.Tensor) -> None:
-        """Re-bound (in place) the unstable, unsplit pre-activations of layers ``j ≥ from_layer[i]``
-        of each sub-problem ``i`` by back-substitution over its own (clamped, tightened) bounds of
-        the layers before (DeepPoly slopes; the split ReLUs are exact there). Contradictory
-        bounds mark the sub-problem infeasible."""
-        m = self.opt.margin
-        for j in range(1, len(self.sizes)):
-            s, l, u = per_layer[j]
-            need = (l < 0) & (u > 0) & (s == 0) & (from_layer <= j)[:, None] & ~infeasible[:, None]
-            pairs = torch.nonzero(need)
-            if pairs.numel() == 0:
-                continue
-            sub, neu = pairs[:, 0], pairs[:, 1]
-            R = int(sub.numel())
-            layers = {i: self._relax(*(t[sub] for t in per_layer[i])) for i in range(j)}
-            lam = torch.zeros(2 * R, self.sizes[j], dtype=self.dtype)
-            ar = torch.arange(R)
-            lam[ar, neu] = 1.0
-            lam[R + ar, neu] = -1.0
-            layers2 = {i: tuple(torch.cat([t, t]) for t in v) for i, v in layers.items()}
-            with torch.no_grad():
-                val, _, _ = self._backward(lam, layers2, {}, {}, start=self.chain.pre_step[j])
-            val = val - m * (1 + val.abs())
-            lo_new = torch.maximum(l[sub, neu], val[:R])
-            hi_new = torch.minimum(u[sub, neu], -val[R:])
-            l, u = l.clone(), u.clone()
-            l[sub, neu] = lo_new
-            u[sub, neu] = hi_new
-            bad = torch.zeros_like(infeasible)
-            bad[sub[lo_new > hi_new]] = True
-            infeasible |= bad
-            u = torch.maximum(u, l)
-            per_layer[j] = (s, l, u)
+    def _view(self, per_layer: list, infeasible: torch.Tensor, from_layer: torch.Tensor | None):
+        """A graph view for the ``k`` sub-problems with each ReLU input's bounds set (clamped; with
+        ``tighten``, re-bounded from ``from_layer`` on and clamped again)."""
+        k = per_layer[0][1].shape[0] if per_layer else 1
+        engine = Engine(EngineOptions(early_stop=True), dtype=self.dtype)
+        view = GraphView.of(self.graph, k)
+        engine.store(view.input, 2, self.lo_in[None].expand(k, -1).reshape(k, *self.graph.input_shape),
+                     self.hi_in[None].expand(k, -1).reshape(k, *self.graph.input_shape))
+        index = {n: j for j, n in enumerate(self.pre_names)}
+        first = None
+        if self.opt.tighten and from_layer is not None:
+            live = from_layer[~infeasible] if bool((~infeasible).any()) else from_layer
+            first = int(live.min()) if live.numel() else None
+        for node in view:
+            j = index.get(node.name)
+            if j is not None:
+                s, l, u = per_layer[j]
+                shape = (k, *node.shape)
+                if first is not None and j >= first and j > 0:
+                    # re-bound the unstable, unsplit neurons of the sub-problems split before layer j
+                    engine.store(node, 1, l.reshape(shape), u.reshape(shape))
+                    mask = (s == 0) & (from_layer <= j)[:, None] & ~infeasible[:, None]
+                    lo, hi = engine.rebound(node, mask)
+                    lo, hi = lo.reshape(k, -1), hi.reshape(k, -1)
+                    infeasible |= (lo > hi).any(1)
+                    hi = torch.maximum(hi, lo)
+                    node.cache["lower"], node.cache["upper"] = lo.reshape(shape), hi.reshape(shape)
+                    per_layer[j] = (s, lo, hi)
+                else:
+                    engine.store(node, 2, l.reshape(shape), u.reshape(shape))
+            if isinstance(node.op, NONLINEAR):
+                engine.relax(node)
+        return view, engine
 
     def _unpack(self, packed, j: int, base: torch.Tensor) -> torch.Tensor:
-        """``base`` ``[R, n_j]`` with the root-unstable entries of layer ``j`` taken from ``packed`` ``[R, U]``."""
+        """``base`` ``[R, U_j]`` with the entries of layer ``j`` taken from ``packed`` ``[R, U]``."""
         idx = self.unst[j]
         if packed is None or idx.numel() == 0:
             return base
-        out = base.clone()
-        out[:, idx] = packed[:, self.upos[j]:self.upos[j] + idx.numel()].to(self.dtype)
-        return out
+        return packed[:, self.upos[j]:self.upos[j] + idx.numel()].to(self.dtype)
 
-    def _pack(self, full: dict[int, torch.Tensor], R: int) -> torch.Tensor:
+    def _pack(self, params: dict[int, torch.Tensor], R: int) -> torch.Tensor:
         parts = []
         for j, idx in enumerate(self.unst):
-            t = full.get(j)
-            parts.append(t[:, idx].float() if t is not None else torch.zeros(R, idx.numel()))
+            t = params.get(j)
+            parts.append(t.float() if t is not None else torch.zeros(R, idx.numel()))
         return torch.cat(parts, -1)
 
     def bound(self, splits: torch.Tensor, *, iters: int | None = None, deadline: float | None = None,
@@ -225,31 +177,29 @@ class BetaBounder:
         ``init_alpha``/``init_beta`` (``[k, m, U]``, e.g. the parents') warm-start the
         optimisation; ``open_rows`` (``[k, m]`` bool): only these rows are bounded, the others get
         ``−inf`` (the caller keeps the parent's bound for them). ``pre``: bounds ``[k, n_relu]``
-        known to hold on each sub-problem (its parent's); ``from_layer`` ``[k]``: re-tighten the
-        intermediate bounds of the layers from this one on (see :meth:`tighten`)."""
+        known to hold on each sub-problem (its parent's); ``from_layer`` ``[k]``: re-bound the
+        intermediate bounds of the layers from this one on."""
         iters = self.opt.iters if iters is None else iters
         k = splits.shape[0]
         m = self.C.shape[0]
         infeasible = torch.zeros(k, dtype=torch.bool)
-        per_layer, los, his = [], [], []
+        per_layer = []
         for j in range(len(self.sizes)):
             s, l, u = self._layer(splits, j)
+            if pre is not None:  # the parent's bounds hold on the child too
+                l = torch.maximum(l, pre[0][:, self.offsets[j]:self.offsets[j] + self.sizes[j]])
+                u = torch.minimum(u, pre[1][:, self.offsets[j]:self.offsets[j] + self.sizes[j]])
             infeasible |= (l > u).any(1)
-            if pre is not None:  # the parent's tightened bounds hold on the child too
-                p_lo = pre[0][:, self.offsets[j]:self.offsets[j] + self.sizes[j]]
-                p_hi = pre[1][:, self.offsets[j]:self.offsets[j] + self.sizes[j]]
-                l, u = torch.maximum(l, p_lo), torch.minimum(u, p_hi)
-                infeasible |= (l > u).any(1)
-            u = torch.maximum(u, l)  # empty sub-problems: any consistent values (result discarded)
-            per_layer.append((s, l, u))
-        if self.opt.tighten and from_layer is not None:
-            self.tighten(per_layer, infeasible, from_layer)
-        for s_, l, u in per_layer:
-            los.append(l)
-            his.append(u)
+            per_layer.append((s, l, torch.maximum(u, l)))  # empty sub-problems: any consistent values
+        view, engine = self._view(per_layer, infeasible, from_layer)
+        los = torch.cat([p[1] for p in per_layer], 1)
+        his = torch.cat([p[2] for p in per_layer], 1)
         if open_rows is None:
             open_rows = torch.ones(k, m, dtype=torch.bool)
         open_rows = open_rows & ~infeasible[:, None]
+        uniform = k > 1 and bool(open_rows.float().mean() > 0.5)
+        if uniform:  # bound every row of every sub-problem: a [k, m] layout broadcasts, no gathers
+            open_rows = torch.ones(k, m, dtype=torch.bool)
         pairs = torch.nonzero(open_rows)
         sub, row = pairs[:, 0], pairs[:, 1]
         R = int(sub.numel())
@@ -260,30 +210,53 @@ class BetaBounder:
         alpha_out = init_alpha.clone() if init_alpha is not None else torch.zeros(k, m, U)
         beta_out = init_beta.clone() if init_beta is not None else torch.zeros(k, m, U)
         if R == 0:
-            return BetaOut(rows_out, infeasible, A_out, torch.cat(los, 1), torch.cat(his, 1), coef_out,
-                           alpha_out, beta_out)
-        layers = {}
-        alphas: dict[int, torch.Tensor] = {}
-        betas: dict[int, torch.Tensor] = {}
+            return BetaOut(rows_out, infeasible, A_out, los, his, coef_out, alpha_out, beta_out)
+        layout = RowLayout.per_member(k, m) if uniform else RowLayout(sub if k > 1 else None, k)
+        relus = view.relus()
         ia = init_alpha[sub, row] if init_alpha is not None else None
         ib = init_beta[sub, row] if init_beta is not None else None
+        alphas: dict[int, torch.Tensor] = {}
+        betas: dict[int, torch.Tensor] = {}
+        masks = []
         for j, (s, l, u) in enumerate(per_layer):
-            layers[j] = self._relax(s[sub], l[sub], u[sub])
-            s, l, u, unstable, active, us, uo, ls0 = layers[j]
-            if bool(unstable.any()):
+            idx = self.unst[j]
+            unstable = (l < 0) & (u > 0)
+            active = (l >= 0).to(self.dtype)
+            masks.append((unstable, active, s))
+            if idx.numel() and bool(unstable[:, idx].any()):
                 ra = self.root_alpha[j]
-                init = (ra[row] if ra is not None else ls0).clone()
-                alphas[j] = self._unpack(ia, j, init).clamp(0, 1).requires_grad_(True)
-            if bool((s != 0).any()):
-                init = self._unpack(ib, j, torch.zeros(R, self.sizes[j], dtype=self.dtype))
-                betas[j] = init.clamp(min=0).requires_grad_(True)
-        lam0 = self.C[row]
-        d = self.d[row]
+                base = ra[row] if ra is not None else layout.gather(relu_lower_slope(l, u)[:, idx], R)
+                alphas[j] = self._unpack(ia, j, base.clone()).clamp(0, 1).requires_grad_(True)
+            if idx.numel() and bool((s[:, idx] != 0).any()):
+                base = torch.zeros(R, idx.numel(), dtype=self.dtype)
+                betas[j] = self._unpack(ib, j, base).clamp(min=0).requires_grad_(True)
+        lam0, d = self.C[row], self.d[row]
+        record: dict = {}
+
+        def passes(with_record: bool) -> torch.Tensor:
+            prm = Params()
+            for j, node in enumerate(relus):
+                unstable, active, s = masks[j]
+                idx = self.unst[j]
+                a, b = alphas.get(j), betas.get(j)
+                ls = None
+                if a is not None:
+                    base = layout.gather(active, R)
+                    un = layout.gather(unstable[:, idx].to(self.dtype), R)
+                    ls = base.index_copy(1, idx, un * a + (1 - un) * base[:, idx])
+                beta = None
+                if b is not None:
+                    beta = (s, torch.zeros(R, self.sizes[j], dtype=self.dtype).index_copy(1, idx, b))
+                prm.set(node, NodeParams(alpha=ls, beta=beta))
+            v = engine.run_rows(view.output, lam0, lam0.new_zeros(R), layout.bidx, layout=layout, params=prm,
+                                record=record if with_record else None)
+            return v + d
+
         with torch.no_grad():
-            best, A, coefs = self._backward(lam0, layers, {j: a.detach() for j, a in alphas.items()},
-                                            {j: b.detach() for j, b in betas.items()}, keep_coef=True)
+            best = passes(True)
         best_alpha = {j: a.detach().clone() for j, a in alphas.items()}
         best_beta = {j: b.detach().clone() for j, b in betas.items()}
+        last_record = dict(record)
         params = list(alphas.values()) + list(betas.values())
         if iters > 0 and params:
             groups = []
@@ -292,15 +265,14 @@ class BetaBounder:
             if betas:
                 groups.append({"params": list(betas.values()), "lr": self.opt.lr_beta})
             adam = torch.optim.Adam(groups)
-            for it in range(iters + 1):
+            for it in range(iters):
                 if deadline is not None and time.perf_counter() > deadline:
                     break
-                if stop_above is not None and bool(((best + d) > stop_above).all()):
+                if stop_above is not None and bool((best > stop_above).all()):
                     break
-                last = it == iters
-                with torch.set_grad_enabled(not last):
-                    val, A_it, coefs_it = self._backward(lam0, layers, alphas, betas, keep_coef=True)
-                with torch.no_grad():  # val: the exact bound of the current (projected) parameters
+                record.clear()
+                val = passes(True)
+                with torch.no_grad():
                     v = val.detach()
                     better = v > best
                     for j, a in alphas.items():
@@ -308,9 +280,7 @@ class BetaBounder:
                     for j, b in betas.items():
                         best_beta[j] = torch.where(better[:, None], b.detach(), best_beta[j])
                     best = torch.maximum(best, v)
-                    A, coefs = A_it.detach(), coefs_it
-                if last:
-                    break
+                    last_record = dict(record)
                 adam.zero_grad()
                 (-val.sum()).backward()
                 adam.step()
@@ -322,15 +292,16 @@ class BetaBounder:
         if keep_alpha:
             for j, a in best_alpha.items():
                 self.root_alpha[j] = a.clone()  # root: one pair per row, in row order
-        vals = best + d
-        vals = vals - self.opt.margin * (1 + vals.abs())
-        rows_out[sub, row] = vals.detach()
-        A_out[sub, row] = A
-        coef_out[sub, row] = torch.cat([coefs[j] for j in range(len(self.sizes))], dim=-1)
+        best = torch.where(infeasible[sub], torch.full_like(best, -float("inf")), best.detach())
+        rows_out[sub, row] = best
+        if "input" in last_record:
+            A_out[sub, row] = last_record["input"]
+        coefs = [last_record.get(id(node), torch.zeros(R, self.sizes[j], dtype=self.dtype))
+                 for j, node in enumerate(relus)]
+        coef_out[sub, row] = torch.cat(coefs, -1) if coefs else coef_out[sub, row]
         alpha_out[sub, row] = self._pack(best_alpha, R)
         beta_out[sub, row] = self._pack(best_beta, R)
-        return BetaOut(rows_out, infeasible, A_out, torch.cat(los, 1), torch.cat(his, 1), coef_out,
-                       alpha_out, beta_out)
+        return BetaOut(rows_out, infeasible, A_out, los, his, coef_out, alpha_out, beta_out)
 
 
 # -- the splitting strategy --------------------------------------------------------------------
@@ -340,26 +311,24 @@ from absint.bab.relu_split import ReluSplitting  # noqa: E402
 
 class BetaReluSplitting(ReluSplitting):
     """ReLU splitting with sub-problems bounded by :class:`BetaBounder` (built lazily on the first
-    batch, within its deadline). ``babsr`` scores use the backward pass's own coefficients: for
-    the worst open row, ``max(−c_j, 0)·(−u l/(u − l))`` (the chord intercept the bound pays at
-    neuron ``j``, Bunel et al. 2020) plus a smaller term for the lower line on ``c_j > 0``."""
+    batch, within its deadline; ``root_bounds``: bounds of some nodes proved elsewhere, by name).
+    ``babsr`` scores use the backward pass's own coefficients: for the worst open row,
+    ``max(−c_j, 0)·(−u l/(u − l))`` (the chord intercept the bound pays at neuron ``j``, Bunel et al.
+    2020) plus a smaller term for the lower line on ``c_j > 0``."""
 
     def __init__(self, bounder, region, C, d, onehot, heuristic: str = "babsr", attack: bool = True,
-                 options: BetaOptions = BetaOptions()) -> None:
+                 options: BetaOptions = BetaOptions(), root_bounds: RootBounds | None = None) -> None:
         super().__init__(bounder, region, C, d, onehot, heuristic, attack)
         self.beta_options = options
+        self.root_bounds = root_bounds
         self.beta: BetaBounder | None = None
 
     def _ensure(self, deadline):
         if self.beta is None:
-            pre = None
-            if self.b.symbolic:  # the strategy's own domain (DeepPoly by default) gives the start
-                out = self.b.bound(self.lo[None], self.hi[None], self.C, self.d, want_pre=True, deadline=deadline)
-                pre = ([t[0] for t in out.pre_lo], [t[0] for t in out.pre_hi])
             self.beta = BetaBounder(self.b.graph, self.lo, self.hi, self.C, self.d, self.beta_options,
-                                    root_pre=pre, deadline=deadline)
+                                    root_pre=self.root_bounds, deadline=deadline)
             if self.beta.sizes != self.b.sizes:
-                raise ValueError("ReLU layers of the chain and of the graph differ")
+                raise ValueError("ReLU layers of the engine and of the graph differ")
         return self.beta
 
     def bound(self, batch, deadline):

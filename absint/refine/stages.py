@@ -84,7 +84,7 @@ class Slopes(Stage):
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
         sb = ctx.slopes(self.iters, self.final_iters)
         if sb is None:
-            state.stats.setdefault("skipped", []).append(f"{self.key}: the slope engine needs a ReLU chain")
+            state.stats.setdefault("skipped", []).append(f"{self.key}: the slope engine needs ReLUs")
             return
         if not sb.has_all(state.bounds):
             return

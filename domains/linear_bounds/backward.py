@@ -69,7 +69,7 @@ class BackwardPass:
 
     def __init__(self, engine: Any, const: torch.Tensor, rows: RowLayout, *, threshold: float | None = None,
                  keep_best: bool = False, pair: torch.Tensor | None = None, halves: bool = False,
-                 symbolic: bool = False, params: Any = None) -> None:
+                 symbolic: bool = False, params: Any = None, record: dict | None = None) -> None:
         self.engine = engine
         self.const = const
         self.rows = rows
@@ -82,6 +82,9 @@ class BackwardPass:
         self.halves = halves  # rows r and r + R/2 are partners (kept so by symmetric dropping)
         self.symbolic = symbolic
         self.params = params
+        #: if a dict: the coefficients reaching each ReLU output (before its relaxation, keyed by node
+        #: identity) and the input ("input"), for branching heuristics and attacks
+        self.record = record
         n = const.shape[0]
         self.err = const.new_zeros(n)  # rounding-error bound E_r accumulated so far
         self.c0 = const.abs()  # the initial constant (its later sums are paid by the error weights)
@@ -159,6 +162,8 @@ class BackwardPass:
             node, lam, cols, paid = self.pending.pop(key)
             self.steps += 1
             if node.boxlike and (not self.symbolic or not node.parents):
+                if self.record is not None and not node.parents:
+                    self.record["input"] = full(lam, cols, node.numel).detach()
                 if self.symbolic:
                     lam = full(lam, cols, node.numel)
                     self.input_lam = lam if self.input_lam is None else self.input_lam + lam
@@ -330,6 +335,8 @@ def _act_params(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tens
     pre = node.parents[0]
     if prm.mu is not None:  # λ_y += μ A_post (before relaxing y)
         lam = lam + prm.mu[0].post_term(prm.mu[1], rows)
+    if p.record is not None:
+        p.record[id(node)] = lam.detach()
     us, uo = eng.upper_line(node)
     neg = lam.clamp(max=0)
     if prm.alpha is None:

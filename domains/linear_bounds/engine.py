@@ -418,7 +418,16 @@ class Engine:
         return wpm, bpm
 
     # -- back-substitution ----------------------------------------------------------------------
-    def backsub_bounds(self, node: Node, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rebound(self, node: Node, mask: torch.Tensor, level: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Back-substitute only the neurons ``mask`` (``[B, n]`` bool) of ``node`` at ``level`` (they
+        must have bounds already, e.g. given ones); the result is intersected with those bounds."""
+        if self.level(node) < 0:
+            self.bounds(node, 0)
+        lo, hi = self.backsub_bounds(node, level, mask)
+        self.store(node, self.level(node), lo, hi)
+        return self.cached(node)
+
+    def backsub_bounds(self, node: Node, level: int, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Back-substitute ``±e_i`` for the neurons of ``node`` that need it; best of that and interval.
 
         Level 1 (for a ReLU): only neurons whose sign the known bounds leave open, and a neuron
@@ -428,6 +437,8 @@ class Engine:
         b, n = node.batch, node.numel
         flo, fhi = ilo.reshape(b, n), ihi.reshape(b, n)
         need = (flo < 0) & (fhi > 0) if level == 1 else flo < fhi
+        if mask is not None:
+            need = need & mask.reshape(b, n)
         flat = need.reshape(-1).nonzero().squeeze(1)  # flat index b·n + i
         p = int(flat.numel())
         lo, hi = flo.clone().reshape(-1), fhi.clone().reshape(-1)
@@ -494,22 +505,23 @@ class Engine:
     def run_rows(self, start: Node, lam: torch.Tensor, const: torch.Tensor, bidx: torch.Tensor | None, *,
                  threshold: float | None = None, pair: torch.Tensor | None = None, halves: bool = False,
                  cols: torch.Tensor | None = None, layout: RowLayout | None = None, params=None,
-                 keep_best: bool | None = None) -> torch.Tensor:
+                 keep_best: bool | None = None, record: dict | None = None) -> torch.Tensor:
         """Proved lower bounds ``[R]`` of ``lam·start[cols] + const`` (rows chunked by the memory budget)."""
         r = lam.shape[0]
         chunk = self.chunk_rows(start)
         keep_best = self.options.keep_best if keep_best is None else keep_best
-        if pair is not None or halves or r <= chunk or layout is not None or params is not None:
-            return self._run(start, lam, const, bidx, threshold, pair, halves, cols, layout, params, keep_best)
+        if pair is not None or halves or r <= chunk or layout is not None or params is not None or record is not None:
+            return self._run(start, lam, const, bidx, threshold, pair, halves, cols, layout, params, keep_best, record)
         outs = [self._run(start, lam[s:s + chunk], const[s:s + chunk], None if bidx is None else bidx[s:s + chunk],
-                          threshold, None, False, cols, None, None, keep_best)
+                          threshold, None, False, cols, None, None, keep_best, None)
                 for s in range(0, r, chunk)]
         return torch.cat(outs)
 
-    def _run(self, start, lam, const, bidx, threshold, pair, halves, cols, layout, params, keep_best) -> torch.Tensor:
+    def _run(self, start, lam, const, bidx, threshold, pair, halves, cols, layout, params, keep_best,
+             record) -> torch.Tensor:
         rows = layout if layout is not None else RowLayout(bidx, start.batch)
         bs = BackwardPass(self, const, rows, keep_best=keep_best, threshold=threshold, pair=pair,
-                          halves=halves, params=params)
+                          halves=halves, params=params, record=record)
         bs.push(start, lam, cols)
         out = bs.run()
         if log.isEnabledFor(logging.DEBUG):

@@ -79,7 +79,10 @@ def _is_ancestor(a: Node, b: Node) -> bool:
 class SlopeOptimiser:
     """α-CROWN on a :class:`GraphView` whose pre-activation bounds are set (see the module docstring)."""
 
-    def __init__(self, view: GraphView, engine: Engine, options: SlopeOptions = SlopeOptions()) -> None:
+    def __init__(self, view: GraphView, engine: Engine, options: SlopeOptions = SlopeOptions(), *,
+                 only: set[str] | None = None) -> None:
+        """``only``: recompute the bounds of these start nodes only (default: every ReLU input that
+        is not an affine map of the input box)."""
         self.view, self.engine, self.opt = view, engine, options
         self.relus = view.relus()
         for n in view:  # error weights from the starting (widest) bounds stay valid while bounds tighten
@@ -94,8 +97,8 @@ class SlopeOptimiser:
         if options.intermediate:
             pres = {id(r.parents[0]): r.parents[0] for r in self.relus}
             for p in sorted(pres.values(), key=lambda n: n.index):
-                if p.parents and p.parents[0].boxlike:
-                    continue  # exact already (an affine map of the input box)
+                if (p.parents and p.parents[0].boxlike) or (only is not None and p.name not in only):
+                    continue  # exact already (an affine map of the input box), or not asked for
                 st = _Start(engine, p, self.relus)
                 if st.k and st.relus:
                     self.starts.append(st)
@@ -155,6 +158,11 @@ class SlopeOptimiser:
         else:
             best[id(st.node)] = (torch.maximum(old[0], lo.detach()), torch.minimum(old[1], hi.detach()))
         return vals.sum()
+
+    def tighten(self, deadline: float | None = None) -> None:
+        """Optimise the start nodes' own bounds layer by layer (no target rows); the best bounds
+        are left in the view."""
+        self._layerwise({}, deadline)
 
     def _layerwise(self, best: dict[int, tuple[torch.Tensor, torch.Tensor]], deadline: float | None) -> None:
         """Optimise each start's slopes for its own bounds, in topological order (earlier starts'

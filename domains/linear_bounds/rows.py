@@ -62,7 +62,7 @@ class RowLayout:
     def segmented(self, lam: torch.Tensor) -> bool:
         """True when per-segment processing beats gathering for ``lam`` (no autograd there)."""
         return (self.uniform is None and not torch.is_grad_enabled()
-                and lam.shape[0] * lam.shape[1] >= self.SEGMENT_MIN and len(self.segments) * 8 <= lam.shape[0])
+                and lam.shape[0] * lam.shape[1] >= self.SEGMENT_MIN and len(self.segments) * 2 <= lam.shape[0])
 
     def dot(self, lam: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         """Row-wise ``λ_r · vec[b(r)]`` (``vec``: ``[B, k]``) → ``[R]``."""
@@ -114,4 +114,8 @@ class RowLayout:
 
     def gather(self, t: torch.Tensor, r: int) -> torch.Tensor:
         """``t[b(r)]`` for every row (``[R, k]``; a broadcast view when ``B == 1``)."""
-        return t.expand(r, -1) if self.bidx is None else t.index_select(0, self.bidx)
+        if self.bidx is None:
+            return t.expand(r, -1)
+        if self.uniform is not None:
+            return t.unsqueeze(1).expand(-1, self.uniform, -1).reshape(r, -1)
+        return t.index_select(0, self.bidx)
