@@ -138,6 +138,7 @@ class LinearModel:
         self._At: sp.csr_matrix | None = None  # cache of its transpose
         self._var_blocks: dict[str, np.ndarray] = {}
         self._row_blocks: dict[str, np.ndarray] = {}
+        self._known: tuple[np.ndarray, np.ndarray] | None = None  # see set_known_bounds
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -199,6 +200,8 @@ class LinearModel:
         self._ub = np.concatenate([self._ub, hi])
         self._int = np.concatenate([self._int, integ])
         self._c = np.concatenate([self._c, np.zeros(lo.size)])
+        if self._known is not None:
+            self._known = (np.concatenate([self._known[0], lo]), np.concatenate([self._known[1], hi]))
         self._A = None
         if name is not None:
             self._register(self._var_blocks, name, idx)
@@ -239,6 +242,30 @@ class LinearModel:
             new_ub[idx] = np.broadcast_to(np.asarray(ub, dtype=np.float64), idx.shape)
         _check_bounds(new_lb[idx], new_ub[idx], "variable")
         self._lb, self._ub = new_lb, new_ub
+
+    def set_known_bounds(self, idx: npt.ArrayLike, lb: npt.ArrayLike, ub: npt.ArrayLike) -> None:
+        """Record bounds that every point the model stands for satisfies, *without* giving them to
+        the solver (as variable bounds they can make an LP far more degenerate).
+
+        Only the certified bounds use them (:func:`absint.solvers.safe_bound.lp_proved_bound`: a
+        free variable then needs no implied-bound propagation). The proved bound is then valid for
+        the points that satisfy the rows and these bounds — for an LP relaxation of a network whose
+        known bounds are proved bounds of the network, every reachable point.
+        """
+        idx = self._check_index(idx, self.num_vars, "variable")
+        klo, khi = self.known_bounds
+        klo, khi = klo.copy(), khi.copy()
+        klo[idx] = np.maximum(klo[idx], np.broadcast_to(np.asarray(lb, dtype=np.float64), idx.shape))
+        khi[idx] = np.minimum(khi[idx], np.broadcast_to(np.asarray(ub, dtype=np.float64), idx.shape))
+        _check_bounds(klo[idx], khi[idx], "known variable")
+        self._known = (klo, khi)
+
+    @property
+    def known_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The variable bounds met with the known bounds (:meth:`set_known_bounds`); read-only views."""
+        if self._known is None:
+            return _readonly(self._lb), _readonly(self._ub)
+        return (_readonly(np.maximum(self._lb, self._known[0])), _readonly(np.minimum(self._ub, self._known[1])))
 
     def set_integrality(self, idx: npt.ArrayLike, integer: bool | npt.ArrayLike) -> None:
         """Set integrality flags of variables ``idx``."""

@@ -273,8 +273,9 @@ def lp_proved_bound(model: LinearModel, row_duals_min: np.ndarray | None) -> flo
     minimisation, an upper bound for maximisation, or None if nothing is proved.
     """
     sign = model.sense.sign
+    lb, ub = model.known_bounds  # the variable bounds, met with bounds known but not given to the solver
     low = safe_lp_lower_bound(
-        model.A, model.row_lo, model.row_hi, model.lb, model.ub,
+        model.A, model.row_lo, model.row_hi, lb, ub,
         sign * model.objective, row_duals_min, sign * model.offset, At=model.AT,
     )
     if not math.isfinite(low):

@@ -122,3 +122,60 @@ def test_s_shaped_rows_hold_on_samples(kind):
     fz = f(torch.as_tensor(z)).numpy()
     assert np.all(fz >= ls * z + lo - 1e-12) and np.all(fz <= us * z + uo + 1e-12)
     assert np.all(fz >= fl - 1e-15) and np.all(fz <= fu + 1e-15)
+
+
+PRESETS = ("lp", "milp", "refinezono", "refinepoly", "kpoly")
+
+
+@pytest.mark.parametrize("kind", ["residual", "mixed", "pool"])
+def test_every_preset_sound_on_dags_and_never_looser_than_its_domain(kind):
+    from absint.refine import run_preset
+
+    g = _dag(kind, seed=11 + KINDS.index(kind))
+    n_in = int(np.prod(g.input_shape))
+    r = 0.3 if len(g.input_shape) == 1 else 0.1
+    lo = torch.full((1, *g.input_shape), -r, dtype=torch.float64)
+    hi = -lo
+    vals = _outputs(g, lo.reshape(-1).numpy(), hi.reshape(-1).numpy())
+    C = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
+    d = -(vals @ C.T).min(0) + np.array([0.05, -0.05])  # one row true with a small margin, one false
+    true_min = (vals @ C.T + d).min(0)
+    for preset in PRESETS:
+        st = run_preset(g, lo, hi, C, d, preset, **{"timeout_final_milp" if preset == "milp" else "timeout_final_lp": 10.0})
+        assert np.all(st.rows <= true_min + 1e-8), preset
+        assert np.all(st.rows >= st.stats["domain_lower"] - 1e-12), preset
+        for name, (blo, bhi) in st.bounds.items():  # every recorded node bound holds on samples
+            assert np.all(blo <= bhi + 1e-12), (preset, name)
+        if st.candidate is not None:  # a candidate violates a row on the network itself
+            with torch.no_grad():
+                y = g.forward(torch.as_tensor(st.candidate[None])).reshape(-1).numpy()
+            assert (C @ y + d).min() < 0, preset
+
+
+@pytest.mark.parametrize("analysis", PRESETS)
+def test_verify_on_sigmoid_dag_matches_sampling(analysis):
+    """verify() with each analysis on a residual sigmoid/tanh network: verified only when no sample
+    violates, and every falsified result carries a counterexample that violates on the network."""
+    import absint
+    from absint.specs import linf_ball, robustness_property
+
+    g = _dag("mixed", seed=5)
+    rng = np.random.default_rng(2)
+    seen = set()
+    for eps in (0.02, 0.8):
+        x0 = rng.uniform(-0.5, 0.5, size=6)
+        with torch.no_grad():
+            label = int(g.forward(torch.as_tensor(x0[None])).argmax())
+        inst = (linf_ball(x0, eps, None), robustness_property(label, 3))
+        r = absint.verify(g, inst, analysis=analysis, timeout=20, attack=True, attack_budget=0.3)
+        seen.add(r.verdict.value)
+        lo, hi = x0 - eps, x0 + eps
+        ys = _outputs(g, lo, hi, n=4000)
+        violated = bool(((ys - ys[:, [label]]) > 0).any())
+        assert not (r.verified and violated), (analysis, eps)
+        if r.falsified:
+            with torch.no_grad():
+                y = g.forward(torch.as_tensor(np.asarray(r.counterexample)[None])).reshape(-1).numpy()
+            assert np.all(np.abs(np.asarray(r.counterexample) - x0) <= eps + 1e-9)
+            assert y.argmax() != label or np.sort(y)[-1] == np.sort(y)[-2]
+    assert "verified" in seen

@@ -70,7 +70,7 @@ def test_solve_time_limit_capped_by_deadline_and_skipped_when_past():
     problem = Problem(g, *_box(4), np.eye(3)[:1], np.zeros(1))
     state = RefineState(problem)
     solver = RowSolver(SolverOptions(backend="highs"), state)
-    opts = solver.options(100.0, time.perf_counter() + 5.0, "highs")
+    opts = solver.options(100.0, time.perf_counter() + 5.0, "highs")  # minus the guard's grace
     assert opts is not None and opts.time_limit <= 5.0
     assert solver.options(100.0, time.perf_counter() - 1.0, "highs") is None
     assert solver.options(0.5, None, "highs").time_limit == 0.5
@@ -107,3 +107,23 @@ def test_deadline_cuts_tightening_without_losing_soundness(monkeypatch):
     with torch.no_grad():
         vals = (g.forward(x).numpy() @ C.T + d).min(0)
     assert np.all(st.rows <= vals + 1e-8) and np.all(full.rows <= vals + 1e-8)
+
+
+def test_guarded_solve_ends_with_its_process_when_it_overruns():
+    """A worker that does not answer (it sleeps 60 s) is ended at limit + grace; the next solve
+    starts a new worker and gets its optimum. No wall-clock assertion: only outcomes are checked."""
+    from absint.solvers import LinearModel, SolveOptions, Status
+    from absint.solvers import guarded
+
+    m = LinearModel()
+    m.add_vars([0.0, 0.0], [1.0, 1.0])
+    m.add_constraints([[1.0, 1.0]], hi=1.5)
+    m.set_objective([1.0, 2.0], "max")
+    s = guarded.GuardedSession("highs", m, grace=0.2)
+    assert s.solve(SolveOptions(time_limit=30)).objective == pytest.approx(2.5)
+    guarded._worker().conn.send(("sleep", 60.0))
+    stuck = s.solve(SolveOptions(time_limit=0.1))
+    assert stuck.status is Status.TIME_LIMIT and stuck.proved_bound is None and s.killed == 1
+    again = s.solve(SolveOptions(time_limit=30))
+    assert again.status is Status.OPTIMAL and again.proved_bound >= 2.5 - 1e-12
+    s.close()

@@ -432,3 +432,25 @@ def test_top_level_solve_convenience() -> None:
     res = absint.solvers.solve(m)
     assert res.status is Status.OPTIMAL and res.objective == pytest.approx(2.5)
     assert 2.5 <= res.proved_bound < 2.5 + 1e-9
+
+
+def test_known_bounds_certify_free_variables_without_reaching_the_solver() -> None:
+    """min x0 s.t. x0 - x1 = 0, x1 in [0, 1], x0 free: known bounds of x0 make the certified bound
+    use them (no implied-bound search needed), the solver model stays unchanged, and the bound is
+    sound for every point satisfying the rows and the known bounds."""
+    from absint.solvers.safe_bound import lp_proved_bound
+
+    m = LinearModel()
+    m.add_vars([-np.inf, 0.0], [np.inf, 1.0])
+    m.add_constraints([[1.0, -1.0]], 0.0, 0.0)
+    m.set_objective([1.0, 0.0], "min")
+    m.set_known_bounds([0], -0.5, 2.0)
+    assert np.isinf(m.lb[0]) and m.known_bounds[0][0] == -0.5
+    copy = m.copy()
+    copy.add_vars([0.0], [1.0])  # the known bounds follow new variables
+    assert copy.known_bounds[0].shape == (3,)
+    y = np.array([1.0])  # exact dual of the row: the bound is the optimum 0
+    assert lp_proved_bound(m, y) == pytest.approx(0.0, abs=1e-9) and lp_proved_bound(m, y) <= 0.0
+    assert lp_proved_bound(m, np.zeros(1)) == pytest.approx(-0.5)  # y = 0: the known box bound
+    res = get_backend().solve(m)
+    assert res.proved_bound is not None and res.proved_bound <= 0.0 + 1e-12

@@ -51,6 +51,13 @@ def _apply(state: RefineState, enc: Encoding, rows: np.ndarray, results: list, w
         state.note(f"{what}: {missing} row(s) without a proved bound")
 
 
+def _fits(state: RefineState, ctx: Context, deadline: float | None) -> bool:
+    if ctx.encoder.fits(deadline):
+        return True
+    state.note("no time left to build the LP/MILP of the network")
+    return False
+
+
 @dataclass(frozen=True)
 class FinalLP(Stage):
     """The LP of the network over the proved bounds (``krelu``: with the k-ReLU rows); ``timeout`` per row."""
@@ -60,6 +67,8 @@ class FinalLP(Stage):
     krelu: bool = True
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
+        if not _fits(state, ctx, deadline):
+            return
         p, todo = state.problem, state.todo
         enc = ctx.encoder.build(p.in_lo, p.in_hi, state.bounds, krelu=state.krelu if self.krelu else None,
                                 name="final")
@@ -77,6 +86,8 @@ class CompleteMILP(Stage):
     timeout: float = 3600.0
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
+        if not _fits(state, ctx, deadline):
+            return
         p = state.problem
         enc = ctx.encoder.build(p.in_lo, p.in_hi, state.bounds, binaries=True, krelu=state.krelu, name="milp")
         solver = ctx.row_solver(state)
@@ -129,7 +140,7 @@ class PartialMILP(Stage):
         solver = ctx.row_solver(state)
         n_layers, n_neurons, total = self.layers, self.neurons, 0
         todo = state.todo
-        while todo.size and state.time_left() > 1.0:
+        while todo.size and state.time_left() > 1.0 and _fits(state, ctx, deadline):
             sel = self._selection(state, ctx, n_layers, n_neurons)
             size = int(sum(v.size for v in sel.values()))
             if not sel or size <= total:

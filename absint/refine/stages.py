@@ -29,7 +29,7 @@ from absint.domains.krelu import KReluOptions
 __all__ = ["DomainBounds", "Slopes", "RowSlopes", "Triage", "KRelu", "domain_pass"]
 
 
-def _tensor(problem, ctx: Context, a: np.ndarray) -> torch.Tensor:
+def _tensor(ctx: Context, a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(a, dtype=ctx.domain.dtype, device=ctx.domain.device)[None]
 
 
@@ -55,8 +55,16 @@ def domain_pass(state: RefineState, ctx: Context, *, meet: bool, deadline: float
         return element
 
     prop = propagate(p.graph, dom, p.lower, p.upper, refine=hook, deadline=deadline)
-    rows = dom.linear_bounds(prop.output, _tensor(p, ctx, p.C), _tensor(p, ctx, p.d))[0]
+    rows = dom.linear_bounds(prop.output, _tensor(ctx, p.C), _tensor(ctx, p.d))[0]
     return rows.detach().cpu().double().numpy()
+
+
+def pass_fits(state: RefineState, deadline: float | None) -> bool:
+    """Whether another domain pass fits before ``deadline`` (judged by what the first one took)."""
+    if deadline is None:
+        return True
+    first = state.stats.get("stage_seconds", {}).get("domain", 0.0)
+    return deadline - time.perf_counter() > first
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,9 @@ class KRelu(Stage):
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
         if self.krelu.k <= 1:
+            return
+        if not pass_fits(state, deadline):
+            state.note("krelu: skipped, no time for another domain pass")
             return
 
         def at_relu(node, element):

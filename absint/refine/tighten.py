@@ -23,7 +23,7 @@ from absint.interpreter import propagate
 from absint.ir import Relu
 from absint.refine.pipeline import Context, Stage, flat, share_deadline
 from absint.refine.solving import RowSolver
-from absint.refine.stages import _tensor, add_krelu_rows
+from absint.refine.stages import _tensor, add_krelu_rows, pass_fits
 from absint.refine.state import RefineState
 from absint.domains.krelu import KReluOptions
 
@@ -71,6 +71,9 @@ class Tighten(Stage):
         return share_deadline(state, self.share, None)
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
+        if not pass_fits(state, deadline):
+            state.note("tighten: skipped, no time for another domain pass")
+            return
         dom, p = ctx.domain, state.problem
         sb = ctx.slopes(self.slope_iters, self.slope_final_iters) if self.slope_iters > 0 else None
         use_krelu = self.krelu is not None and self.krelu.k > 1
@@ -110,10 +113,10 @@ class Tighten(Stage):
             return element
 
         try:
-            prop = propagate(p.graph, dom, p.lower, p.upper, refine=hook)
+            prop = propagate(p.graph, dom, p.lower, p.upper, refine=hook, deadline=deadline)
         except _AllProved:
             return
-        rows = dom.linear_bounds(prop.output, _tensor(p, ctx, p.C), _tensor(p, ctx, p.d))[0]
+        rows = dom.linear_bounds(prop.output, _tensor(ctx, p.C), _tensor(ctx, p.d))[0]
         state.raise_rows(rows.detach().cpu().double().numpy())
 
     # -- one layer ---------------------------------------------------------------------------------
@@ -152,6 +155,9 @@ class Tighten(Stage):
         unstable = unstable[np.argsort(lo[unstable] * hi[unstable], kind="stable")]
         if self.max_neurons is not None:
             unstable = unstable[: self.max_neurons]
+        if not ctx.encoder.fits(deadline, upto=name):
+            state.note(f"tighten {name}: no time left to build its LP/MILP")
+            return lo, hi
         t0 = time.perf_counter()
         enc = ctx.encoder.build(p.in_lo, p.in_hi, state.bounds, upto=name, binaries=use_milp,
                                 krelu=state.krelu if self.krelu is not None else None, name=f"tighten:{name}")
@@ -167,7 +173,7 @@ class Tighten(Stage):
             new_lo, new_hi = lo.copy(), hi.copy()
             for j, i in enumerate(part):
                 pl, pu = _proved(res[2 * j]), _proved(res[2 * j + 1])
-                failed += int(pl is None) + int(pu is None)
+                failed += int(pl is None and res[2 * j] is not None) + int(pu is None and res[2 * j + 1] is not None)
                 if pl is not None:
                     new_lo[i] = max(lo[i], pl)
                 if pu is not None:
