@@ -5,6 +5,8 @@ network is exact (its optimum is attained by the network at the solver's input).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -141,7 +143,9 @@ def test_every_preset_sound_on_dags_and_never_looser_than_its_domain(kind):
     d = -(vals @ C.T).min(0) + np.array([0.05, -0.05])  # one row true with a small margin, one false
     true_min = (vals @ C.T + d).min(0)
     for preset in PRESETS:
-        st = run_preset(g, lo, hi, C, d, preset, **{"timeout_final_milp" if preset == "milp" else "timeout_final_lp": 10.0})
+        opts = {"lp": {"timeout_final_lp": 10.0}, "refinezono": {"timeout_final_lp": 10.0},
+                "refinepoly": {"timeout_final_lp": 10.0}, "milp": {"timeout_final_milp": 10.0}}.get(preset, {})
+        st = run_preset(g, lo, hi, C, d, preset, deadline=time.perf_counter() + 60, **opts)
         assert np.all(st.rows <= true_min + 1e-8), preset
         assert np.all(st.rows >= st.stats["domain_lower"] - 1e-12), preset
         for name, (blo, bhi) in st.bounds.items():  # every recorded node bound holds on samples
