@@ -190,10 +190,6 @@ class Graph:
         last[self.output] = len(self.nodes)
         return last
 
-    def is_chain(self) -> bool:
-        """True for a plain sequential network (each node reads the previous one)."""
-        return all(n.inputs == (self.nodes[i].name,) for i, n in enumerate(self.nodes[1:]))
-
     def summary(self) -> str:
         parts = [f"{n.kind}{list(n.shape)}" for n in self.nodes]
         return " -> ".join(parts)

@@ -2,8 +2,10 @@
 
 For each input box and each safety row ``C y + d`` the analysis
 
-1. computes pre-activation bounds of every ReLU layer with one of the engine's own domains
-   (``bounds="box"``, ``"deeppoly"``, ... — any registered domain, via
+1. writes the network (any DAG of affine maps, ReLUs and residual sums) as dense blocks over the
+   input and the ReLU outputs (:func:`relu_network`, on the engine's graph view) and computes
+   pre-activation bounds of every ReLU layer with a domain (default ``"deeppoly"``: the linear-bound
+   engine; ``bounds="box"``, ... — any registered domain, via
    :func:`absint.interpreter.propagate`),
 2. removes stably inactive neurons and substitutes stably active ones
    (:func:`absint.solvers.sdp_problem.build_problem`),
@@ -43,9 +45,10 @@ from absint.analyses import Analysis, BoundResult
 from absint.domains.base import Domain
 from absint.errors import OptionError, UnsupportedOpError
 from absint.interpreter import propagate
-from absint.ir import Affine, Graph, Input, Relu, Reshape
+from absint.ir import Add, Affine, Graph, Input, Relu, Reshape
 from absint.options import Options
-from absint.solvers.sdp_problem import ReluChain
+from absint.solvers.sdp_problem import ReluNetwork
+from absint.domains.linear_bounds import GraphView
 from absint.registry import DOMAINS, get_domain, names
 
 log = logging.getLogger(__name__)
@@ -76,60 +79,65 @@ def preactivation_bounds(graph: Graph, chain: Any, lower: torch.Tensor, upper: t
     return out, dom, prop
 
 
-def relu_chain_from_graph(graph: Graph) -> ReluChain:
-    """Extract a :class:`ReluChain` from an ``absint.ir.Graph`` (chain of Affine/Reshape/Relu).
-
-    Consecutive affine maps (normalisation, dense layers, convolutions) are composed into one
-    dense matrix, Reshape/Flatten are identities on flat vectors. Anything else is reported with
+def relu_network(graph: Graph) -> ReluNetwork:
+    """The :class:`ReluNetwork` of ``graph`` (any DAG of Affine / Reshape / Add / ReLU), from the
+    engine's graph view: every node's value is written as a dense affine function of the variable
+    blocks (the input and the ReLU outputs) it depends on; consecutive affine maps (normalisation,
+    dense layers, convolutions) compose, residual sums add. The SDP-cert relaxation covers ReLU
+    networks only: any other op (max-pooling, sigmoid, tanh) is reported with
     :class:`absint.errors.UnsupportedOpError`.
     """
-    if not graph.is_chain():
-        raise UnsupportedOpError([(n.name, n.kind, "SDP-cert needs a sequential network")
-                                  for n in graph.nodes if len(n.inputs) > 1] or
-                                 [(graph.output, "graph", "SDP-cert needs a sequential network")], graph.name)
-    bad = [(n.name, n.kind, "SDP-cert handles Affine/Relu/Reshape only")
-           for n in graph.nodes if not isinstance(n, (Input, Affine, Relu, Reshape))]
+    bad = [(n.name, n.kind, "SDP-cert's relaxation handles ReLU networks (Affine, Reshape, Add, Relu)")
+           for n in graph.nodes if not isinstance(n, (Input, Affine, Relu, Reshape, Add))]
     if bad:
         raise UnsupportedOpError(bad, graph.name)
-    dtype = torch.float64
-    device = graph.device
+    view = GraphView.of(graph.to(graph.device, torch.float64))
+    dtype, device = torch.float64, graph.device
     n_in = int(math.prod(graph.input_shape))
-    cur_W: torch.Tensor | None = None  # None = identity on the current variable block
-    cur_b: torch.Tensor | None = None
-    cur_n = n_in
+    # value of each node: {block: W [n_node, n_block]}, bias [n_node]
+    reps: dict[int, tuple[dict[int, torch.Tensor], torch.Tensor]] = {}
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    inputs: list[tuple[int, ...]] = []
     nodes: list[str] = []
-    prev_name = graph.input.name
-    for node in graph.nodes[1:]:
-        if isinstance(node, Affine):
-            op = node.operator
-            n_out = int(math.prod(op.out_shape))
-            if cur_W is None:
-                eye = torch.eye(cur_n, dtype=dtype, device=device)
-                cols = op.to(device, dtype).forward(eye.reshape(cur_n, *op.in_shape)).reshape(cur_n, n_out)
-                W = cols.T.contiguous()
-                b = node.bias_full().to(device, dtype).reshape(-1)
-            else:
-                k = cur_W.shape[1]
-                opd = op.to(device, dtype)
-                cols = opd.forward(cur_W.T.reshape(k, *op.in_shape)).reshape(k, n_out)
-                W = cols.T.contiguous()
-                b = opd.forward(cur_b.reshape(1, *op.in_shape)).reshape(-1)
-                b = b + node.bias_full().to(device, dtype).reshape(-1)
-            cur_W, cur_b = W, b
-        elif isinstance(node, Relu):
-            if cur_W is None:  # ReLU directly on a variable block: identity pre-activation
-                cur_W = torch.eye(cur_n, dtype=dtype, device=device)
-                cur_b = torch.zeros(cur_n, dtype=dtype, device=device)
-            layers.append((cur_W, cur_b))
-            nodes.append(prev_name)
-            cur_n = cur_W.shape[0]
-            cur_W, cur_b = None, None
-        prev_name = node.name
-    if cur_W is None:
-        cur_W = torch.eye(cur_n, dtype=dtype, device=device)
-        cur_b = torch.zeros(cur_n, dtype=dtype, device=device)
-    return ReluChain(tuple(layers), (cur_W, cur_b), tuple(nodes), n_in)
+
+    def dense(rep: dict[int, torch.Tensor], bias: torch.Tensor) -> tuple[tuple[int, ...], torch.Tensor]:
+        blocks = tuple(sorted(rep))
+        return blocks, torch.cat([rep[j] for j in blocks], 1)
+
+    for node in view:
+        op = node.op
+        if isinstance(op, Input):
+            reps[id(node)] = ({-1: torch.eye(n_in, dtype=dtype, device=device)}, torch.zeros(n_in, dtype=dtype,
+                                                                                            device=device))
+        elif isinstance(op, Affine):
+            rep, bias = reps[id(node.parents[0])]
+            lin = op.operator
+            n_out = node.numel
+
+            def apply(M: torch.Tensor) -> torch.Tensor:  # the operator on each column of M
+                return lin.forward(M.T.reshape(M.shape[1], *lin.in_shape)).reshape(M.shape[1], n_out).T
+            new_bias = apply(bias[:, None])[:, 0]
+            fb = node.flat_bias()
+            reps[id(node)] = ({j: apply(M).contiguous() for j, M in rep.items()},
+                              new_bias if fb is None else new_bias + fb)
+        elif isinstance(op, Reshape):
+            reps[id(node)] = reps[id(node.parents[0])]
+        elif isinstance(op, Add):
+            (r1, b1), (r2, b2) = (reps[id(p)] for p in node.parents)
+            rep = {j: r1.get(j, 0) + r2.get(j, 0) for j in set(r1) | set(r2)}
+            reps[id(node)] = (rep, b1 + b2)
+        else:  # ReLU: a new block
+            rep, bias = reps[id(node.parents[0])]
+            blocks, W = dense(rep, bias)
+            layers.append((W, bias))
+            inputs.append(blocks)
+            nodes.append(node.parents[0].name)
+            k = len(layers) - 1
+            reps[id(node)] = ({k: torch.eye(node.numel, dtype=dtype, device=device)},
+                              torch.zeros(node.numel, dtype=dtype, device=device))
+    rep, bias = reps[id(view.output)]
+    blocks, W = dense(rep, bias)
+    return ReluNetwork(tuple(layers), (W, bias), tuple(nodes), n_in, tuple(inputs), blocks)
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,7 @@ class SDPAnalysis(Analysis):
     default_solver = "auto"
     options_class = SDPOptions
     options: SDPOptions
-    handled_ops = frozenset({Affine, Relu, Reshape})
+    handled_ops = frozenset({Affine, Relu, Reshape, Add})
 
     def __init__(self, options: SDPOptions | None = None, *, device=None, **keywords: Any) -> None:
         super().__init__(options, device=device, **keywords)
@@ -208,7 +216,7 @@ class SDPAnalysis(Analysis):
 
         t0 = time.perf_counter()
         dev = self.device
-        chain = relu_chain_from_graph(graph.to(dev, torch.float64))
+        chain = relu_network(graph.to(dev, torch.float64))
         lower = lower.to(dev, torch.float64)
         upper = upper.to(dev, torch.float64)
         B = lower.shape[0]

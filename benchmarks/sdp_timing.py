@@ -26,7 +26,7 @@ from absint.specs import linf_ball, robustness_property
 from absint.verify import _safety_tensors
 from absint.solvers.sdp_exact import backend_availability, solve_exact
 from absint.solvers.sdp_fo import FOOptions, solve_fo
-from absint.sdp import relu_chain_from_graph
+from absint.sdp import relu_network
 from absint.solvers.sdp_problem import build_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     net = absint.load_network(ROOT / "networks" / args.net)
-    chain = relu_chain_from_graph(net)
+    chain = relu_network(net)
     images, labels = absint.load_images(ROOT / "networks" / "digits_test.npz", tuple(net.input_shape))
     records = []
     for i in args.images:

@@ -51,11 +51,13 @@ class SDPProblemError(ValueError):
 
 
 @dataclass(frozen=True)
-class ReluChain:
-    """A feed-forward ReLU network as dense affine layers acting on flat vectors.
+class ReluNetwork:
+    """A ReLU network (any DAG of affine maps, ReLUs and sums) as dense affine blocks on flat vectors.
 
-    ``layers[k] = (W, b)`` gives the pre-activation of the k-th ReLU layer from the previous
-    activation (or the input); ``final = (W, b)`` maps the last activation to the output.
+    Variables come in blocks: ``-1`` is the input, ``k ≥ 0`` the output of the k-th ReLU layer.
+    ``layers[k] = (W, b)`` gives the pre-activation of ReLU layer ``k`` as ``W·[blocks inputs[k]] + b``
+    (the listed blocks concatenated; a chain reads only the previous one, a residual network also
+    earlier ones); ``final = (W, b)`` maps the blocks ``final_inputs`` to the output.
     ``preact_nodes[k]`` names the graph node whose abstract element bounds that pre-activation.
     """
 
@@ -63,14 +65,23 @@ class ReluChain:
     final: tuple[torch.Tensor, torch.Tensor]
     preact_nodes: tuple[str, ...]
     n_inputs: int
+    inputs: tuple[tuple[int, ...], ...] | None = None  # None: a chain (layer k reads block k − 1)
+    final_inputs: tuple[int, ...] | None = None
+
+    def layer_inputs(self, k: int) -> tuple[int, ...]:
+        return self.inputs[k] if self.inputs is not None else (k - 1,)
+
+    def output_inputs(self) -> tuple[int, ...]:
+        return self.final_inputs if self.final_inputs is not None else (len(self.layers) - 1,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Concrete output for flat inputs ``x`` ``[B, n_inputs]`` (used by tests)."""
-        h = x
-        for W, b in self.layers:
-            h = torch.relu(h @ W.T + b)
+        blocks = {-1: x}
+        for k, (W, b) in enumerate(self.layers):
+            h = torch.cat([blocks[j] for j in self.layer_inputs(k)], -1)
+            blocks[k] = torch.relu(h @ W.T + b)
         W, b = self.final
-        return h @ W.T + b
+        return torch.cat([blocks[j] for j in self.output_inputs()], -1) @ W.T + b
 
 
 @dataclass
@@ -127,7 +138,7 @@ class SDPProblem:
         D[torch.arange(self.n_relu, device=D.device), self.relu_index] += self.relu_r
         return D
 
-    def lift(self, chain: "ReluChain", x: torch.Tensor) -> torch.Tensor:
+    def lift(self, chain: "ReluNetwork", x: torch.Tensor) -> torch.Tensor:
         """The normalised point ``v̂`` ``[N]`` of a concrete input ``x`` (flat, inside the box).
 
         ``v̂ v̂ᵀ`` is feasible for the SDP and ``objective @ v̂`` is the violation at ``x`` — the
@@ -138,10 +149,11 @@ class SDPProblem:
         v = [torch.ones(1, dtype=x.dtype, device=x.device)]
         free = lay["input_free"]
         v.append((x[free] - lay["input_mid"][free]) / lay["input_rad"][free])
-        h = x
-        for (W, b), neurons in zip(chain.layers, lay["var_neurons"]):
-            h = torch.relu(h @ W.T.to(x.dtype) + b.to(x.dtype))
-            v.append(h[neurons])
+        blocks = {-1: x}
+        for k, ((W, b), neurons) in enumerate(zip(chain.layers, lay["var_neurons"])):
+            h = torch.cat([blocks[j] for j in chain.layer_inputs(k)])
+            blocks[k] = torch.relu(h @ W.T.to(x.dtype) + b.to(x.dtype))
+            v.append(blocks[k][neurons])
         v = torch.cat(v)
         n_in = int(free.sum())
         z = v[1 + n_in:]
@@ -157,7 +169,7 @@ class SDPProblem:
         return max(lin, comp, box)
 
 
-def build_problem(chain: ReluChain, lower: torch.Tensor, upper: torch.Tensor,
+def build_problem(chain: ReluNetwork, lower: torch.Tensor, upper: torch.Tensor,
                   preact_bounds: Sequence[tuple[torch.Tensor, torch.Tensor]], C: torch.Tensor,
                   d: torch.Tensor, *, eliminate_stable: bool = True, preact_linear: bool = True,
                   triangle: bool = False) -> SDPProblem:
@@ -207,6 +219,7 @@ def build_problem(chain: ReluChain, lower: torch.Tensor, upper: torch.Tensor,
     X[torch.nonzero(free_in).flatten(), in_idx] = rad[free_in]
     nxt = 1 + int(free_in.sum())
 
+    blocks = {-1: X}  # each block's values as rows over v̂
     lin_rows: list[torch.Tensor] = []
     var_neurons: list[torch.Tensor] = []
     r_idx, r_m, r_r, r_pre = [], [], [], []
@@ -214,6 +227,7 @@ def build_problem(chain: ReluChain, lower: torch.Tensor, upper: torch.Tensor,
     for k, ((W, b), (l, u), kind) in enumerate(zip(chain.layers, preact_bounds, kinds)):
         l = l.reshape(-1).to(dtype=dtype, device=dev)
         u = u.reshape(-1).to(dtype=dtype, device=dev)
+        X = torch.cat([blocks[j] for j in chain.layer_inputs(k)])
         S = W.to(dtype=dtype, device=dev) @ X  # pre-activation rows over v̂
         S[:, 0] += b.to(dtype=dtype, device=dev)
         if preact_linear and k > 0:
@@ -260,11 +274,12 @@ def build_problem(chain: ReluChain, lower: torch.Tensor, upper: torch.Tensor,
         Xn = torch.zeros(W.shape[0], N, dtype=dtype, device=dev)
         Xn[kind == 1] = S[kind == 1]
         Xn[var] = Z
-        X = Xn
+        blocks[k] = Xn
         var_neurons.append(torch.nonzero(var).flatten())
         counts.append({"neurons": int(kind.numel()), "inactive": int((kind == 0).sum()),
                        "active": int(((l >= 0) & (u > 0)).sum()), "variables": nv})
     Wf, bf = chain.final
+    X = torch.cat([blocks[j] for j in chain.output_inputs()])
     Y = Wf.to(dtype=dtype, device=dev) @ X  # outputs over v̂
     Y[:, 0] += bf.to(dtype=dtype, device=dev)
     C = C.to(dtype=dtype, device=dev).reshape(-1, Y.shape[0])

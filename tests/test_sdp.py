@@ -22,7 +22,7 @@ except ImportError:
 needs_cvxpy = pytest.mark.skipif(not HAS_CVXPY, reason="the exact SDP solver needs cvxpy (pip install 'absint[sdp]')")
 
 import absint  # noqa: E402
-from absint.sdp import preactivation_bounds, relu_chain_from_graph  # noqa: E402
+from absint.sdp import preactivation_bounds, relu_network  # noqa: E402
 from absint.solvers.sdp_exact import solve_exact  # noqa: E402
 from absint.solvers.sdp_fo import FOOptions, solve_fo  # noqa: E402
 from absint.solvers.sdp_problem import (  # noqa: E402
@@ -52,7 +52,7 @@ def tiny_net(sizes: list[int], seed: int) -> absint.Graph:
 
 def problem_for(graph: absint.Graph, x0: torch.Tensor, eps: float, C: torch.Tensor, d: torch.Tensor,
                 bounds: str = "box", **kw):
-    chain = relu_chain_from_graph(graph)
+    chain = relu_network(graph)
     lo, hi = (x0 - eps)[None], (x0 + eps)[None]
     pre, _, _ = preactivation_bounds(graph, chain, lo, hi, bounds)
     return build_problem(chain, lo[0], hi[0], pre[0], C, d, **kw), lo[0], hi[0]
@@ -218,14 +218,14 @@ def test_stable_neuron_elimination_keeps_the_bound():
     assert np.all(a.upper >= truth - 1e-9) and np.all(b.upper >= truth - 1e-9)
 
 
-def test_relu_chain_matches_graph_and_rejects_unsupported_ops(networks_dir):
+def test_relu_network_matches_graph_and_rejects_unsupported_ops(networks_dir):
     net = absint.load_network(networks_dir / "digits_mlp_2x64.onnx")
-    chain = relu_chain_from_graph(net)
+    chain = relu_network(net)
     x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
     assert torch.allclose(chain.forward(x.reshape(5, -1)), net.forward(x), atol=1e-10)
     cnn = absint.load_network(networks_dir / "digits_cnn.onnx")
     with pytest.raises(absint.UnsupportedOpError):
-        relu_chain_from_graph(cnn)
+        relu_network(cnn)
 
 
 # -- the analysis through absint.verify ------------------------------------------------------
@@ -291,7 +291,7 @@ def test_timeout_gives_unknown_not_a_crash(networks_dir):
     r = absint.verify(net, absint.Instance(region, prop), analysis="sdp", solver="fo", timeout=0.05, attack=False)
     assert r.verdict is absint.Verdict.UNKNOWN and r.reason.startswith("time-out")
     # the first-order solver is anytime: a deadline mid-run still returns a proved bound
-    chain = relu_chain_from_graph(net)
+    chain = relu_network(net)
     lo = torch.as_tensor(region.lower.reshape(1, -1))
     hi = torch.as_tensor(region.upper.reshape(1, -1))
     pre, _, _ = preactivation_bounds(net, chain, lo, hi, "box")
@@ -308,7 +308,7 @@ def test_timeout_gives_unknown_not_a_crash(networks_dir):
 def test_relaxation_contains_the_network(eliminate):
     """Concrete network points lift to feasible points with the right objective (the encoding)."""
     graph = tiny_net([5, 9, 9, 3], 13)
-    chain = relu_chain_from_graph(graph)
+    chain = relu_network(graph)
     x0 = torch.full((5,), 0.5, dtype=torch.float64)
     C, d = robust_rows(1, 3)
     prob, lo, hi = problem_for(graph, x0, 0.3, C, d, eliminate_stable=eliminate, triangle=True)
@@ -319,3 +319,41 @@ def test_relaxation_contains_the_network(eliminate):
         assert prob.max_violation(v) < 1e-9
         y = graph.forward(x[None])[0]
         assert torch.allclose(prob.objective @ v, -(C @ y + d), atol=1e-9)
+
+
+def _residual_net(seed: int) -> absint.Graph:
+    """Input → dense → ReLU → dense → ReLU, plus a skip sum of the two ReLU outputs → dense."""
+    from absint.ir import Add, Affine, Graph, Input, Relu
+    from absint.linear import DenseOperator
+
+    g = torch.Generator().manual_seed(seed)
+
+    def dense(name, src, a, b):
+        return Affine(name, (src,), (b,), DenseOperator(torch.randn(b, a, generator=g, dtype=torch.float64) / a ** 0.5),
+                      0.2 * torch.randn(b, generator=g, dtype=torch.float64))
+    return Graph((Input("x", (), (4,)), dense("f0", "x", 4, 6), Relu("r0", ("f0",), (6,)), dense("f1", "r0", 6, 6),
+                  Relu("r1", ("f1",), (6,)), Add("s", ("r1", "r0"), (6,)), dense("out", "s", 6, 3)), "out")
+
+
+@pytest.mark.parametrize("eliminate", [True, False])
+def test_residual_network_lifts_feasibly_and_bounds_soundly(eliminate):
+    """SDP-cert on a residual DAG (the sum is linear): the network matches, every concrete point
+    lifts to a feasible point with the right objective, and the certified bound is sound."""
+    graph = _residual_net(3)
+    net = relu_network(graph)
+    assert net.inputs[1] == (0,) and set(net.final_inputs) == {0, 1}
+    xs = torch.rand(20, 4, dtype=torch.float64)
+    assert torch.allclose(net.forward(xs), graph.forward(xs), atol=1e-12)
+    x0 = torch.full((4,), 0.2, dtype=torch.float64)
+    C, d = robust_rows(0, 3)
+    prob, lo, hi = problem_for(graph, x0, 0.4, C, d, eliminate_stable=eliminate)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        x = lo + torch.rand(4, generator=gen, dtype=torch.float64) * (hi - lo)
+        v = prob.lift(net, x)
+        assert prob.max_violation(v) < 1e-9
+        y = graph.forward(x[None])[0]
+        assert torch.allclose(prob.objective @ v, -(C @ y + d), atol=1e-9)
+    res = solve_fo(prob, options=FOOptions(iterations=300))
+    truth = attack_max_violation(graph, lo, hi, C, d)
+    assert np.all(res.upper >= truth - 1e-9)
