@@ -115,7 +115,10 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(format_table(results))
         print(f"wall time {elapsed:.2f} s")
     if args.json:
-        args.json.write_text(results_to_json(results))
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                    if k not in ("_run", "json", "csv", "quiet", "verbose")}
+        settings["vnnlib"] = [str(p) for p in args.vnnlib] if args.vnnlib else None
+        args.json.write_text(results_to_json(results, settings=settings))
     if args.csv:
         args.csv.write_text(results_to_csv(results))
     return 0
@@ -222,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(max(1, getattr(args, "threads", 1) or 1))
-        return args._run(args)
+        code = args._run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return code
     except UsageError as exc:
         print(_one_line(exc), file=sys.stderr)
         return 2

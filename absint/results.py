@@ -82,9 +82,15 @@ def summarize(results: list[Result]) -> dict[str, Any]:
     }
 
 
-def results_to_json(results: list[Result], with_counterexamples: bool = True) -> str:
-    return json.dumps({"summary": summarize(results),
-                       "results": [r.to_dict(with_counterexamples) for r in results]}, indent=1)
+def results_to_json(results: list[Result], with_counterexamples: bool = True,
+                    settings: dict[str, Any] | None = None) -> str:
+    """The results as JSON: a summary, the ``settings`` they ran with (e.g. the command's options),
+    absint's version and git commit, and one object per result (counterexamples included)."""
+    from absint.provenance import provenance
+
+    return json.dumps({"summary": summarize(results), "settings": _jsonable(settings or {}),
+                       "absint": provenance(), "results": [r.to_dict(with_counterexamples) for r in results]},
+                      indent=1)
 
 
 def results_to_csv(results: list[Result]) -> str:

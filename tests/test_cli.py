@@ -12,6 +12,9 @@ def test_verify_bundled_default_writes_json_and_csv(tmp_path, capsys):
     assert code == 0
     data = json.loads(out_json.read_text())
     assert data["summary"]["instances"] == 12
+    # what it ran with, and which absint
+    assert data["settings"]["analysis"] == "box" and data["settings"]["count"] == 12
+    assert data["absint"]["version"] and "commit" in data["absint"]
     assert sum(data["summary"][k] for k in ("verified", "falsified", "unknown")) == 12
     assert len(out_csv.read_text().strip().splitlines()) == 13
     for row in data["results"]:
