@@ -245,7 +245,8 @@ def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Anal
             t1 = time.perf_counter()
             how = "sampling"
             if cx is None and attack and attack_first:
-                deadline = None if timeout is None else t1 + max(0.0, timeout - share)
+                # at most half the time left: on a large network the attack must not starve the analysis
+                deadline = None if timeout is None else t1 + 0.5 * max(0.0, timeout - share)
                 steps: dict[str, int] = {}
                 with progs[i].running("PGD attack"):
                     cx = pgd_attack(graph, instances[i].region, instances[i].prop, attack_options, deadline,
