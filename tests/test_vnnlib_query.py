@@ -174,3 +174,16 @@ def test_margins_are_vectorised_and_agree_with_the_clauses():
         slow = np.array([np.max(-(c.A @ y + c.b)) for c in prop.clauses])
         assert np.array_equal(prop.margins(y), slow)
         assert prop.violated_by(y) == any(c.satisfied_by(y) for c in prop.clauses)
+
+
+def test_lowering_obeys_the_deadline_and_vnncomp_answers_timeout_not_error(bench, tmp_path):
+    q = read_query("wide.vnnlib", text=_wide(20_000))
+    with pytest.raises(TimeoutError):
+        lower_query(q, deadline=time.perf_counter() - 1.0)
+    from absint.bench.vnncomp import run_instance
+
+    acas = bench / "acasxu"
+    out = tmp_path / "r.txt"
+    word, result, _ = run_instance(acas / "onnx/ACASXU_run2a_1_1_batch_2000.onnx", acas / "vnnlib/prop_1.vnnlib",
+                                   out, timeout=1e-6)  # loading alone takes longer than that
+    assert word == "timeout" and out.read_text() == "timeout\n" and "time-out" in result.reason

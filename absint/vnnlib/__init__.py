@@ -53,7 +53,7 @@ def parse_vnnlib(path: str | Path, *, text: str | None = None, deadline: float |
 
     t0 = time.perf_counter()
     query = read_query(path, text=text, deadline=deadline)
-    spec = spec_without_network(query)
+    spec = spec_without_network(query, deadline)
     spec.meta["parse_seconds"] = time.perf_counter() - t0
     return spec
 

@@ -25,6 +25,7 @@ rest (see :mod:`absint.vnnlib.product`).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -162,9 +163,10 @@ def _bound(coef: float, const: float, lower: bool) -> float:
     return v
 
 
-def lower_query(query: Query) -> LoweredQuery:
+def lower_query(query: Query, deadline: float | None = None) -> LoweredQuery:
     """Lower ``query`` (see the module docstring). Needs no network: the layout follows from the
-    declarations alone; :func:`absint.vnnlib.product.build_graph` builds the matching graph."""
+    declarations alone; :func:`absint.vnnlib.product.build_graph` builds the matching graph.
+    Past ``deadline`` (a ``time.perf_counter()`` value) it raises :class:`TimeoutError`."""
     path = query.source
     kinds = query.kinds()
     facts, disjuncts = to_dnf(query.formula, path)
@@ -225,7 +227,9 @@ def lower_query(query: Query) -> LoweredQuery:
     groups: dict[bytes, tuple[InputBox, list[Clause]]] = {}
     order: list[bytes] = []
     names: list[str] | None = None
-    for d in disjuncts:
+    for n_done, d in enumerate(disjuncts):
+        if deadline is not None and n_done % 4096 == 4095 and time.perf_counter() > deadline:
+            raise TimeoutError(f"{path}: time limit reached while lowering the query")
         bound_list, row_ids, false = [], [], False
         for a in d:
             k = klass[a]
@@ -274,10 +278,10 @@ def lower_query(query: Query) -> LoweredQuery:
     return LoweredQuery(query, layout, Spec(tuple(instances), path, {"vnnlib_version": query.version}))
 
 
-def spec_without_network(query: Query) -> Spec:
+def spec_without_network(query: Query, deadline: float | None = None) -> Spec:
     """The spec of a query the plain network answers as it is (trivial layout), e.g. every
     VNN-LIB 1.0 file; anything that needs a composed graph is a :class:`SpecError` saying so."""
-    lowered = lower_query(query)
+    lowered = lower_query(query, deadline)
     if not lowered.layout.trivial:
         raise _needs_composition(query, lowered.layout)
     if lowered.spec is None:

@@ -211,7 +211,7 @@ def solve(query: str | Path | Query, networks: Mapping[str, str | Path], *, time
         bound = bind_all(q, networks, deadline)
         timings["load"] = time.perf_counter() - t0 - timings["read"]
         check_element_types(q, bound)
-        lowered = lower_query(q)
+        lowered = lower_query(q, deadline)
         if lowered.spec is None:
             return done(UNSAT, "the constraints on the inputs are infeasible", query=q)
         graph = build_graph(q, lowered.layout, bound)
