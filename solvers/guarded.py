@@ -81,7 +81,9 @@ class _Worker:
 
     def __init__(self) -> None:
         parent, child = socket.socketpair()
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import absint
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(absint.__file__)))  # where absint is found
         env = dict(os.environ)
         # the worker imports absint the way this process did (a source checkout or an install)
         env["PYTHONPATH"] = os.pathsep.join([p for p in (root, *sys.path, env.get("PYTHONPATH", "")) if p])

@@ -114,7 +114,8 @@ class LPAnalysis(RefineAnalysis):
 
 
 class MILPAnalysis(RefineAnalysis):
-    """Complete MILP (Tjeng et al., ICLR 2019) over slope-tightened DeepPoly bounds."""
+    """MILP (Tjeng et al., ICLR 2019) over slope-tightened DeepPoly bounds: complete on ReLU and
+    max-pooling networks; sigmoid/tanh enter by their linear relaxation (noted in the result)."""
 
     name = "milp"
     preset = "milp"

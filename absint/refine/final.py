@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from absint.ir import Sigmoid, Tanh
 from absint.refine.bounding import branch_and_bound
 from absint.refine.encoding import Encoding
 from absint.refine.pipeline import Context, Stage, share_deadline
@@ -89,6 +90,8 @@ class CompleteMILP(Stage):
         if not _fits(state, ctx, deadline):
             return
         p = state.problem
+        if any(isinstance(n, (Sigmoid, Tanh)) for n in p.graph.nodes):
+            state.note("MILP: sigmoid/tanh enter by their linear relaxation (complete for ReLU and max-pooling only)")
         enc = ctx.encoder.build(p.in_lo, p.in_hi, state.bounds, binaries=True, krelu=state.krelu, name="milp")
         solver = ctx.row_solver(state)
         for r in state.todo:
