@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         r = absint.verify(graph, inst, analysis=analysis, timeout=args.timeout, attack=not args.no_attack,
                           attack_budget=1.0)
         sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+        cpu += float((r.details or {}).get("solver_process_cpu_s", 0.0))  # the HiGHS worker process
         det = r.details or {}
         phases = {k: round(float(v), 2) for k, v in det.get("stage_seconds", {}).items()}
         tight = det.get("tighten", [])

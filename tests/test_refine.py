@@ -221,6 +221,8 @@ def test_options_presets_and_overrides():
     assert "bab" not in keys(make_config("refinepoly", {"final_bab": False}))
     assert make_config("refinepoly", {"tighten.milp_layers": 1}).pipeline.stage("tighten").milp_layers == 1
     assert make_config("refinepoly", {"solve_threads": 2, "backend": "highs"}).solver.threads == 2
+    with pytest.raises(OptionError, match="no option 'key'"):
+        make_config("refinepoly", {"tighten.key": "x"})  # a stage's name is not an option
     for bad in ({"no_such_option": 1}, {"tighten.no_such": 1}, {"timeout_lp": 1.0}, {"bab.share": 0.5}):
         with pytest.raises(OptionError):
             make_config("lp", bad)  # lp has no tighten or bab stage: its options are errors, not no-ops

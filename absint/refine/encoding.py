@@ -44,9 +44,11 @@ Bounds = dict[str, tuple[np.ndarray, np.ndarray]]
 #: ops the encoding handles; activations whose inputs per-neuron tightening refines
 ENCODED_OPS: tuple[type[Op], ...] = (Input, Affine, Relu, Reshape, Add, Sigmoid, Tanh, MaxPool2d)
 ACTIVATION_OPS: tuple[type[Op], ...] = (Relu, Sigmoid, Tanh)
-#: seconds to build a model per constraint-matrix nonzero, hand it to a solver process included
-#: (measured ~3e-7 on a 1.9M-nonzero model at load 8; with a factor 3 of safety)
-BUILD_SECONDS_PER_NONZERO = 1e-6
+#: seconds to build a model per constraint-matrix nonzero, handing it to a solver process included,
+#: and to convert an operator to a sparse matrix the first time (a 784-4096-4096-10 MLP, 20M
+#: nonzeros, load 4.6: build 2.6 s + pickle 0.6 s + transfer; first conversion 5.3 s)
+BUILD_SECONDS_PER_NONZERO = 2.5e-7
+CONVERT_SECONDS_PER_NONZERO = 4e-7
 
 
 class UnsupportedNetworkError(UnsupportedOpError):
@@ -135,13 +137,14 @@ class NetworkEncoder:
             self._bias[node.name] = node.bias_full().detach().cpu().double().numpy().reshape(-1)
         return self._mats[node.name], self._bias[node.name]
 
-    def estimate_nonzeros(self, upto: str | None = None) -> int:
-        """Roughly the constraint-matrix nonzeros of a model up to ``upto`` (without building it)."""
+    def estimate_nonzeros(self, upto: str | None = None, *, uncached: bool = False) -> int:
+        """Roughly the constraint-matrix nonzeros of a model up to ``upto`` (without building it);
+        ``uncached``: only those of operators whose sparse matrix is not computed yet."""
         from absint.linear import ConvOperator
 
         total = 0
         for node in self.graph.nodes:
-            if isinstance(node, Affine):
+            if isinstance(node, Affine) and not (uncached and node.name in self._mats):
                 op = node.operator
                 w = getattr(op, "weight", None)
                 if isinstance(op, DenseOperator):
@@ -149,20 +152,23 @@ class NetworkEncoder:
                 elif isinstance(op, ConvOperator):
                     total += int(w.numel() * numel(op.out_shape[1:]))
                 total += numel(node.shape)
-            elif not isinstance(node, (Input, Reshape)):
+            elif not uncached and not isinstance(node, (Input, Reshape, Affine)):
                 total += 4 * numel(node.shape)
             if node.name == (upto or self.graph.output):
                 break
         return total
 
     def fits(self, deadline: float | None, upto: str | None = None) -> bool:
-        """Whether building a model up to ``upto`` and starting a solve likely fit before ``deadline``
-        (:data:`BUILD_SECONDS_PER_NONZERO`; building is not interruptible)."""
+        """Whether building a model up to ``upto`` and handing it to a solver likely fit before
+        ``deadline`` (building is not interruptible; :data:`BUILD_SECONDS_PER_NONZERO`,
+        :data:`CONVERT_SECONDS_PER_NONZERO`)."""
         if deadline is None:
             return True
         import time
 
-        return deadline - time.perf_counter() > 2 * BUILD_SECONDS_PER_NONZERO * self.estimate_nonzeros(upto) + 0.1
+        cost = (CONVERT_SECONDS_PER_NONZERO * self.estimate_nonzeros(upto, uncached=True)
+                + BUILD_SECONDS_PER_NONZERO * self.estimate_nonzeros(upto))
+        return deadline - time.perf_counter() > 1.2 * cost + 0.1
 
     def windows(self, node: MaxPool2d) -> np.ndarray:
         """Flat input indices of the pooling windows of ``node`` (cached)."""

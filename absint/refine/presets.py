@@ -110,11 +110,11 @@ class _Editor:
         """Set option ``name`` of stage ``key`` (which the pipeline must have)."""
         if key not in self.stages:
             raise OptionError(f"the pipeline has no stage {key!r} for option {name!r} "
-                                     f"(add the stage with {key}=True)")
+                              f"(add the stage with {key}=True)")
         stage = self.stages[key]
-        if name not in {f.name for f in fields(stage)}:
+        if name not in stage.option_names():
             raise OptionError(f"stage {key!r} has no option {name!r}; it has "
-                                     f"{', '.join(f.name for f in fields(stage)) or 'none'}")
+                              f"{', '.join(stage.option_names()) or 'none'}")
         self.stages[key] = replace(stage, **{name: value})
 
     def set_present(self, targets: tuple[tuple[str, str], ...], value: Any) -> None:
