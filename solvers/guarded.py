@@ -81,9 +81,10 @@ class _Worker:
 
     def __init__(self) -> None:
         parent, child = socket.socketpair()
-        import absint
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(absint.__file__)))  # where absint is found
+        # where absint is found: the checkout root (solvers/ beside absint/) or site-packages (absint/solvers/)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.basename(root) == "absint":
+            root = os.path.dirname(root)
         env = dict(os.environ)
         # the worker imports absint the way this process did (a source checkout or an install)
         env["PYTHONPATH"] = os.pathsep.join([p for p in (root, *sys.path, env.get("PYTHONPATH", "")) if p])
