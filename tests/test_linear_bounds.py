@@ -162,3 +162,45 @@ def test_graph_view_is_chain_free():
     adds = [n for n in view if isinstance(n.op, Add)]
     assert adds and all(len(n.parents) == 2 for n in adds)
     assert all(p.index < n.index for n in view for p in n.parents)
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_pool"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_patches_match_dense_rows(name, batch):
+    """Rows of convolution outputs back-substituted as local windows give the dense rows' bounds
+    (strided, padded and grouped convolutions; a normalisation; several batch members)."""
+    from absint.testing import example_network
+
+    graph = example_network(name, 4)
+    g = torch.Generator().manual_seed(batch)
+    c = torch.rand(batch, *graph.input_shape, generator=g, dtype=F64) * 2 - 1
+    lo, hi = c - 0.3, c + 0.3
+    out = []
+    for patches in (False, True):
+        dom = DeepPolyDomain()
+        dom.engine.patches = patches
+        p = propagate(graph, dom, lo, hi, keep_all=True)
+        out.append([dom.bounds(p.elements[n.name]) for n in graph.nodes])
+    for (la, ua), (lb, ub) in zip(*out):
+        assert torch.allclose(la, lb, rtol=1e-9, atol=1e-9) and torch.allclose(ua, ub, rtol=1e-9, atol=1e-9)
+
+
+def test_patch_windows_dense_round_trip():
+    from absint.domains.linear_bounds.patches import Patches, Windows
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(5, 2, 3, 3, generator=g, dtype=F64)
+    y0 = torch.tensor([-1, 0, 2, 3, 1])
+    x0 = torch.tensor([0, -2, 1, 3, 2])
+    p = Patches(data, y0, x0, (2, 4, 5)).masked()
+    dense = p.dense().reshape(5, 2, 4, 5)
+    for r in range(5):
+        for dy in range(3):
+            for dx in range(3):
+                y, x = int(y0[r]) + dy, int(x0[r]) + dx
+                if 0 <= y < 4 and 0 <= x < 5:
+                    assert torch.equal(dense[r, :, y, x], p.data[r, :, dy, dx])
+                else:
+                    assert (p.data[r, :, dy, dx] == 0).all()
+    vec = torch.randn(1, 40, generator=g, dtype=F64)
+    assert torch.allclose(p.dot(Windows(p, None).take(vec)), p.dense() @ vec[0])

@@ -48,8 +48,9 @@ from typing import Any
 import torch
 
 from absint.ir import Add, Affine, MaxPool2d, Relu, Reshape, Sigmoid, Tanh
-from absint.linear import DenseOperator
+from absint.linear import ConvOperator, DenseOperator, DiagonalOperator
 from absint.domains.linear_bounds.graph import Node
+from absint.domains.linear_bounds.patches import Patches, Windows, conv_step
 from absint.domains.linear_bounds.relax import gam, safe_down, unit
 from absint.domains.linear_bounds.rows import RowLayout
 
@@ -57,8 +58,11 @@ from absint.domains.linear_bounds.rows import RowLayout
 __all__ = ["BackwardPass", "RULES", "full"]
 
 
-def full(lam: torch.Tensor, cols: torch.Tensor | None, n: int) -> torch.Tensor:
-    """Coefficients over all ``n`` neurons from coefficients over the subset ``cols``."""
+def full(lam: "torch.Tensor | Patches", cols: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Dense coefficients over all ``n`` neurons from coefficients over the subset ``cols`` (or
+    from windows, :class:`~absint.domains.linear_bounds.patches.Patches`)."""
+    if isinstance(lam, Patches):
+        return lam.dense()
     if cols is None:
         return lam
     return lam.new_zeros(lam.shape[0], n).index_copy(1, cols, lam)
@@ -116,6 +120,15 @@ class BackwardPass:
             self.pending[key] = [node, lam, cols, paid]
             heapq.heappush(self.heap, (-node.index, next(self._seq), key))
             return
+        if isinstance(lam, Patches) or isinstance(entry[1], Patches):
+            if isinstance(lam, Patches) and isinstance(entry[1], Patches) and lam.same_windows(entry[1]):
+                entry[1] = Patches(entry[1].data + lam.data, lam.y0, lam.x0, lam.grid)
+                entry[3] = entry[3] and paid
+                self.err = self.err + entry[1].abs_dot(Windows(lam, self.rows.bidx).take(
+                    self.engine.magnitude(node, None))) * (2 * unit(lam.data.dtype))
+                return
+            lam, entry[1] = full(lam, None, node.numel), full(entry[1], entry[2], node.numel)
+            cols = entry[2] = None
         if entry[2] is cols:
             total = entry[1] + lam
         else:
@@ -146,12 +159,15 @@ class BackwardPass:
         scale = (1 + 4 * gam(self.width + 8, dt)) * (1 + 8 * unit(dt))  # E's own roundings
         return safe_down(value - torch.add(self.err * scale, self.c0, alpha=4 * gam(self.K + 2, dt)))
 
-    def concretize(self, node: Node, lam: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor | None:
+    def concretize(self, node: Node, lam, cols: torch.Tensor | None):
         """Terms ``min λ·x`` over ``node``'s concrete bounds (already widened), or None."""
         cw = self.engine.conc(node, cols, self.K)
         if cw is None:
             return None
         low, wid = cw
+        if isinstance(lam, Patches):
+            win = Windows(lam, self.rows.bidx)
+            return lam.dot(win.take(low)), (lam.data.clamp(max=0) * win.take(wid)).sum((1, 2, 3))
         return self.rows.dot(lam, low), self.rows.dot(lam.clamp(max=0), wid)
 
     # -- main loop ----------------------------------------------------------------------------
@@ -264,6 +280,11 @@ def _affine(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor |
     parent = node.parents[0]
     op = node.op.operator
     eng = p.engine
+    if isinstance(lam, Patches):
+        if isinstance(op, (ConvOperator, DiagonalOperator)):
+            _affine_patches(p, node, lam, paid)
+            return
+        lam = lam.dense()
     if not paid:
         p.add_err(lam, eng.err_weight(node, cols, p.K))
     if isinstance(op, DenseOperator):
@@ -294,6 +315,47 @@ def _affine(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor |
     p.push(parent, lam_p)
 
 
+def _affine_patches(p: BackwardPass, node: Node, lam: Patches, paid: bool) -> None:
+    """A convolution or element-wise affine map applied to windows (:mod:`.patches`)."""
+    eng = p.engine
+    op = node.op.operator
+    win = Windows(lam, p.rows.bidx)
+    if not paid:
+        p.err = p.err + lam.abs_dot(win.take(eng.err_weight(node, None, p.K)))
+    bias = node.flat_bias()
+    if bias is not None:
+        p.add_const(lam.dot(win.take(bias)))
+    if isinstance(op, ConvOperator):
+        out = conv_step(lam, op)
+    else:
+        scale = node.cache.get("scale_full")
+        if scale is None:
+            scale = node.cache["scale_full"] = torch.broadcast_to(op.scale, node.shape).reshape(-1).contiguous()
+        out = Patches(lam.data * win.take(scale), lam.y0, lam.x0, lam.grid)
+    p.push(node.parents[0], out)
+
+
+def _act_patches(p: BackwardPass, node: Node, lam: Patches, fuse: bool) -> None:
+    """The activation step on windows: the per-member vectors are gathered at each row's window (one
+    gather for all of them) and the step's sums are two batched products over the windows."""
+    eng = p.engine
+    win = Windows(lam, p.rows.bidx)
+    # columns: 0 ls, 1 ds, 2 a, 3 l', 4 −c, 5 do, 6 w', 7 lo (see Engine.patch_vectors)
+    G = win.take_stack(eng.patch_vectors(node, p.K))
+    R = lam.data.shape[0]
+    data = lam.data.reshape(R, 1, -1)
+    neg = data.clamp(max=0)
+    td = torch.bmm(data, G.transpose(1, 2)).reshape(R, -1)
+    tn = torch.bmm(neg, G.transpose(1, 2)).reshape(R, -1)
+    p.err = p.err + (td[:, 2] + tn[:, 4])
+    value = p.safe(p.const + td[:, 3] + tn[:, 6]) if fuse else None
+    p.add_const(tn[:, 5] + td[:, 7])
+    out = (data[:, 0] * G[:, 0] + neg[:, 0] * G[:, 1]).reshape(lam.data.shape)
+    p.push(node.parents[0], Patches(out, lam.y0, lam.x0, lam.grid), paid=eng.prepaid(node))
+    if value is not None:
+        p.update_best(value)
+
+
 def _act(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,
          paid: bool) -> None:
     eng = p.engine
@@ -301,6 +363,11 @@ def _act(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | No
     if params is not None:
         _act_params(p, node, lam, cols, params)
         return
+    if isinstance(lam, Patches):
+        if eng.prune(node) is None:
+            _act_patches(p, node, lam, fuse)
+            return
+        lam = lam.dense()
     pr = eng.prune(node)
     if pr is not None:
         if cols is not pr[0]:
@@ -378,7 +445,7 @@ def _maxpool(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor 
 
 def _reshape(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,
              paid: bool) -> None:
-    p.push(node.parents[0], lam, cols)
+    p.push(node.parents[0], lam.dense() if isinstance(lam, Patches) else lam, cols)
 
 
 def _add(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,

@@ -29,6 +29,7 @@ from absint.linear import ConvOperator, DenseOperator, DiagonalOperator, LinearO
 from absint.domains.relaxations import ReluLowerMode
 from absint.domains.linear_bounds.backward import BackwardPass
 from absint.domains.linear_bounds.graph import Node
+from absint.domains.linear_bounds.patches import unit_patches
 from absint.domains.linear_bounds.relax import (Lines, floor, gam, pool_lines, relu_lines, relu_upper, s_shaped_bounds,
                                                 s_shaped_lines, safe_down, safe_up, unit, up)
 from absint.domains.linear_bounds.rows import RowLayout
@@ -69,6 +70,8 @@ class Engine:
         self.options = options or EngineOptions()
         self.device = torch.device(device)
         self.dtype = dtype
+        #: rows of convolution outputs are back-substituted as local windows (:mod:`.patches`)
+        self.patches = True
 
     # -- concrete bounds ------------------------------------------------------------------------
     @staticmethod
@@ -309,6 +312,18 @@ class Engine:
             sub.update(cols=cols, v=(memo[2][:, cols].contiguous(), memo[3][:, cols].contiguous()))
         return sub["v"]
 
+    def patch_vectors(self, node: Node, K: int) -> torch.Tensor:
+        """The activation step's per-member vectors stacked ``[B, 8, n]`` for windows
+        (:mod:`.patches`): ``ls, ds, a, l', −c, do, w', lo`` (:meth:`act_vectors`, the lines)."""
+        P, Q = self.act_vectors(node, None, K)
+        memo = node.cache.get("patch_vec")
+        if memo is None or memo[0] is not P:
+            ln = self.lines(node)
+            lo = torch.zeros_like(ln.ls) if ln.lo is None else ln.lo
+            M = torch.stack([ln.ls, ln.ds, P[:, :, 0], P[:, :, 2], Q[:, :, 0], Q[:, :, 1], Q[:, :, 2], lo], 1)
+            memo = node.cache["patch_vec"] = (P, M.contiguous())
+        return memo[1]
+
     # -- relaxations ----------------------------------------------------------------------------
     def relax(self, node: Node, level: int | None = None) -> None:
         """Fix the relaxation of an activation / max-pool node from its input's bounds."""
@@ -445,6 +460,8 @@ class Engine:
         if p == 0:
             return lo.reshape(ilo.shape), hi.reshape(ihi.shape)
         chunk = max(1, self.chunk_rows(node) // 2)
+        if self.uses_patches(node):  # local windows: the rows are small, keep them together
+            chunk = max(chunk, 4096)
         for s in range(0, p, chunk):
             cf = flat[s:s + chunk]
             k = int(cf.numel())
@@ -460,6 +477,10 @@ class Engine:
             lo.scatter_reduce_(0, cf, best[:k], "amax")
             hi.scatter_reduce_(0, cf, -best[k:], "amin")
         return lo.reshape(ilo.shape), hi.reshape(ihi.shape)
+
+    def uses_patches(self, node: Node) -> bool:
+        """Whether rows of ``node``'s neurons start as local windows (:mod:`.patches`)."""
+        return self.patches and isinstance(node.op, Affine) and isinstance(node.op.operator, ConvOperator)
 
     def unit_rows(self, node: Node, flat: torch.Tensor):
         """Rows ``+e_i`` then ``−e_i`` for the flat indices ``flat`` (``b·n + i``) of ``node``, grouped by
@@ -483,6 +504,9 @@ class Engine:
             lam = wpm.index_select(0, rows)
             const = bpm.index_select(0, rows) if bpm is not None else lam.new_zeros(2 * k)
             start = parent
+        elif self.uses_patches(node):
+            lam = unit_patches(tuple(node.shape), cn, self.dtype)  # local windows, not dense rows
+            const, start = torch.zeros(2 * k, dtype=self.dtype, device=flat.device), node
         else:
             lam = torch.zeros(2 * k, n, dtype=self.dtype, device=flat.device)
             r = torch.arange(k, device=flat.device)

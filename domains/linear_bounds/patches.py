@@ -1,0 +1,200 @@
+"""Local coefficient windows ("patches") for back-substituting rows of convolutional nodes.
+
+A row that bounds one neuron of a convolution's output depends, through convolutions, element-wise
+activations and normalisations, only on a small window of each earlier node (its receptive field).
+Instead of a dense ``[R, C·H·W]`` coefficient matrix, :class:`Patches` stores each row's
+coefficients on a window ``[R, C, h, w]`` whose top-left corner ``(y0, x0)`` lies anywhere relative
+to the node's grid (windows may overhang it: there the coefficients are zero). Back-substitution
+through a convolution is then ``conv_transpose2d`` of the windows (the window grows by the kernel),
+through element-wise steps a product with the per-member vectors gathered at the window, and
+concretisation a dot product with the gathered bounds — the work shrinks from the layer size to the
+receptive field (auto_LiRPA's "patches mode", Xu et al. NeurIPS 2020, does the same for CROWN).
+Anything else (dense layers, reshapes, pooling, joins of different windows) turns the rows dense.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from absint.linear import ConvOperator
+
+__all__ = ["Patches", "Windows", "conv_step", "unit_patches"]
+
+
+@dataclass
+class Patches:
+    """Coefficients of ``R`` rows on windows of a ``(C, H, W)`` grid (see the module docstring)."""
+
+    data: torch.Tensor  # [R, C, h, w], zero outside the grid
+    y0: torch.Tensor  # [R] long: window row offset in the grid
+    x0: torch.Tensor  # [R] long
+    grid: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.data.shape[0]), int(self.data.shape[1] * self.data.shape[2] * self.data.shape[3])
+
+    def select(self, keep) -> "Patches":
+        return Patches(self.data[keep], self.y0[keep], self.x0[keep], self.grid)
+
+    __getitem__ = select
+
+    def same_windows(self, other: "Patches") -> bool:
+        return (self.data.shape == other.data.shape and self.y0 is other.y0) or (
+            self.data.shape == other.data.shape and bool(torch.equal(self.y0, other.y0))
+            and bool(torch.equal(self.x0, other.x0)))
+
+    def masked(self) -> "Patches":
+        """The windows with every entry outside the grid set to zero."""
+        _, H, W = self.grid
+        h, w = self.data.shape[2:]
+        ys = self.y0[:, None] + torch.arange(h, device=self.y0.device)
+        xs = self.x0[:, None] + torch.arange(w, device=self.x0.device)
+        my = ((ys >= 0) & (ys < H)).to(self.data.dtype)
+        mx = ((xs >= 0) & (xs < W)).to(self.data.dtype)
+        return Patches(self.data * (my[:, None, :, None] * mx[:, None, None, :]), self.y0, self.x0, self.grid)
+
+    def dense(self) -> torch.Tensor:
+        """The rows as a dense ``[R, C·H·W]`` matrix."""
+        C, H, W = self.grid
+        R, _, h, w = self.data.shape
+        P = _overhang(self)
+        Hp, Wp = H + 2 * P, W + 2 * P
+        rows = torch.arange(R, device=self.y0.device)
+        idx = _flat_index(self, rows, P, Hp, Wp)  # one canvas per row
+        out = self.data.new_zeros(R * C * Hp * Wp).index_put((idx.reshape(-1),), self.data.reshape(-1))
+        out = out.reshape(R, C, Hp, Wp)[:, :, P:P + H, P:P + W]
+        return out.reshape(R, -1)
+
+    def abs_dot(self, win: torch.Tensor) -> torch.Tensor:
+        """``Σ |data| ⊙ win`` per row."""
+        return (self.data.abs() * win).sum((1, 2, 3))
+
+    def dot(self, win: torch.Tensor) -> torch.Tensor:
+        return (self.data * win).sum((1, 2, 3))
+
+
+def _overhang(p: Patches) -> int:
+    """How far the windows reach outside the grid (the padding the gathers need)."""
+    _, H, W = p.grid
+    h, w = p.data.shape[2:]
+    if p.y0.numel() == 0:
+        return 0
+    lo = -min(int(p.y0.min()), int(p.x0.min()))
+    hi = max(int(p.y0.max()) + h - H, int(p.x0.max()) + w - W)
+    return max(0, lo, hi)
+
+
+def _flat_index(p: Patches, bidx: torch.Tensor | None, P: int, Hp: int, Wp: int) -> torch.Tensor:
+    """Flat indices ``[R, C·h·w]`` of every window entry in the padded ``[B, C, Hp, Wp]`` tensor."""
+    C = p.grid[0]
+    R, _, h, w = p.data.shape
+    dev = p.y0.device
+    base = (p.y0 + P) * Wp + (p.x0 + P)
+    base = base if bidx is None else base + bidx * (C * Hp * Wp)
+    off = (torch.arange(C, device=dev)[:, None, None] * (Hp * Wp) + torch.arange(h, device=dev)[None, :, None] * Wp
+           + torch.arange(w, device=dev)[None, None, :]).reshape(-1)
+    return base[:, None] + off[None, :]
+
+
+class Windows:
+    """Gathers per-member vectors (``[B, C·H·W]``) at the rows' windows (zero outside the grid).
+
+    Rows of the same member with the same window (e.g. all channels at one position) share one
+    gather: the distinct windows are gathered once, then copied to their rows."""
+
+    def __init__(self, p: Patches, bidx: torch.Tensor | None) -> None:
+        self.p = p
+        self.bidx = bidx
+        self.P = _overhang(p)
+        C, H, W = p.grid
+        self.Hp, self.Wp = H + 2 * self.P, W + 2 * self.P
+        key = (p.y0 + self.P) * self.Wp + (p.x0 + self.P)
+        if bidx is not None:
+            key = key + bidx * (self.Hp * self.Wp)
+        ukey, self.inv = torch.unique(key, return_inverse=True)
+        self.single = int(ukey.numel()) == int(key.numel())
+        if self.single:  # every row its own window: gather in row order
+            ukey = key
+        self._ukey = ukey
+        off = _offsets(C, p.data.shape[2], p.data.shape[3], self.Hp, self.Wp, p.y0.device)
+        b = ukey // (self.Hp * self.Wp)
+        self.idx = (ukey + b * ((C - 1) * self.Hp * self.Wp))[:, None] + off[None, :]
+        self._shared = None
+
+    def take(self, vec: torch.Tensor) -> torch.Tensor:
+        """``vec`` ``[B, C·H·W]`` (per member; ``[1, ·]`` or flat ``[C·H·W]``: shared) at the windows."""
+        C, H, W = self.p.grid
+        if vec.dim() == 1 or (vec.shape[0] == 1 and self.bidx is not None):
+            idx = self.shared_idx()
+            vec = vec.reshape(1, -1)
+        else:
+            idx = self.idx
+        v = vec.reshape(vec.shape[0], C, H, W)
+        if self.P:
+            v = F.pad(v, (self.P, self.P, self.P, self.P))
+        vals = torch.take(v, idx)
+        if not self.single:
+            vals = vals.index_select(0, self.inv)
+        return vals.reshape(self.p.data.shape)
+
+    def take_stack(self, mat: torch.Tensor) -> torch.Tensor:
+        """Per-member stacked vectors ``mat`` ``[B, k, C·H·W]`` at the windows → ``[R, k, C·h·w]``."""
+        C, H, W = self.p.grid
+        b, k = mat.shape[0], mat.shape[1]
+        v = mat.reshape(b * k, C, H, W)
+        if self.P:
+            v = F.pad(v, (self.P, self.P, self.P, self.P))
+        v = v.reshape(b, k, -1)
+        block = C * self.Hp * self.Wp
+        mb = self._ukey // (self.Hp * self.Wp)
+        idx = self.idx - mb[:, None] * block  # position within the member's [C, Hp, Wp] block
+        idx = (mb * (k * block))[:, None, None] + (torch.arange(k, device=idx.device) * block)[None, :, None] \
+            + idx[:, None, :]
+        vals = torch.take(v, idx)
+        if not self.single:
+            vals = vals.index_select(0, self.inv)
+        return vals
+
+    def shared_idx(self) -> torch.Tensor:
+        if self.bidx is None:
+            return self.idx
+        if self._shared is None:  # the same windows, all read from member 0
+            C = self.p.grid[0]
+            pos = self._ukey % (self.Hp * self.Wp)
+            self._shared = pos[:, None] + _offsets(C, self.p.data.shape[2], self.p.data.shape[3], self.Hp, self.Wp,
+                                                   pos.device)[None, :]
+        return self._shared
+
+
+def _offsets(C: int, h: int, w: int, Hp: int, Wp: int, device) -> torch.Tensor:
+    return (torch.arange(C, device=device)[:, None, None] * (Hp * Wp) + torch.arange(h, device=device)[None, :, None] * Wp
+            + torch.arange(w, device=device)[None, None, :]).reshape(-1)
+
+
+def conv_step(p: Patches, op: ConvOperator) -> Patches:
+    """Back-substitute the windows of a convolution's output to its input (exact up to rounding)."""
+    if p.data.shape[2] == 1 and p.data.shape[3] == 1 and op.groups == 1:  # one position: a product
+        w = op.weight
+        data = (p.data.reshape(p.data.shape[0], -1) @ w.reshape(w.shape[0], -1)).reshape(-1, *w.shape[1:])
+        if op.dilation != (1, 1):
+            data = F.conv_transpose2d(p.data, w, None, op.stride, 0, 0, op.groups, op.dilation)
+    else:
+        data = F.conv_transpose2d(p.data, op.weight, None, op.stride, 0, 0, op.groups, op.dilation)
+    y0 = p.y0 * op.stride[0] - op.padding[0]
+    x0 = p.x0 * op.stride[1] - op.padding[1]
+    return Patches(data, y0, x0, tuple(op.in_shape)).masked()
+
+
+def unit_patches(grid: tuple[int, int, int], flat: torch.Tensor, dtype: torch.dtype) -> Patches:
+    """Rows ``+e_i`` then ``−e_i`` for the flat neuron indices ``flat`` (``c·H·W + y·W + x``) of a grid."""
+    C, H, W = grid
+    k = int(flat.numel())
+    c, y, x = flat // (H * W), (flat // W) % H, flat % W
+    data = torch.zeros(2 * k, C, 1, 1, dtype=dtype, device=flat.device)
+    r = torch.arange(k, device=flat.device)
+    data[r, c, 0, 0] = 1.0
+    data[r + k, c, 0, 0] = -1.0
+    return Patches(data, torch.cat([y, y]), torch.cat([x, x]), grid)
