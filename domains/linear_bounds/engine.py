@@ -20,6 +20,7 @@ widened bound vectors, and non-finite results become trivial bounds.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,20 @@ class EngineOptions:
     keep_best: bool = False
     memory_mb: float = 256.0
     max_rows: int | None = None
+
+
+_OPERATOR_MEMO: "weakref.WeakKeyDictionary[LinearOperator, dict]" = weakref.WeakKeyDictionary()
+
+
+def _operator_memo(op: LinearOperator, key: str, make):
+    """A quantity derived from an operator alone (e.g. ``|A|``), computed once per operator object
+    (operators are immutable; the DeepPoly domain makes new nodes per image but keeps the graph's)."""
+    memo = _OPERATOR_MEMO.get(op)
+    if memo is None:
+        memo = _OPERATOR_MEMO[op] = {}
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
 
 
 def inner_length(op: LinearOperator) -> int:
@@ -159,10 +174,10 @@ class Engine:
 
     @staticmethod
     def abs_op(node: Node) -> LinearOperator:
-        """``|A|`` of an affine node (memoised)."""
+        """``|A|`` of an affine node (memoised with the operator, so shared by every node using it)."""
         a = node.cache.get("abs_op")
         if a is None:
-            a = node.cache["abs_op"] = node.op.operator.abs()
+            a = node.cache["abs_op"] = _operator_memo(node.op.operator, "abs", node.op.operator.abs)
         return a
 
     # -- per-node vectors for rigorous rounding -----------------------------------------------
@@ -427,7 +442,10 @@ class Engine:
         if memo is not None and memo[0] is cols:
             return memo[1], memo[2]
         w, bias = self.dense_block(node, None, cols)
-        wpm = torch.cat([w, -w]).contiguous()
+        if cols is None:  # the same for every node of this operator
+            wpm = _operator_memo(node.op.operator, "signed", lambda: torch.cat([w, -w]).contiguous())
+        else:
+            wpm = torch.cat([w, -w]).contiguous()
         bpm = None if bias is None else torch.cat([bias, -bias])
         node.cache["signed_rows"] = (cols, wpm, bpm)
         return wpm, bpm
