@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import torch
 
+from absint.linear import ConvOperator, DenseOperator, DiagonalOperator, LinearOperator, PermuteOperator, numel
+
 __all__ = [
     "unit_roundoff", "tiny", "gamma", "dot_error", "round_down", "round_up",
-    "sanitize_lower", "sanitize_upper", "safe_lower", "safe_upper",
+    "sanitize_lower", "sanitize_upper", "safe_lower", "safe_upper", "inner_length",
+    "sum_lower", "sum_upper", "LIBM_ULPS", "monotone_lower", "monotone_upper",
 ]
 
 
@@ -88,3 +91,48 @@ def safe_lower(value: torch.Tensor, error: torch.Tensor | float) -> torch.Tensor
 def safe_upper(value: torch.Tensor, error: torch.Tensor | float) -> torch.Tensor:
     """``value + error`` rounded up and sanitised (see :func:`safe_lower`)."""
     return round_up(sanitize_upper(value + error))
+
+
+def inner_length(op: LinearOperator) -> int:
+    """Number of products summed per output entry of ``op`` (the ``n`` of its rounding bound)."""
+    if isinstance(op, DenseOperator):
+        return int(op.weight.shape[-1])
+    if isinstance(op, ConvOperator):
+        w = op.weight
+        return int(w.shape[1] * w.shape[2] * w.shape[3])
+    if isinstance(op, (DiagonalOperator, PermuteOperator)):
+        return 1
+    return numel(op.in_shape)  # unknown operator: the worst case, a full dense row
+
+
+def sum_lower(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A lower bound of the real ``a + b``: the rounded sum one step down (one rounding)."""
+    return round_down(sanitize_lower(a + b))
+
+
+def sum_upper(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """An upper bound of the real ``a + b``."""
+    return round_up(sanitize_upper(a + b))
+
+
+#: Assumed accuracy of the library's ``exp``/``sigmoid``/``tanh`` (glibc and SLEEF document ≤ 4 ulps;
+#: we allow 8). This is an assumption about the platform, not a proved bound.
+LIBM_ULPS = 8
+
+
+def _libm_error(y: torch.Tensor) -> torch.Tensor:
+    u = unit_roundoff(y.dtype)
+    return (2 * LIBM_ULPS * u) * y.abs() + LIBM_ULPS * tiny(y.dtype)
+
+
+def monotone_lower(f, x: torch.Tensor) -> torch.Tensor:
+    """A lower bound of the real ``f(x)`` for a library function ``f`` (sigmoid, tanh, exp)
+    accurate to :data:`LIBM_ULPS` ulps."""
+    y = f(x)
+    return round_down(sanitize_lower(y - _libm_error(y)))
+
+
+def monotone_upper(f, x: torch.Tensor) -> torch.Tensor:
+    """An upper bound of the real ``f(x)`` (see :func:`monotone_lower`)."""
+    y = f(x)
+    return round_up(sanitize_upper(y + _libm_error(y)))

@@ -5,9 +5,11 @@ random samples, then PGD); run the analysis and turn its proved lower bounds int
 A time limit covers the whole instance: loading the network and parsing the specification when
 :func:`verify` is given files, the attacks, the analysis (see :mod:`absint.timelimit` for the
 cooperative deadline and the backstop); a time-out says what was done.
-A clause of the violation DNF is refuted when one of its rows has a proved lower bound above
-``tolerance`` (a small positive number that absorbs float64 rounding); the property is verified
-when every clause is refuted. Any failure to decide (loose bounds, time-out, solver limit) gives
+A clause of the violation DNF is refuted when one of its rows has a proved lower bound strictly
+above 0 — the bound itself is rigorous in real arithmetic (every analysis accounts for its own
+float rounding, :mod:`absint.rounding`), so no fixed tolerance stands in for rounding; a caller
+may still demand a larger margin with ``tolerance``. The property is verified when every clause is
+refuted. Any failure to decide (loose bounds, time-out, solver limit) gives
 ``unknown`` with the reason — never a crash, never a guess.
 """
 from __future__ import annotations
@@ -32,10 +34,6 @@ from absint.specs import Instance, InputBox, OutputProperty, Spec, linf_ball, ro
 from absint.timelimit import InvalidTimeLimit, Progress, allowed_overshoot, check_limit, hard_limit
 
 log = logging.getLogger(__name__)
-
-#: A clause counts as refuted only if its proved margin exceeds this (absorbs float64 rounding).
-DEFAULT_TOLERANCE = 1e-8
-
 
 def load_network(source: Any, *, input_shape: Sequence[int] | None = None,
                  device: torch.device | str | None = None) -> Graph:
@@ -87,8 +85,13 @@ def _check_compatible(graph: Graph, spec: Spec) -> Spec:
     return spec
 
 
-def decide(prop: OutputProperty, row_lower: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> tuple[bool, float]:
-    """From proved lower bounds of the stacked safety rows: (all clauses refuted?, worst clause margin)."""
+def decide(prop: OutputProperty, row_lower: np.ndarray, tolerance: float = 0.0) -> tuple[bool, float]:
+    """From proved lower bounds of the stacked safety rows: (all clauses refuted?, worst clause margin).
+
+    A clause is refuted when its best row's proved bound is ``> tolerance`` (strictly; 0 by default:
+    the bounds are rigorous, a margin of exactly 0 is a violation in VNN-LIB's ``≥``)."""
+    if not tolerance >= 0:  # also rejects NaN: a negative margin would accept violated clauses
+        raise SpecError(f"tolerance must be a number ≥ 0, got {tolerance!r}")
     margins = prop.clause_max(row_lower)
     worst = float(margins.min())
     return bool(np.all(margins > tolerance)), worst
@@ -189,7 +192,7 @@ def _decide_one(graph: Graph, inst: Instance, name: str, analysis: Analysis, bou
 def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Analysis, *,
                      timeout: float | None = None, attack: bool = True, attack_first: bool = True,
                      attack_options: AttackOptions = AttackOptions(), attack_budget: float | None = None,
-                     tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 1, names: Sequence[str] | None = None,
+                     tolerance: float = 0.0, batch_size: int = 1, names: Sequence[str] | None = None,
                      on_result: Callable[[int, Result], None] | None = None,
                      progress: Progress | None = None) -> list[Result]:
     """Decide each (region, property) instance; the one decision path under :func:`verify` and
@@ -298,7 +301,7 @@ def _same_row_count(todo: list[int], instances: Sequence[Instance], size: int) -
 
 def verify_instance(graph: Graph, instance: Instance, analysis: Analysis, *, timeout: float | None = None,
                     attack: bool = True, attack_options: AttackOptions = AttackOptions(),
-                    tolerance: float = DEFAULT_TOLERANCE, name: str | None = None,
+                    tolerance: float = 0.0, name: str | None = None,
                     attack_budget: float | None = None, progress: Progress | None = None) -> Result:
     """Decide one (region, property) instance (:func:`verify_instances` with one instance) within
     ``timeout`` seconds (or ``progress``'s limit), the backstop included."""
@@ -333,7 +336,7 @@ def _combine(name: str, label: str, parts: list[Result], seconds: float | None =
 
 def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", timeout: float | None = None,
            attack: bool = True, attack_options: AttackOptions = AttackOptions(),
-           tolerance: float = DEFAULT_TOLERANCE, device: torch.device | str | None = None,
+           tolerance: float = 0.0, device: torch.device | str | None = None,
            name: str | None = None, attack_budget: float | None = None, **analysis_options: Any) -> Result:
     """Verify ``spec`` (a VNN-LIB path, :class:`Spec`, :class:`Instance`, or ``(InputBox, OutputProperty)``)
     on ``network`` (ONNX path, torch module, or Graph) with the analysis named ``analysis``.
@@ -384,7 +387,7 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
                       analysis: str | Analysis = "deeppoly", clip: tuple[float, float] | None = (0.0, 1.0),
                       timeout: float | None = None, attack: bool = True,
                       attack_options: AttackOptions = AttackOptions(restarts=4, steps=30),
-                      batch_size: int = 32, tolerance: float = DEFAULT_TOLERANCE,
+                      batch_size: int = 32, tolerance: float = 0.0,
                       device: torch.device | str | None = None, names: Sequence[str] | None = None,
                       progress: bool = False, **analysis_options: Any) -> list[Result]:
     """L∞ robustness of each image (radius ``eps``, clipped to ``clip``) with its label.

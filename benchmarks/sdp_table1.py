@@ -29,7 +29,7 @@ import torch
 import absint
 from absint.attack import AttackOptions, pgd_attack
 from absint.specs import linf_ball, robustness_property
-from absint.verify import DEFAULT_TOLERANCE, _safety_tensors
+from absint.verify import _safety_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ["digits_fc1x200_normal.onnx", "digits_fc1x200_pgd.onnx", "digits_fc1x200_lp.onnx"]
@@ -107,7 +107,7 @@ def report(path: Path) -> str:
     for net, eps in keys:
         rs = [r for r in rows if r["net"] == net and r["eps"] == eps]
         n = len(rs)
-        err = lambda key: sum(1 for r in rs if r[key] is None or r[key] <= DEFAULT_TOLERANCE) / n  # noqa: E731
+        err = lambda key: sum(1 for r in rs if r[key] is None or r[key] <= 0.0) / n  # noqa: E731
         sec = lambda key: np.mean([r[key + "_seconds"] for r in rs if key + "_seconds" in r] or [0.0])  # noqa: E731
         pgd = sum(r["pgd_error"] for r in rs) / n
         lines.append(f"| {LABEL.get(net, net)} | {eps:g} | {n} | {100 * pgd:.1f}% | {100 * err('sdp'):.1f}% | "

@@ -38,8 +38,60 @@ import torch.nn.functional as F
 from absint.errors import DomainError, OptionError
 from absint.ir import Add, Affine, Input, MaxPool2d, Op, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import LinearOperator
+from absint.rounding import (dot_error, inner_length, monotone_lower, monotone_upper, round_up, safe_lower,
+                             safe_upper, sum_lower, sum_upper)
 
 E = TypeVar("E")
+
+
+# -- sound interval arithmetic (shared by Box, the defaults below and plugins) ------------------
+def interval_affine(op: LinearOperator, bias: torch.Tensor | None, lower: torch.Tensor, upper: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds of ``op(x) + bias`` over ``lower ≤ x ≤ upper``, sound in real arithmetic.
+
+    Centre/radius form with the radius rounded up (so ``[c − r, c + r] ⊇ [l, u]``), then the
+    γ_n error bound of the ``n``-term products plus the bias (:func:`absint.rounding.dot_error`)
+    on ``|A|(|c| + r) + |b|``, and one-ulp outward rounding. Non-finite inputs give trivial bounds.
+    """
+    c = (lower + upper) / 2
+    r = torch.maximum(upper - c, c - lower)
+    r = torch.where(r > 0, round_up(r), r)  # each difference is one rounding: one ulp up covers it
+    yc = op.forward(c)
+    if bias is not None:
+        yc = yc + bias
+    both = op.abs().forward(torch.stack([r, c.abs()]))
+    yr = both[0]
+    mag = yr + both[1] if bias is None else yr + both[1] + bias.abs()
+    err = dot_error(mag, inner_length(op) + 1, yc.dtype)
+    return safe_lower(yc - yr, err), safe_upper(yc + yr, err)
+
+
+def interval_add(lx: torch.Tensor, ux: torch.Tensor, ly: torch.Tensor, uy: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[lx + ly, ux + uy]`` rounded outward."""
+    return sum_lower(lx, ly), sum_upper(ux, uy)
+
+
+def interval_monotone(f, lower: torch.Tensor, upper: torch.Tensor, value_range: tuple[float, float]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image of ``[lower, upper]`` under an increasing library function ``f`` (sigmoid, tanh),
+    widened by its accuracy and clipped to its true range."""
+    return (monotone_lower(f, lower).clamp(min=value_range[0]),
+            monotone_upper(f, upper).clamp(max=value_range[1]))
+
+
+def interval_linear_bounds(lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor | None
+                           ) -> torch.Tensor:
+    """Lower bounds ``[B, m]`` of ``C y + d`` over the boxes ``lo ≤ y ≤ hi`` (flat ``[B, n]``), sound
+    in real arithmetic (``0·∞`` counts as 0)."""
+    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
+    zero = torch.zeros((), dtype=C.dtype, device=C.device)
+    terms = torch.where(C > 0, C * lo, zero) + torch.where(C < 0, C * hi, zero)
+    out = terms.sum(-1)
+    mag = terms.abs().sum(-1)
+    if d is not None:
+        out, mag = out + d, mag + d.abs()
+    return safe_lower(out, dot_error(mag, C.shape[-1] + 1, out.dtype))
 
 
 @dataclass(frozen=True)
@@ -101,17 +153,17 @@ class Domain(ABC, Generic[E]):
         """Element-wise sum of two elements of the same shape. Default: interval sum."""
         lx, ux = self.bounds(x)
         ly, uy = self.bounds(y)
-        return self.from_box(lx + ly, ux + uy)
+        return self.from_box(*interval_add(lx, ux, ly, uy))
 
     def sigmoid(self, x: E) -> E:
         """Default: interval image (sigmoid is monotone)."""
         lo, hi = self.bounds(x)
-        return self.from_box(torch.sigmoid(lo), torch.sigmoid(hi))
+        return self.from_box(*interval_monotone(torch.sigmoid, lo, hi, (0.0, 1.0)))
 
     def tanh(self, x: E) -> E:
         """Default: interval image (tanh is monotone)."""
         lo, hi = self.bounds(x)
-        return self.from_box(torch.tanh(lo), torch.tanh(hi))
+        return self.from_box(*interval_monotone(torch.tanh, lo, hi, (-1.0, 1.0)))
 
     def maxpool(self, x: E, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> E:
         """Default: interval image (max pooling is monotone in every argument)."""
@@ -121,13 +173,12 @@ class Domain(ABC, Generic[E]):
     def linear_bounds(self, x: E, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
         """Lower bounds ``[B, m]`` of ``C y + d`` over ``y ∈ γ(x)``, with ``C`` ``[B, m, n]`` over flat y.
 
-        Default: interval arithmetic on :meth:`bounds`. Relational domains override this to
-        bound the linear function directly (e.g. DeepPoly back-substitutes ``C`` itself).
+        Default: interval arithmetic on :meth:`bounds`, rounded soundly. Relational domains
+        override this to bound the linear function directly (e.g. DeepPoly back-substitutes ``C``).
+        Every transformer must be sound in *real* arithmetic: see :mod:`absint.rounding`.
         """
         lo, hi = self.bounds(x)
-        lo, hi = lo.reshape(lo.shape[0], 1, -1), hi.reshape(hi.shape[0], 1, -1)
-        out = (C.clamp(min=0) * lo + C.clamp(max=0) * hi).sum(-1)
-        return out if d is None else out + d
+        return interval_linear_bounds(lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1), C, d)
 
     def meet_box(self, x: E, lower: torch.Tensor, upper: torch.Tensor) -> E:
         """Intersect ``x`` with the box ``[lower, upper]`` proved by other means.

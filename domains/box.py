@@ -3,6 +3,12 @@
 Affine maps use the centre/radius form ``c' = A c + b``, ``r' = |A| r`` (exact for intervals and
 cheaper than splitting ``A`` into positive and negative parts). Non-linear ops use their
 monotonicity. This is the baseline every other domain must never be looser than.
+
+Floating point (sound in real arithmetic at every magnitude, :mod:`absint.rounding`): the radius
+is rounded up so that ``[c − r, c + r]`` contains ``[l, u]``; the affine image is widened by the
+γ_n bound of its dot products, ``2γ_{n+2}·(|A|(|c| + r) + |b|)`` (Higham §3.1), and rounded
+outward; sums are rounded outward; sigmoid/tanh images are widened by the library's accuracy
+(:data:`~absint.rounding.LIBM_ULPS`). ReLU, max pooling and reshapes are exact.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from absint.linear import LinearOperator
-from absint.domains.base import Domain
+from absint.domains.base import Domain, interval_add, interval_affine, interval_monotone
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,13 +48,7 @@ class BoxDomain(Domain[BoxElement]):
         return BoxElement(lo, hi)
 
     def affine(self, x: BoxElement, op: LinearOperator, bias: torch.Tensor | None) -> BoxElement:
-        center = (x.upper + x.lower) / 2
-        radius = (x.upper - x.lower) / 2
-        c = op.forward(center)
-        if bias is not None:
-            c = c + bias
-        r = op.abs().forward(radius)
-        return BoxElement(c - r, c + r)
+        return BoxElement(*interval_affine(op, bias, x.lower, x.upper))
 
     def relu(self, x: BoxElement) -> BoxElement:
         return BoxElement(x.lower.clamp(min=0), x.upper.clamp(min=0))
@@ -61,13 +61,13 @@ class BoxDomain(Domain[BoxElement]):
         return BoxElement(x.lower.reshape(b, *shape), x.upper.reshape(b, *shape))
 
     def add(self, x: BoxElement, y: BoxElement) -> BoxElement:
-        return BoxElement(x.lower + y.lower, x.upper + y.upper)
+        return BoxElement(*interval_add(x.lower, x.upper, y.lower, y.upper))
 
     def sigmoid(self, x: BoxElement) -> BoxElement:
-        return BoxElement(torch.sigmoid(x.lower), torch.sigmoid(x.upper))
+        return BoxElement(*interval_monotone(torch.sigmoid, x.lower, x.upper, (0.0, 1.0)))
 
     def tanh(self, x: BoxElement) -> BoxElement:
-        return BoxElement(torch.tanh(x.lower), torch.tanh(x.upper))
+        return BoxElement(*interval_monotone(torch.tanh, x.lower, x.upper, (-1.0, 1.0)))
 
     def maxpool(self, x: BoxElement, kernel, stride, padding) -> BoxElement:
         return BoxElement(F.max_pool2d(x.lower, kernel, stride, padding), F.max_pool2d(x.upper, kernel, stride, padding))

@@ -51,6 +51,7 @@ from absint.errors import DomainError
 from absint.linear import DenseOperator, DiagonalOperator, LinearOperator, numel
 from absint.domains.base import Domain
 from absint.domains.relaxations import relu_zonotope, sigmoid_zonotope, tanh_zonotope
+from absint.rounding import tiny
 from absint.domains.zonotope_ops import (dot_length, gamma, new_ids, pack_new_generators, union_generators,
                                   unfold_windows, unit_roundoff, window_validity)
 
@@ -129,6 +130,8 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
                  dtype: torch.dtype = torch.float64) -> None:
         super().__init__(options, device=device, dtype=dtype)
         self._u = unit_roundoff(dtype) if self.options.sound_fp else 0.0
+        #: smallest subnormal: the absolute (underflow) part of every rounding bound
+        self._tiny = tiny(dtype) if self.options.sound_fp else 0.0
 
     # -- small helpers ---------------------------------------------------------------------------
     def _gamma(self, n: int) -> float:
@@ -162,7 +165,8 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
         s = self._abs_sum(x)
         rad = s + x.err
         if self.options.sound_fp:
-            rad = rad + self._gamma(x.n_generators) * s + 2 * self._u * (x.center.abs() + rad)
+            rad = rad + self._gamma(x.n_generators) * s + 2 * self._u * (x.center.abs() + rad) \
+                + (x.n_generators + 4) * self._tiny
         return x.center - rad, x.center + rad
 
     def _full(self, like: Tensor, value: float) -> Tensor:
@@ -238,7 +242,8 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
         radius = ((hi - lo) / 2).clamp(min=0)
         flat = radius.reshape(b, -1)
         index = flat.gt(0).any(0).nonzero().squeeze(1)
-        err = 2 * self._u * (lo.abs() + hi.abs())  # covers the rounding of centre and radius
+        # covers the rounding of centre and radius (the halving is inexact only for subnormals)
+        err = 2 * self._u * (lo.abs() + hi.abs()) + self._tiny
         return ZonotopeElement(center, None, new_ids(int(index.numel())), err, lo, hi,
                                diag_values=flat.index_select(1, index), diag_index=index)
 
@@ -267,8 +272,9 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
         g = self._gamma(dot_length(op))
         if self.options.sound_fp:
             babs = 0.0 if bias is None else bias.abs()
+            n = dot_length(op)
             err = err + g * absop.forward(x.center.abs() + self._abs_sum(x) + x.err) \
-                + 2 * self._u * (center.abs() + babs)
+                + 2 * self._u * (center.abs() + babs) + (k + 1) * (n + 2) * self._tiny
         if self.options.track_box:
             lo, hi = self.bounds(x)
             bc, br = (hi + lo) / 2, (hi - lo) / 2
@@ -278,7 +284,8 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
             rad = absop.forward(br)
             if self.options.sound_fp:
                 babs = 0.0 if bias is None else bias.abs()
-                rad = rad + g * absop.forward(bc.abs() + br) + 2 * self._u * (mid.abs() + rad + babs)
+                rad = rad + g * absop.forward(bc.abs() + br) + 2 * self._u * (mid.abs() + rad + babs) \
+                    + (dot_length(op) + 2) * self._tiny
             lower, upper = mid - rad, mid + rad
         else:
             lower, upper = self._full(center, -torch.inf), self._full(center, torch.inf)
@@ -303,8 +310,11 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
         err = lam * x.err
         if self.options.sound_fp:
             unstable = beta > 0
-            err = err + 2 * self._u * (lam * (x.center.abs() + self._abs_sum(x)) + mu) \
-                + torch.where(unstable, 8 * self._u * (l.abs() + u.abs()), torch.zeros_like(u))
+            # rounding of λc + μ, λg_i and λ·err; the computed λ, μ (one rounding each) miss the
+            # exact parallelogram by < 3u(|l| + |u|) (see tests/test_fp_soundness.py).
+            err = err + 2 * self._u * (lam * (x.center.abs() + self._abs_sum(x) + x.err) + mu) \
+                + torch.where(unstable, 8 * self._u * (l.abs() + u.abs()), torch.zeros_like(u)) \
+                + (x.n_generators + 4) * self._tiny
         gens, ids, abs_sum = self._scale_and_extend(x, lam, beta)
         return self._finish(center, gens, ids, err, l.clamp(min=0), u.clamp(min=0),
                             check_rows=x.n_generators, abs_sum=abs_sum)
@@ -336,7 +346,8 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
             (lx, ux), (ly, uy) = self.bounds(x), self.bounds(y)
             lower, upper = lx + ly, ux + uy
             if self.options.sound_fp:
-                lower, upper = lower - 2 * self._u * lower.abs(), upper + 2 * self._u * upper.abs()
+                lower, upper = lower - 2 * self._u * lower.abs() - self._tiny, \
+                    upper + 2 * self._u * upper.abs() + self._tiny
         else:
             lower, upper = self._full(center, -torch.inf), self._full(center, torch.inf)
         err = x.err + y.err
@@ -344,12 +355,13 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
             values = x.diag_values + y.diag_values
             out = ZonotopeElement(center, None, x.ids, err, lower, upper, values, x.diag_index)
             if self.options.sound_fp:
-                out = replace(out, err=err + 2 * self._u * (center.abs() + self._abs_sum(out)))
+                out = replace(out, err=err + 2 * self._u * (center.abs() + self._abs_sum(out) + err)
+                              + (x.n_generators + 4) * self._tiny)
             return out
         gx, gy, ids = union_generators(self._dense_gens(x), x.ids, self._dense_gens(y), y.ids)
         gens = gx + gy
         if self.options.sound_fp:
-            err = err + 2 * self._u * (center.abs() + gens.abs().sum(1))
+            err = err + 2 * self._u * (center.abs() + gens.abs().sum(1) + err) + (gens.shape[1] + 4) * self._tiny
         return self._finish(center, gens, ids, err, lower, upper)
 
     def _s_shaped(self, x: ZonotopeElement, relax: Callable, f: Callable[[Tensor], Tensor],
@@ -363,8 +375,8 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
         if self.options.sound_fp:
             # Rounding of λc+μ and λg, the computed λ exceeding min f' by a few ulps, and
             # library error of f (≤ 8 ulps of 1 assumed).
-            err = err + 2 * self._u * (lam * (x.center.abs() + self._abs_sum(x)) + mu.abs() + beta) \
-                + 64 * self._u * (1 + lam * (l.abs() + u.abs()))
+            err = err + 2 * self._u * (lam * (x.center.abs() + self._abs_sum(x) + x.err) + mu.abs() + beta) \
+                + 64 * self._u * (1 + lam * (l.abs() + u.abs())) + (x.n_generators + 4) * self._tiny
             fl, fu = fl - 16 * self._u, fu + 16 * self._u
         gens, ids, abs_sum = self._scale_and_extend(x, lam, beta)
         return self._finish(center, gens, ids, err, fl.clamp(min=lo_range), fu.clamp(max=1.0),
@@ -445,14 +457,15 @@ class ZonotopeDomain(Domain[ZonotopeElement]):
         if self.options.sound_fp:
             s = self._abs_sum(x).reshape(b, n, 1)
             mag = torch.bmm(absc, c.abs() + s + x.err.reshape(b, n, 1)).squeeze(2)
-            lb = lb - self._gamma(n) * mag - self._gamma(x.n_generators) * sc - 2 * self._u * (cc.abs() + sc + e)
+            lb = lb - self._gamma(n) * mag - self._gamma(x.n_generators) * sc - 2 * self._u * (cc.abs() + sc + e) \
+                - (x.n_generators + 1) * (n + 2) * self._tiny
             lb_box = lb_box - self._gamma(n) * torch.bmm(absc, torch.maximum(lo.abs(), hi.abs())).squeeze(2)
         out = torch.maximum(lb, lb_box)
         if d is not None:
             d = self.tensor(d)
             out = out + d
             if self.options.sound_fp:
-                out = out - 2 * self._u * (out.abs() + d.abs())
+                out = out - 2 * self._u * (out.abs() + d.abs()) - self._tiny
         return out
 
     def meet_box(self, x: ZonotopeElement, lower: Tensor, upper: Tensor) -> ZonotopeElement:

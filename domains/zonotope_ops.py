@@ -27,7 +27,8 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from absint.linear import ConvOperator, DenseOperator, DiagonalOperator, LinearOperator, PermuteOperator, numel
+from absint.linear import LinearOperator
+from absint.rounding import inner_length
 
 _ID_LOCK = threading.Lock()
 _ID_NEXT = [0]
@@ -55,14 +56,7 @@ def gamma(n: int, dtype: torch.dtype) -> float:
 
 def dot_length(op: LinearOperator) -> int:
     """Number of products summed per output entry of ``op`` (for the rounding budget)."""
-    if isinstance(op, DenseOperator):
-        return int(op.weight.shape[1])
-    if isinstance(op, ConvOperator):
-        w = op.weight
-        return int(w.shape[1] * w.shape[2] * w.shape[3])
-    if isinstance(op, (DiagonalOperator, PermuteOperator)):
-        return 1
-    return numel(op.in_shape)  # unknown operator: the worst case, a full dense row
+    return inner_length(op)
 
 
 def pack_new_generators(beta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
@@ -123,7 +117,8 @@ def unfold_windows(t: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, 
     """Max-pool windows of ``t`` ``[N, C, H, W]`` as ``[N, C, K, L]`` (K = window size, L = outputs)."""
     n, c = t.shape[:2]
     cols = F.unfold(t, kernel, padding=padding, stride=stride)
-    return cols.reshape(n, c, kernel[0] * kernel[1], -1)
+    # explicit window count: ``-1`` cannot be inferred for an empty tensor (no generators)
+    return cols.reshape(n, c, kernel[0] * kernel[1], cols.shape[-1])
 
 
 def window_validity(shape: tuple[int, int, int], kernel, stride, padding, device) -> torch.Tensor:

@@ -46,8 +46,8 @@ class BabOptions(Options):
       seconds of search a short PGD, alternately on the whole region with a start pool growing
       ×4 per run and on the most promising open sub-problem (0: never); the pause between two
       runs is at least 4× the last run's duration, so attacks take at most ~1/5 of the time.
-    * ``tolerance`` — a clause counts as refuted on a sub-problem when its margin bound exceeds it
-      (the same float64 slack :func:`absint.verify.decide` uses).
+    * ``tolerance`` — a clause counts as refuted on a sub-problem when its proved margin bound exceeds
+      it (default 0, strictly: the bounds are rigorous, as in :func:`absint.verify.decide`).
     * ``max_depth`` — a sub-problem deeper than this is left open (stuck; answer unknown).
     * ``max_nodes`` — stop (status ``budget``, answer unknown with the partial results) once this
       many sub-problems have been bounded (``None``: no limit). A budget in work, not in seconds:
@@ -72,7 +72,7 @@ class BabOptions(Options):
     workers: int = 1
     attack: bool = True
     attack_every: float = 1.0
-    tolerance: float = 1e-8
+    tolerance: float = 0.0
     max_depth: int = 200
     max_nodes: int | None = None
     seed: int = 0

@@ -114,7 +114,7 @@ class Pipeline:
     """Stages run in order on one problem (see the module docstring)."""
 
     stages: tuple[Stage, ...]
-    tolerance: float = 1e-8
+    tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if not all(isinstance(s, Stage) for s in self.stages):

@@ -68,7 +68,7 @@ class RefineState:
 
     problem: Problem
     deadline: float | None = None
-    tolerance: float = 1e-8
+    tolerance: float = 0.0
     rows: np.ndarray = field(default=None)  # type: ignore[assignment]
     bounds: Bounds = field(default_factory=dict)
     krelu: dict[str, KReluRows] = field(default_factory=dict)
