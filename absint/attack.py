@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from absint.ir import Graph
+from absint.recheck import recheck
 from absint.specs import InputBox, OutputProperty
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,12 @@ def clause_values(y: torch.Tensor, A: torch.Tensor, b: torch.Tensor, mask: torch
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def check_counterexample(graph: Graph, region: InputBox, prop: OutputProperty, x: np.ndarray,
-                         tol: float = 0.0) -> tuple[bool, np.ndarray]:
-    """Re-run ``x`` on the concrete network: True if it lies in the region and violates ``prop``."""
-    x = np.asarray(x, dtype=np.float64).reshape(region.shape)
-    if not region.contains(x, tol):
-        return False, np.empty(0)
-    with torch.no_grad():
-        y = graph.forward(torch.as_tensor(x[None], dtype=torch.float64, device=graph.device)).cpu().numpy()[0]
-    return prop.violated_by(y), y
+def check_counterexample(graph: Graph, region: InputBox, prop: OutputProperty, x: np.ndarray) -> tuple[bool, np.ndarray]:
+    """Re-run ``x`` on the concrete network: True if its float32 rounding lies in the region and
+    violates ``prop`` both in float64 and in float32 (onnxruntime when the network came from ONNX;
+    :func:`absint.recheck.recheck`). Returns ``(ok, float64 outputs)``."""
+    r = recheck(graph, region, prop, x)
+    return r.ok, r.y
 
 
 def pgd_attack(graph: Graph, region: InputBox, prop: OutputProperty, options: AttackOptions = AttackOptions(),

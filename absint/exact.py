@@ -79,10 +79,22 @@ def _maxpool(op: MaxPool2d, shape: tuple[int, ...], x: list[Interval]) -> list[I
     return out
 
 
-def _to_fraction(raw: tuple) -> Fraction:
-    sign, man, exp, _ = raw
+#: endpoints smaller than this in magnitude are replaced by 0 or ±TINY (outward), so that a
+#: saturated sigmoid (≈ e^(−10^12)) never becomes a rational with a trillion-bit denominator
+_TINY_EXP = -1000
+TINY = Fraction(1, 2 ** -_TINY_EXP)
+
+
+def _to_fraction(raw: tuple, upper: bool) -> Fraction:
+    """An mpf endpoint as a rational, moved outward (down for lower, up for upper ends) to 0 or ±TINY
+    when it is tinier than TINY."""
+    sign, man, exp, bc = raw
     if man == 0:
         return Fraction(0)
+    if exp + bc < _TINY_EXP:  # |value| < 2^(exp + bc) ≤ TINY
+        if upper:
+            return Fraction(0) if sign else TINY
+        return -TINY if sign else Fraction(0)
     v = Fraction(man) * (Fraction(2) ** exp)
     return -v if sign else v
 
@@ -102,7 +114,7 @@ def _s_shaped(kind: str, x: list[Interval], precision: int) -> list[Interval]:
         else:  # tanh t = 1 − 2 / (exp(2t) + 1)
             r = 1 - 2 / (iv.exp(2 * t) + 1)
         a, b = r._mpi_
-        return _to_fraction(a), _to_fraction(b)
+        return _to_fraction(a, upper=False), _to_fraction(b, upper=True)
 
     return [(enclose(lo)[0], enclose(hi)[1]) for lo, hi in x]
 

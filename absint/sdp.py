@@ -47,11 +47,13 @@ from absint.errors import OptionError, UnsupportedOpError
 from absint.interpreter import propagate
 from absint.ir import Add, Affine, Graph, Input, Relu, Reshape
 from absint.options import Options
+from absint.rounding import dot_error, inner_length, unit_roundoff
 from absint.solvers.sdp_problem import ReluNetwork
 from absint.domains.linear_bounds import GraphView
 from absint.registry import DOMAINS, get_domain, names
 
 log = logging.getLogger(__name__)
+_U = unit_roundoff(torch.float64)
 
 #: ``solver="auto"`` uses the exact SDP up to this side of the lifted matrix.
 EXACT_MAX_SIZE = 64
@@ -96,7 +98,12 @@ def relu_network(graph: Graph) -> ReluNetwork:
     n_in = int(math.prod(graph.input_shape))
     # value of each node: {block: W [n_node, n_block]}, bias [n_node]
     reps: dict[int, tuple[dict[int, torch.Tensor], torch.Tensor]] = {}
+    # rounding of each node's composed rep: ({block: EW}, eb) with |W − W_real| ≤ EW, |b − b_real| ≤ eb,
+    # or None while the rep is exact (an identity block, or one operator applied to it)
+    errs: dict[int, tuple[dict[int, torch.Tensor], torch.Tensor] | None] = {}
+    identity: set[int] = set()  # nodes whose rep is a plain identity block
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    errors: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     inputs: list[tuple[int, ...]] = []
     nodes: list[str] = []
 
@@ -104,11 +111,19 @@ def relu_network(graph: Graph) -> ReluNetwork:
         blocks = tuple(sorted(rep))
         return blocks, torch.cat([rep[j] for j in blocks], 1)
 
+    def dense_error(rep: dict[int, torch.Tensor], err) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if err is None:
+            return None
+        blocks = tuple(sorted(rep))
+        return torch.cat([err[0].get(j, torch.zeros_like(rep[j])) for j in blocks], 1), err[1]
+
     for node in view:
         op = node.op
         if isinstance(op, Input):
             reps[id(node)] = ({-1: torch.eye(n_in, dtype=dtype, device=device)}, torch.zeros(n_in, dtype=dtype,
                                                                                             device=device))
+            errs[id(node)] = None
+            identity.add(id(node))
         elif isinstance(op, Affine):
             rep, bias = reps[id(node.parents[0])]
             lin = op.operator
@@ -120,24 +135,58 @@ def relu_network(graph: Graph) -> ReluNetwork:
             fb = node.flat_bias()
             reps[id(node)] = ({j: apply(M).contiguous() for j, M in rep.items()},
                               new_bias if fb is None else new_bias + fb)
+            parent = id(node.parents[0])
+            if parent in identity:  # the operator's own entries and bias: exact
+                errs[id(node)] = None
+            else:  # A·W and A·b + bias in float: γ_n bounds of the products, plus earlier errors
+                absop = lin.abs()
+
+                def apply_abs(M: torch.Tensor) -> torch.Tensor:
+                    return absop.forward(M.T.reshape(M.shape[1], *lin.in_shape)).reshape(M.shape[1], n_out).T
+                n = inner_length(lin) + 1
+                fba = 0 if fb is None else fb.abs()
+                EW = {j: dot_error(apply_abs(M.abs()), n) for j, M in rep.items()}
+                eb = dot_error(apply_abs(bias.abs()[:, None])[:, 0] + fba, n)
+                old = errs[parent]
+                if old is not None:
+                    EW = {j: EW[j] + apply_abs(old[0][j]) if j in old[0] else EW[j] for j in EW}
+                    eb = eb + apply_abs(old[1][:, None])[:, 0]
+                errs[id(node)] = ({j: e * (1 + 1e-12) for j, e in EW.items()}, eb * (1 + 1e-12))
         elif isinstance(op, Reshape):
             reps[id(node)] = reps[id(node.parents[0])]
+            errs[id(node)] = errs[id(node.parents[0])]
+            if id(node.parents[0]) in identity:
+                identity.add(id(node))
         elif isinstance(op, Add):
             (r1, b1), (r2, b2) = (reps[id(p)] for p in node.parents)
             rep = {j: r1.get(j, 0) + r2.get(j, 0) for j in set(r1) | set(r2)}
             reps[id(node)] = (rep, b1 + b2)
+            # each sum is one rounding (u of its size), plus the operands' own errors
+            e1, e2 = (errs[id(p)] for p in node.parents)
+            EW = {j: 2 * _U * rep[j].abs() for j in rep}
+            for e in (e1, e2):
+                if e is not None:
+                    for j, v in e[0].items():
+                        EW[j] = EW[j] + v
+            eb = 2 * _U * (b1 + b2).abs() + sum(e[1] for e in (e1, e2) if e is not None)
+            errs[id(node)] = (EW, eb)
         else:  # ReLU: a new block
             rep, bias = reps[id(node.parents[0])]
             blocks, W = dense(rep, bias)
             layers.append((W, bias))
+            errors.append(dense_error(rep, errs[id(node.parents[0])]))
             inputs.append(blocks)
             nodes.append(node.parents[0].name)
             k = len(layers) - 1
             reps[id(node)] = ({k: torch.eye(node.numel, dtype=dtype, device=device)},
                               torch.zeros(node.numel, dtype=dtype, device=device))
+            errs[id(node)] = None
+            identity.add(id(node))
     rep, bias = reps[id(view.output)]
     blocks, W = dense(rep, bias)
-    return ReluNetwork(tuple(layers), (W, bias), tuple(nodes), n_in, tuple(inputs), blocks)
+    errors.append(dense_error(rep, errs[id(view.output)]))
+    return ReluNetwork(tuple(layers), (W, bias), tuple(nodes), n_in, tuple(inputs), blocks,
+                       tuple(errors) if any(e is not None for e in errors) else None)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from absint.attack import AttackOptions, budgeted_attack, check_counterexample, 
 from absint.errors import AbsintError, InvalidArgumentError, InvariantError, SpecError
 from absint.ir import Graph
 from absint.linear import numel
+from absint.recheck import recheck
 from absint.results import Result, Verdict
 from absint.specs import Instance, InputBox, OutputProperty, Spec, linf_ball, robustness_property
 from absint.timelimit import InvalidTimeLimit, Progress, allowed_overshoot, check_limit, hard_limit
@@ -106,11 +107,13 @@ def _safety_tensors(props: list[OutputProperty], dtype=torch.float64) -> tuple[t
 def _falsified(name: str, analysis: str, seconds: float, x: np.ndarray, graph: Graph, region: InputBox,
                prop: OutputProperty, how: str) -> Result:
     """A ``falsified`` result; the counterexample is re-run on the network here, always."""
-    ok, y = check_counterexample(graph, region, prop, x)
-    if not ok:  # every caller checked it already: reaching this is a bug, never a verdict
-        raise InvariantError(f"{name}: a counterexample ({how}) did not violate the property when re-run")
-    return Result(name, Verdict.FALSIFIED, analysis, seconds, reason=f"counterexample ({how})",
-                  counterexample=np.asarray(x).reshape(region.shape), counterexample_output=y)
+    r = recheck(graph, region, prop, x)
+    if not r.ok:  # every caller checked it already: reaching this is a bug, never a verdict
+        raise InvariantError(f"{name}: a counterexample ({how}) did not violate the property when re-run "
+                             f"({r.reason})")
+    # the reported point is the float32 input that was re-run (in float64 and in float32)
+    return Result(name, Verdict.FALSIFIED, analysis, seconds, reason=f"counterexample ({how}; re-run in float64 "
+                  f"and {r.how})", counterexample=r.x.reshape(region.shape), counterexample_output=r.y)
 
 
 def _bound_batch(graph: Graph, analysis: Analysis, chunk: list[Instance], deadline: float | None,

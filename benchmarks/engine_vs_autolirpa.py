@@ -71,7 +71,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import absint  # noqa: E402
-from absint.verify import DEFAULT_TOLERANCE  # noqa: E402
+
 
 log = logging.getLogger("engine_vs_autolirpa")
 WORKER = Path(__file__).resolve().parent / "autolirpa_worker.py"
@@ -226,7 +226,7 @@ def run_network(net: NetSpec, images: np.ndarray, labels: np.ndarray, indices: l
                 if who == "absint":
                     r = absint_bound(analyses[key], graph, lo, hi, C)
                     rec[a_label] = {"lb": r["lb"][0].tolist(), "cpu": r["cpu"], "wall": r["wall"],
-                                    "certified": bool((r["lb"][0] > DEFAULT_TOLERANCE).all())}
+                                    "certified": bool((r["lb"][0] > 0.0).all())}
                 elif peer is not None:
                     r = peer.bound(method, x, lo, hi, C, cfg.peer_conv_mode, popts[key])
                     rec[p_label] = {"lb": r["lb"][0].tolist(), "cpu": r["cpu"], "wall": r["wall"],

@@ -32,14 +32,18 @@ budget, so the result is a true lower bound despite rounding:
   gives the residual a definite sign (e.g. ``min c·x, c > 0, x >= 0``).  If
   all fail the bound is ``-∞`` (nothing proved).
 * The terms are summed with ``math.fsum`` (correctly rounded).  The sum is then
-  widened outward by ``REL_SLACK · Σ|terms| + ABS_SLACK`` (``1e-12`` each).
-  Rigorously only ``≈ 2u·Σ|terms|`` is needed to cover the rounding of the
-  individual products; the larger relative slack is a safety margin, and the
-  absolute slack covers underflow of tiny products.
+  widened outward by ``4u·Σ|terms| + (#terms + 1)·η`` (``η`` the smallest
+  subnormal) and rounded down one ulp: each term is one rounded product
+  (error ``≤ u·|term| + η``) and the correctly rounded sum adds ``≤ u·|sum|``,
+  so this is rigorous at every magnitude, with no fixed tolerance.
 
 MILP bounds cannot be certified this cheaply: :func:`mip_lower_bound` takes
-the solver's best (dual) bound and widens it by the MIP gap tolerances plus
-the same slack — it is only as trustworthy as the MIP solver's LP bounds.
+the solver's best (dual) bound and widens it by the MIP gap tolerances and the
+rounding of the bound itself — it is only as trustworthy as the MIP solver's
+branch and bound (node LPs solved in floating point within its tolerances).
+That is the one place where absint trusts a solver rather than checking it;
+a MILP without integer variables left (every binary fixed by its bounds) is
+bounded as an LP, rigorously.
 """
 
 from __future__ import annotations
@@ -65,8 +69,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _U = 2.0**-53  # unit roundoff of float64
-REL_SLACK = 1e-12  # relative outward widening of the final sum (see module doc)
-ABS_SLACK = 1e-12  # absolute outward widening of the final sum
+_ETA = 5e-324  # smallest subnormal float64 (the underflow term of one product)
+REL_SLACK = 4 * _U  # relative outward widening of the final sum (see module doc)
+ABS_SLACK = _ETA  # absolute outward widening per term of the final sum
 _IMPLIED_REL = 1e-9  # outward widening of implied bounds (they only need to be valid)
 
 
@@ -261,7 +266,7 @@ class _BoundContext:
         terms = np.concatenate([row_terms, box, [self.offset]])
         total = math.fsum(terms.tolist())
         absum = math.fsum(np.abs(terms).tolist())
-        bound = total - (REL_SLACK * absum + ABS_SLACK)
+        bound = math.nextafter(total - (REL_SLACK * absum + ABS_SLACK * (terms.size + 1)), -math.inf)
         return bound if math.isfinite(bound) else -math.inf
 
 
@@ -289,7 +294,7 @@ def mip_lower_bound(dual_bound: float | None, rel_gap: float, abs_gap: float) ->
         return None
     widen = abs(abs_gap) + abs(rel_gap) * abs(dual_bound)
     widen += REL_SLACK * abs(dual_bound) + ABS_SLACK
-    return float(dual_bound) - widen
+    return math.nextafter(float(dual_bound) - widen, -math.inf)
 
 
 def mip_proved_bound(

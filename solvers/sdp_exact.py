@@ -174,7 +174,7 @@ def solve_exact(prob: SDPProblem, *, backend: str = "auto", tol: float = 1e-6, m
             except (cp.error.SolverError, ValueError, ArithmeticError, MemoryError) as exc:
                 st = f"solver error: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
                 log.info("SDP solve failed (%s); using the interval certificate", st)
-        cert = certify(p64, qj, alpha, mu, kappa)
+        cert = certify(p64.select([j]), qj, alpha, mu, kappa)
         upper[j] = cert.upper[0]
         if name != "scs" or st not in ("optimal",):
             log.debug("row %d: status %s, primal %.6g, certified %.6g", j, st, primal[j], upper[j])

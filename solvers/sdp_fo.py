@@ -334,7 +334,7 @@ def solve_fo(prob: SDPProblem, *, options: FOOptions = FOOptions(), device: torc
         if callback is not None and callback(it, best.detach().cpu().numpy()):
             break
     all_rows = torch.arange(B, device=dev)
-    upper = np.minimum(certify_params(all_rows, *best_p), interval_bound(q))
+    upper = np.minimum(certify_params(all_rows, *best_p), interval_bound(q, p.objective_err))
     # The estimate that chose "best" may be optimistic: also certify the last iterate (up to
     # N = certify_last_max_n, an extra O(N³) eigenvalue), and never return anything worse than
     # the interval bound (the certificate of the initial multipliers); every one is valid.

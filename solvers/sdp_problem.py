@@ -59,6 +59,9 @@ class ReluNetwork:
     (the listed blocks concatenated; a chain reads only the previous one, a residual network also
     earlier ones); ``final = (W, b)`` maps the blocks ``final_inputs`` to the output.
     ``preact_nodes[k]`` names the graph node whose abstract element bounds that pre-activation.
+    ``errors[k]`` (``None``: exact) bounds how far a layer *composed* in float (several affine maps
+    multiplied out, residual sums added) is from the real composition: ``|W − W_real| ≤ EW``
+    entry-wise and ``|b − b_real| ≤ eb``; entry ``len(layers)`` is the final map's.
     """
 
     layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
@@ -67,6 +70,11 @@ class ReluNetwork:
     n_inputs: int
     inputs: tuple[tuple[int, ...], ...] | None = None  # None: a chain (layer k reads block k − 1)
     final_inputs: tuple[int, ...] | None = None
+    errors: tuple[tuple[torch.Tensor, torch.Tensor] | None, ...] | None = None
+
+    def layer_error(self, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(EW, eb)`` of layer ``k`` (``k = len(layers)``: the final map), or None when exact."""
+        return None if self.errors is None else self.errors[k]
 
     def layer_inputs(self, k: int) -> tuple[int, ...]:
         return self.inputs[k] if self.inputs is not None else (k - 1,)
@@ -102,6 +110,14 @@ class SDPProblem:
     #: which network values the coordinates are: ``input_free`` (mask), ``var_neurons[k]``
     #: (indices of layer k's neurons that became variables, in coordinate order)
     layout: dict[str, Any] = field(default_factory=dict)
+    #: Rounding budgets (see :func:`build_problem`): the rows were computed in float, so the real
+    #: network's lifted point may violate them by these amounts. ``lin_err`` [K]: by how much
+    #: ``lin @ v̂`` may fall below 0; ``relu_err`` [U]: ``|(E v̂)ᵢ (D v̂)ᵢ|``; ``objective_err`` [m]:
+    #: ``|objective @ v̂ − real violation|``. :func:`certify` adds ``αᵀlin_err + |μ|ᵀrelu_err +
+    #: objective_err`` to every bound (None: zeros).
+    lin_err: torch.Tensor | None = None
+    relu_err: torch.Tensor | None = None
+    objective_err: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -121,15 +137,35 @@ class SDPProblem:
         return int(self.objective.shape[0])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SDPProblem":
-        f = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        f = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return SDPProblem(f(self.objective), f(self.lin), self.relu_index.to(device=device), f(self.relu_m),
-                          f(self.relu_r), f(self.relu_pre), dict(self.stats), dict(self.layout))
+                          f(self.relu_r), f(self.relu_pre), dict(self.stats), dict(self.layout),
+                          f(self.lin_err), f(self.relu_err), f(self.objective_err))
 
     def select(self, rows: Sequence[int]) -> "SDPProblem":
         """The same constraints with a subset of the objective rows."""
         idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.objective.device)
+        oe = None if self.objective_err is None else self.objective_err[idx]
         return SDPProblem(self.objective[idx], self.lin, self.relu_index, self.relu_m, self.relu_r,
-                          self.relu_pre, dict(self.stats), dict(self.layout))
+                          self.relu_pre, dict(self.stats), dict(self.layout), self.lin_err, self.relu_err, oe)
+
+    def rounding_correction(self, alpha: torch.Tensor, mu: torch.Tensor) -> np.ndarray:
+        """``αᵀlin_err + |μ|ᵀrelu_err + objective_err`` per objective row (``[B]``), rounded up: what the
+        real network's point can gain over the float-built relaxation (see :func:`certify`)."""
+        B = alpha.shape[0] if alpha.dim() == 2 else 1
+        out = torch.zeros(B, dtype=torch.float64)
+        with torch.no_grad():
+            if self.lin_err is not None and self.n_lin:
+                out = out + (alpha.clamp(min=0).to("cpu", torch.float64) * self.lin_err.cpu()).sum(-1)
+            if self.relu_err is not None and self.n_relu:
+                out = out + (mu.abs().to("cpu", torch.float64) * self.relu_err.cpu()).sum(-1)
+            if self.objective_err is not None and self.objective_err.numel():
+                oe = self.objective_err.cpu().to(torch.float64).reshape(-1)
+                # rows are matched when the counts agree (select() the problem's rows); otherwise
+                # the largest error is charged to every row, which is still sound
+                out = out + (oe if oe.numel() == B else oe.max().expand(B))
+        terms = out.numpy()
+        return np.nextafter(terms * (1 + 8 * (self.n_lin + self.n_relu + 2) * _U), np.inf)
 
     def relu_diff(self) -> torch.Tensor:
         """``D = E − Â`` ``[U, N]`` (so ``(E v̂)ᵢ (D v̂)ᵢ = 0`` is the complementarity constraint)."""
@@ -212,14 +248,22 @@ def build_problem(chain: ReluNetwork, lower: torch.Tensor, upper: torch.Tensor,
     N = 1 + n_vars
 
     # Input coordinates: x = X0 v̂ with X0 rows m e₀ + r e_idx (constant rows for fixed inputs).
+    # The radius is rounded up so that [m − r, m + r] ⊇ [l, u]: every real input has |v̂| ≤ 1.
     X = torch.zeros(chain.n_inputs, N, dtype=dtype, device=dev)
-    mid, rad = (upper + lower) / 2, (upper - lower) / 2
+    mid = (upper + lower) / 2
+    rad = _cover_radius(mid, lower, upper)
     X[:, 0] = torch.where(free_in, mid, lower)
     in_idx = torch.arange(1, 1 + int(free_in.sum()), device=dev)
     X[torch.nonzero(free_in).flatten(), in_idx] = rad[free_in]
     nxt = 1 + int(free_in.sum())
 
     blocks = {-1: X}  # each block's values as rows over v̂
+    # Rounding budgets: eblocks bound |X v̂ − real value| per row for every |v̂| ≤ 1 (0 for inputs and
+    # ReLU variables: those rows are exact by definition); hblocks bound the real values' size.
+    eblocks = {-1: torch.zeros(chain.n_inputs, dtype=dtype, device=dev)}
+    hblocks = {-1: torch.maximum(lower.abs(), upper.abs())}
+    lin_err: list[torch.Tensor] = []
+    relu_err: list[torch.Tensor] = []
     lin_rows: list[torch.Tensor] = []
     var_neurons: list[torch.Tensor] = []
     r_idx, r_m, r_r, r_pre = [], [], [], []
@@ -227,9 +271,13 @@ def build_problem(chain: ReluNetwork, lower: torch.Tensor, upper: torch.Tensor,
     for k, ((W, b), (l, u), kind) in enumerate(zip(chain.layers, preact_bounds, kinds)):
         l = l.reshape(-1).to(dtype=dtype, device=dev)
         u = u.reshape(-1).to(dtype=dtype, device=dev)
-        X = torch.cat([blocks[j] for j in chain.layer_inputs(k)])
-        S = W.to(dtype=dtype, device=dev) @ X  # pre-activation rows over v̂
+        ins = chain.layer_inputs(k)
+        X = torch.cat([blocks[j] for j in ins])
+        W = W.to(dtype=dtype, device=dev)
+        S = W @ X  # pre-activation rows over v̂
         S[:, 0] += b.to(dtype=dtype, device=dev)
+        eS = _row_error(W, b.to(dtype=dtype, device=dev), X, torch.cat([eblocks[j] for j in ins]),
+                        torch.cat([hblocks[j] for j in ins]), chain.layer_error(k))
         if preact_linear and k > 0:
             # l ≤ s ≤ u on the first row of P̂ (finite sides only). Skipped for the first layer:
             # there the mean of s already lies in its interval range, which no bound can beat.
@@ -239,6 +287,8 @@ def build_problem(chain: ReluNetwork, lower: torch.Tensor, upper: torch.Tensor,
             hi_rows = -S[fu]
             hi_rows[:, 0] += u[fu]
             lin_rows += [lo_rows, hi_rows]
+            # the real point misses each row by its pre-activation error and the rounded constant
+            lin_err += [eS[fl] + 2 * _U * lo_rows[:, 0].abs(), eS[fu] + 2 * _U * hi_rows[:, 0].abs()]
         var = kind == 2
         nv = int(var.sum())
         if nv and not torch.all(torch.isfinite(u[var])):
@@ -246,7 +296,7 @@ def build_problem(chain: ReluNetwork, lower: torch.Tensor, upper: torch.Tensor,
         zl = torch.where(l[var] > 0, l[var], torch.zeros_like(l[var]))  # activation bounds [max(l,0), u]
         zu = u[var]
         m = (zu + zl) / 2
-        r = (zu - zl) / 2
+        r = _cover_radius(m, zl, zu)
         if torch.any(r <= 0):
             raise SDPProblemError(f"layer {k}: degenerate activation bounds")
         idx = torch.arange(nxt, nxt + nv, device=dev)
@@ -262,6 +312,9 @@ def build_problem(chain: ReluNetwork, lower: torch.Tensor, upper: torch.Tensor,
         # z ≥ s. (z ≥ 0 is implied: the activation's lower bound is ≥ 0 and P̂ ⪰ 0 with
         # P̂ᵢᵢ ≤ 1 already gives |P̂₀ᵢ| ≤ 1, i.e. z ≥ m − r ≥ 0.)
         lin_rows.append(Z - Sv)
+        lin_err.append(eS[var] + 2 * _U * (m - Sv[:, 0]).abs())
+        # |z·(z − s)| for the real z, s: |z| ≤ u times the pre-activation error (and D's rounded constant)
+        relu_err.append(zu.abs() * (eS[var] + 2 * _U * (m - Sv[:, 0]).abs()))
         if triangle:
             # z ≤ u (s − l)/(u − l) for neurons with l < 0 < u (the LP's upper line).
             tri = (l[var] < 0)
@@ -270,25 +323,39 @@ def build_problem(chain: ReluNetwork, lower: torch.Tensor, upper: torch.Tensor,
                 rows = lam[:, None] * Sv[tri] - Z[tri]
                 rows[:, 0] -= lam * l[var][tri]
                 lin_rows.append(rows)
+                # λ·(error of s), the rounded λ (3 roundings of the chord) and forming the row
+                lin_err.append(lam * eS[var][tri] + 8 * _U * (rows.abs().sum(1) + lam * (Sv[tri].abs().sum(1)
+                                                                                     + l[var][tri].abs())))
         # next layer's input: 0 (inactive), s (active, substituted) or the new variable.
         Xn = torch.zeros(W.shape[0], N, dtype=dtype, device=dev)
         Xn[kind == 1] = S[kind == 1]
         Xn[var] = Z
         blocks[k] = Xn
+        eblocks[k] = torch.where(kind == 1, eS, torch.zeros_like(eS))
+        hblocks[k] = torch.where(kind == 0, torch.zeros_like(u), u.clamp(min=0))
         var_neurons.append(torch.nonzero(var).flatten())
         counts.append({"neurons": int(kind.numel()), "inactive": int((kind == 0).sum()),
                        "active": int(((l >= 0) & (u > 0)).sum()), "variables": nv})
     Wf, bf = chain.final
-    X = torch.cat([blocks[j] for j in chain.output_inputs()])
-    Y = Wf.to(dtype=dtype, device=dev) @ X  # outputs over v̂
-    Y[:, 0] += bf.to(dtype=dtype, device=dev)
+    outs = chain.output_inputs()
+    X = torch.cat([blocks[j] for j in outs])
+    Wf, bf = Wf.to(dtype=dtype, device=dev), bf.to(dtype=dtype, device=dev)
+    Y = Wf @ X  # outputs over v̂
+    Y[:, 0] += bf
+    eY = _row_error(Wf, bf, X, torch.cat([eblocks[j] for j in outs]), torch.cat([hblocks[j] for j in outs]),
+                    chain.layer_error(len(chain.layers)))
     C = C.to(dtype=dtype, device=dev).reshape(-1, Y.shape[0])
     d = d.to(dtype=dtype, device=dev).reshape(-1)
     margin = C @ Y
     margin[:, 0] += d
+    # the safety rows' error: |C|·eY plus the rounding of C·Y + d (|v̂| ≤ 1)
+    objective_err = _row_error(C, d, Y, eY, None, None)
     lin = torch.cat(lin_rows) if lin_rows else torch.zeros(0, N, dtype=dtype, device=dev)
+    lerr = torch.cat(lin_err) if lin_err else torch.zeros(0, dtype=dtype, device=dev)
     # Drop all-zero rows (they constrain nothing).
-    lin = lin[lin.abs().amax(dim=1) > 0] if lin.numel() else lin
+    if lin.numel():
+        keep = lin.abs().amax(dim=1) > 0
+        lin, lerr = lin[keep], lerr[keep]
     cat = lambda xs, shape: torch.cat(xs) if xs else torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
     prob = SDPProblem(
         objective=-margin,
@@ -297,10 +364,34 @@ def build_problem(chain: ReluNetwork, lower: torch.Tensor, upper: torch.Tensor,
         relu_m=cat(r_m, (0,)), relu_r=cat(r_r, (0,)), relu_pre=cat(r_pre, (0, N)),
         stats={"size": N, "inputs": int(free_in.sum()), "layers": counts, "linear_rows": int(lin.shape[0])},
         layout={"input_free": free_in, "input_mid": mid, "input_rad": rad, "var_neurons": var_neurons},
+        lin_err=lerr, relu_err=cat(relu_err, (0,)), objective_err=objective_err,
     )
     log.debug("SDP problem: N=%d, %d ReLU variables, %d linear rows, layers %s", N, prob.n_relu,
               prob.n_lin, counts)
     return prob
+
+
+def _cover_radius(mid: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """A radius ``r`` with ``[mid − r, mid + r] ⊇ [lo, hi]`` in real arithmetic (rounded up)."""
+    r = torch.maximum(hi - mid, mid - lo)
+    return torch.where(r > 0, torch.nextafter(r, torch.full_like(r, math.inf)), r)
+
+
+def _row_error(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, eX: torch.Tensor, hmax: torch.Tensor | None,
+               composed: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Bound of ``|(W X + b e₀ᵀ) v̂ − real value|`` per row, for every ``|v̂| ≤ 1``, when ``|X v̂ −
+    real input| ≤ eX`` per row of ``X``: ``|W| eX`` (propagated error), the γ_n error of the float
+    products ``W X`` on ``Σ_j |v̂_j| ≤`` row sums of ``|X|``, the bias, and (``composed``) the error of
+    a layer multiplied out in float, ``EW·hmax + eb`` (``hmax`` bounds the real inputs)."""
+    n = W.shape[1]
+    absW = W.abs()
+    mag = absW @ X.abs().sum(1) + b.abs()
+    ku = (n + 3) * _U
+    err = absW @ eX + (2 * ku / (1 - ku)) * mag + (n + 3) * 5e-324
+    if composed is not None:
+        EW, eb = composed
+        err = err + EW.to(err) @ hmax + eb.to(err)
+    return err * (1 + 4 * (n + 3) * _U)  # covers the rounding of this estimate
 
 
 # ------------------------------------------------------------------------------------------
@@ -379,12 +470,20 @@ def certify(prob: SDPProblem, q: torch.Tensor, alpha: torch.Tensor, mu: torch.Te
 
     ``t`` is the float64 top eigenvalue (LAPACK ``syevd``, backward stable) plus a margin
     ``(N + U + 8)·u·(‖M‖_F + ‖|M|‖_F)`` covering the rounding in forming ``M`` and in the
-    eigensolver (Weyl). ``method="lanczos"`` (only for ``N`` above ``dense_limit``) uses a
-    Lanczos estimate plus its residual norm, which is *not* rigorous; it is logged and named in
+    eigensolver (Weyl), plus ``‖δg‖₂`` for the rounding of ``g = q + Lᵀα`` (a perturbation
+    ``sym(e₀ δgᵀ)`` of ``M``). The problem's rows were themselves computed in float: the bound
+    then gets :meth:`SDPProblem.rounding_correction` (how much the real network's point can
+    violate them, weighted by the multipliers), so it bounds the *real* violation.
+    ``method="lanczos"`` (only for ``N`` above ``dense_limit``) would rest on a Lanczos estimate,
+    which is not rigorous: such certificates prove nothing (``upper = +∞``), named in
     ``Certificate.method``.
     """
     alpha = alpha.clamp(min=0)
     g = q + (alpha @ prob.lin if prob.n_lin else torch.zeros_like(q))
+    with torch.no_grad():
+        g_mag = q.abs() + (alpha @ prob.lin.abs() if prob.n_lin else torch.zeros_like(q))
+        ku = (prob.n_lin + 3) * _U
+        g_err = torch.linalg.vector_norm((2 * ku / (1 - ku)) * g_mag, dim=-1).cpu().numpy() * (1 + 1e-10)
     N = prob.size
     use_dense = method == "dense" or (method == "auto" and N <= dense_limit)
     ks = kappa.detach().to("cpu", torch.float64).numpy()
@@ -399,32 +498,38 @@ def certify(prob: SDPProblem, q: torch.Tensor, alpha: torch.Tensor, mu: torch.Te
                 Mabs = lagrangian_dense(prob, g[sl], mu[sl], kappa[sl], absolute=True)[0]
                 lam = float(torch.linalg.eigvalsh(M.cpu())[-1])
                 slack = (N + prob.n_relu + 8) * _U * (float(torch.linalg.norm(M)) + float(torch.linalg.norm(Mabs)))
-                tops[b] = lam + slack
+                tops[b] = lam + slack + g_err[b]
         else:
-            how = "lanczos (not rigorous)"
-            log.warning("SDP certificate for N=%d > %d uses a Lanczos eigenvalue estimate (not rigorous)",
-                        N, dense_limit)
-            mv = lambda w: lagrangian_matvec(prob, g, mu, kappa, w)  # noqa: E731
-            lam, _, res = lanczos_top(mv, N, B, steps=min(N, 200), dtype=q.dtype, device=q.device)
-            tops[:] = (lam + res).cpu().numpy() * (1 + 1e-8) + 1e-10
+            how = "lanczos (not rigorous: no proof)"
+            log.warning("SDP certificate for N=%d > %d would need a Lanczos eigenvalue estimate, which is not "
+                        "rigorous: nothing is proved", N, dense_limit)
+            tops[:] = math.inf
     upper = np.zeros(B)
+    fix = prob.rounding_correction(alpha, mu)
     for b in range(B):
         t = tops[b]
-        terms = [ks[b, 0], t] + np.maximum(ks[b, 1:] + t, 0.0).tolist()
+        if not math.isfinite(t):
+            upper[b] = math.inf
+            continue
+        terms = [ks[b, 0], t, float(fix[b if fix.size > 1 else 0])] + np.maximum(ks[b, 1:] + t, 0.0).tolist()
         s = math.fsum(terms)
         upper[b] = s + 4 * _U * math.fsum(abs(x) for x in terms) * (N + 2) + 1e-300
+        if not math.isfinite(upper[b]):
+            upper[b] = math.inf
     return Certificate(upper, tops, ks.sum(axis=1), how)
 
 
-def interval_bound(q: torch.Tensor) -> np.ndarray:
-    """``q₀ + Σ|qᵢ|`` per row, rounded upward: the certificate of :func:`interval_multipliers`.
+def interval_bound(q: torch.Tensor, err: torch.Tensor | None = None) -> np.ndarray:
+    """``q₀ + Σ|qᵢ| + err`` per row, rounded upward: the certificate of :func:`interval_multipliers`.
 
-    Valid for the relaxation directly: ``P̂ ⪰ 0``, ``P̂₀₀ = 1``, ``P̂ᵢᵢ ≤ 1`` give ``|P̂₀ᵢ| ≤ 1``.
+    Valid for the relaxation directly: ``P̂ ⪰ 0``, ``P̂₀₀ = 1``, ``P̂ᵢᵢ ≤ 1`` give ``|P̂₀ᵢ| ≤ 1``;
+    ``err`` (the problem's ``objective_err``) covers the rounding in building ``q``.
     """
     out = np.zeros(q.shape[0])
     qs = q.detach().to("cpu", torch.float64).numpy()
+    es = np.zeros(q.shape[0]) if err is None else err.detach().to("cpu", torch.float64).numpy().reshape(-1)
     for b, row in enumerate(qs):
-        terms = [row[0]] + np.abs(row[1:]).tolist()
+        terms = [row[0], es[b]] + np.abs(row[1:]).tolist()
         s = math.fsum(terms)
         out[b] = s + 4 * _U * math.fsum(abs(t) for t in terms) + 1e-300
     return out

@@ -11,7 +11,7 @@ The floors (docs/architecture.md):
 
 0. core: errors, rounding, linear, ir, specs, options, registry, results, data (and the bundled data),
    timelimit, provenance;
-1. domains, solvers, frontends, the VNN-LIB parser, the attacks — each on the core only;
+1. domains, solvers, frontends, the VNN-LIB parser, the attacks and their re-check — each on the core only;
    domains and solvers never import each other, and solvers never import the network IR;
 2. the interpreter (walks a graph with a domain);
 3. analyses (analyses, alpha, sdp, bab, refine) and the conformance kit;
@@ -34,7 +34,8 @@ FLOORS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("absint.errors", "absint.rounding", "absint.linear", "absint.ir", "absint.specs", "absint.options",
          "absint.registry", "absint.results", "absint.data", "absint.networks", "absint.timelimit",
          "absint.provenance")),
-    (1, ("absint.domains", "absint.solvers", "absint.frontends", "absint.vnnlib", "absint.attack")),
+    (1, ("absint.domains", "absint.solvers", "absint.frontends", "absint.vnnlib", "absint.attack",
+         "absint.recheck")),
     (2, ("absint.interpreter",)),
     (3, ("absint.analyses", "absint.alpha", "absint.sdp", "absint.bab", "absint.refine", "absint.testing")),
     (4, ("absint.verify", "absint.vnnlib.solver")),

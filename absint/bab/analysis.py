@@ -31,7 +31,7 @@ from absint.bab.input_split import InputSplitting
 from absint.bab.options import BabOptions
 from absint.bab.queue import Batch, batch_len, batch_select
 from absint.bab.relu_split import ReluSplitting
-from absint.ir import Graph
+from absint.ir import Graph, Relu
 from absint.registry import DOMAINS, get_domain, names
 from absint.specs import InputBox
 
@@ -69,9 +69,14 @@ class BabAnalysis(Analysis):
         return [get_domain(self.options.domain or default_domain())(device=self.device)]
 
     def split_mode(self, graph: Graph) -> str:
+        """``input`` or ``relu``: ``auto`` picks ReLU splitting for inputs of more than
+        ``auto_input_dims`` variables, but only when the network has a ReLU to split (sigmoid/tanh
+        networks get input splitting)."""
         o = self.bab_options
         if o.split != "auto":
             return o.split
+        if not any(isinstance(n, Relu) for n in graph.nodes):
+            return "input"
         return "input" if int(np.prod(graph.input_shape)) <= o.auto_input_dims else "relu"
 
     def make_search(self, graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray,
@@ -121,6 +126,15 @@ class BabAnalysis(Analysis):
         owner = np.arange(len(d)) if owner is None else np.asarray(owner)
         o = self.bab_options
         t0 = time.perf_counter()
+        if self.split_mode(graph) == "relu" and not any(isinstance(n, Relu) for n in graph.nodes):
+            # nothing to split: an honest "unknown" with the reason, never a crash
+            K = int(owner.max()) + 1 if len(owner) else 0
+            res = SearchResult("unsupported", None, np.full(len(d), -np.inf), np.full(K, -np.inf),
+                               stats={"reason": "ReLU splitting asked (split='relu') but the network has no ReLU; "
+                                                "use split='input' or 'auto'"})
+            res.stats.update(mode="relu", domain=o.domain or default_domain(), seconds=time.perf_counter() - t0)
+            self.last = res
+            return res
         if o.workers <= 1 and o.input_heuristic == "portfolio" and self.split_mode(graph) == "input":
             res = self._portfolio(graph, region, C, d, owner, deadline)
         elif o.workers <= 1:
@@ -183,18 +197,17 @@ class BabAnalysis(Analysis):
             st = dict(res.stats, status=res.status, proved_fraction=res.proved,
                       clause_lower=res.clause_min.tolist())
             stats.append(st)
-            if res.status not in ("verified", "falsified"):
+            if res.status == "unsupported":
+                notes.append(f"bab: {res.stats['reason']}")
+            elif res.status not in ("verified", "falsified"):
                 notes.append(f"bab {res.status} after {st.get('bounded', 0)} sub-problems bounded: "
                              f"{100 * res.proved:.4g}% of the "
                              f"{'input volume' if st['mode'] == 'input' else 'split tree'} proved, "
                              f"{st.get('open', 0)} sub-problems open")
-        lower_np = np.stack(rows)
-        if any(c is not None for c in cands):
-            # A found counterexample: its rows are not bounded away from zero.
-            for i, c in enumerate(cands):
-                if c is not None:
-                    lower_np[i] = np.minimum(lower_np[i], 0.0)
-        return BoundResult(lower_np, candidates=cands, notes=notes, stats=stats[0] if B == 1 else {"per_region": stats})
+        # Every number is a proved lower bound over the whole region, also after a counterexample
+        # (then the root's bounds, see Search._finish); the candidate is re-checked by the caller.
+        return BoundResult(np.stack(rows), candidates=cands, notes=notes,
+                           stats=stats[0] if B == 1 else {"per_region": stats})
 
 
 def relu_branch_and_bound(graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray, *,

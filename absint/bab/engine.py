@@ -81,6 +81,10 @@ class Search:
         self.queue = SubproblemQueue(max_queue)
         self.row_min = np.full(len(owner), np.inf)
         self.clause_min = np.full(self.K, np.inf)
+        #: proved bounds of the root (the whole region), once bounded: the lower bounds reported
+        #: when a counterexample ends the search (the open sub-problems are then dropped)
+        self.root_rows: np.ndarray | None = None
+        self.root_clauses: np.ndarray | None = None
         self.proved = 0.0
         self.stats: dict[str, Any] = {"iterations": 0, "bounded": 0, "pgd_runs": 0, "stuck": 0}
         A, b, mask = clause_tensors(self.prop, graph.device, graph.dtype)
@@ -171,6 +175,10 @@ class Search:
             self.stats["bounded"] += batch_len(batch)
             rows = torch.maximum(rows, batch["row_lb"])  # a child is a subset of its parent
             clause_lb = self.clause_bounds(rows)
+            at_root = batch["depth"] == 0
+            if self.root_rows is None and bool(at_root.any()):
+                self.root_rows = rows[at_root].min(0).values.numpy().copy()
+                self.root_clauses = clause_lb[at_root].min(0).values.numpy().copy()
             refuted = (clause_lb > self.tolerance) | infeasible[:, None]
             done = refuted.all(dim=1)
             measure = self.s.measure(batch)
@@ -238,6 +246,12 @@ class Search:
     def _finish(self, status: str, cx: np.ndarray | None, t0: float) -> SearchResult:
         open_items = self.queue.take_all() if status != "falsified" else {}
         row_min, clause_min = self.row_min.copy(), self.clause_min.copy()
+        if status == "falsified":
+            # Closed leaves alone cover only part of the region: report the root's proved bounds
+            # (−∞ when the root was never bounded here), which hold over all of it.
+            row_min = self.root_rows.copy() if self.root_rows is not None else np.full_like(row_min, -np.inf)
+            clause_min = (self.root_clauses.copy() if self.root_clauses is not None
+                          else np.full_like(clause_min, -np.inf))
         if batch_len(open_items):
             rows = open_items["row_lb"]
             row_min = np.minimum(row_min, rows.min(0).values.numpy())

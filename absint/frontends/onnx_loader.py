@@ -636,7 +636,12 @@ def load_onnx(path: str | Path | bytes, *, inputs: Sequence[str] | None = None,
     into one flat vector, both in the order given (see :meth:`_Lowering.run`)."""
     model = read_onnx(path)
     source = str(path) if not isinstance(path, (bytes, bytearray)) else "<bytes>"
-    return lower_onnx(model, source, inputs=inputs, outputs=outputs)
+    graph = lower_onnx(model, source, inputs=inputs, outputs=outputs)
+    if inputs is None and outputs is None and len(model.graph.output) == 1:
+        # the original model, for re-running counterexamples with onnxruntime (absint.recheck);
+        # only when the graph is the model's own input → output map
+        graph.meta["onnx_source"] = bytes(path) if isinstance(path, (bytes, bytearray)) else str(Path(path).resolve())
+    return graph
 
 
 def read_onnx(path: str | Path | bytes) -> Any:

@@ -85,8 +85,12 @@ def relu_rows(m: LinearModel, name: str, z: np.ndarray, l: np.ndarray, u: np.nda
         tri = iu[~sel[iu]]
         if tri.size:  # (u - l) y - u z <= -u l
             lu, uu = l[tri], u[tri]
-            A = sp.hstack([sp.diags(uu - lu), sp.diags(-uu)], format="csr")
-            m.add_constraints(A, -np.inf, -uu * lu, cols=np.concatenate([y[tri], z[tri]]), name=f"{name}:tri")
+            a = uu - lu  # the coefficient as stored (rounded): the right-hand side must hold for it
+            A = sp.hstack([sp.diags(a), sp.diags(-uu)], format="csr")
+            # a·y − u·z is largest at a vertex of the triangle: (l, 0) gives −u·l, (u, u) gives
+            # u·(a − u) (0 when a = u − l exactly), (0, 0) gives 0; each rounded up
+            rhs = np.maximum(_up(-uu * lu, uu * lu, 1), np.maximum(_up(uu * (a - uu), uu * (a + uu), 2), 0.0))
+            m.add_constraints(A, -np.inf, rhs, cols=np.concatenate([y[tri], z[tri]]), name=f"{name}:tri")
         if ib.size:
             a = m.add_binary_vars(ib.size, name=f"{name}:bin")
             lb, ub = l[ib], u[ib]

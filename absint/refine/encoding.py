@@ -91,12 +91,24 @@ def operator_matrix(op: LinearOperator, chunk: int = 256) -> sp.csr_matrix:
 
 
 def _interval_affine(M: sp.csr_matrix, bias: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Interval image of ``M x + bias`` widened outward by a small relative margin."""
-    c, r = (hi + lo) / 2, (hi - lo) / 2
-    mid = M @ c + bias
-    rad = abs(M) @ r
-    slack = 1e-9 * (1.0 + np.abs(mid) + rad)
-    return mid - rad - slack, mid + rad + slack
+    """Interval image of ``M x + bias``, sound in real arithmetic (as :func:`absint.domains.base.interval_affine`):
+    the radius is rounded up, the result widened by ``2γ_{k+2}·(|M|(|c| + r) + |b|)`` for rows of
+    ``k`` nonzeros (plus the underflow term) and rounded outward."""
+    c = (hi + lo) / 2
+    r = np.maximum(hi - c, c - lo)
+    r = np.where(r > 0, np.nextafter(r, np.inf), r)
+    absM = abs(M)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mid = M @ c + bias
+        rad = absM @ r
+        mag = rad + absM @ np.abs(c) + np.abs(bias)
+        k = np.diff(M.tocsr().indptr) + 3.0  # products per row, the bias, and the error term itself
+        ku = k * 2.0 ** -53
+        err = 2.0 * ku / (1.0 - ku) * mag + k * 5e-324
+        lo_out = np.nextafter(mid - rad - err, -np.inf)
+        hi_out = np.nextafter(mid + rad + err, np.inf)
+    bad = ~(np.isfinite(lo_out) & np.isfinite(hi_out))
+    return np.where(bad, -np.inf, lo_out), np.where(bad, np.inf, hi_out)
 
 
 def _meet(ilo: np.ndarray, ihi: np.ndarray, given: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +258,8 @@ class NetworkEncoder:
     def _add(m: LinearModel, node: Add, var: dict, box: dict, bounds: Bounds) -> tuple[np.ndarray, tuple]:
         a, b = node.inputs
         ilo, ihi = box[a][0] + box[b][0], box[a][1] + box[b][1]
-        lo, hi = _meet(ilo - 1e-9 * (1 + np.abs(ilo)), ihi + 1e-9 * (1 + np.abs(ihi)), bounds.get(node.name))
+        # one rounding per sum: one ulp outward covers it
+        lo, hi = _meet(np.nextafter(ilo, -np.inf), np.nextafter(ihi, np.inf), bounds.get(node.name))
         z = m.add_vars(lo, hi, name=node.name)
         eye = sp.identity(len(z), format="csr")
         # z - a - b = 0 (a == b is fine: repeated columns are summed)

@@ -108,3 +108,33 @@ def test_single_point_box_is_exact() -> None:
     y = g.forward(x)
     np.testing.assert_allclose(lo.numpy(), y.numpy(), atol=1e-12)
     np.testing.assert_allclose(hi.numpy(), y.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e3, 1e12])
+def test_rounding_is_accounted_for_at_every_magnitude(scale) -> None:
+    # Point inputs, threshold at the exact rational output (absint.exact): the real margin is ≤ 0,
+    # so no lower bound may be positive, whatever the magnitude of the weights.
+    from fractions import Fraction
+
+    from absint.exact import exact_forward
+    from absint.testing import random_mlp
+
+    for seed in range(4):
+        g = random_mlp(seed, (3, 8, 8, 8, 2))
+        nodes = tuple(n if not isinstance(n, Affine) else Affine(n.name, n.inputs, n.shape,
+                      DenseOperator((n.operator.weight * scale).float().double()), (n.bias * scale).float().double())
+                      for n in g.nodes)
+        g = Graph(nodes, g.output)
+        x = np.random.default_rng(seed).uniform(-1, 1, 3).astype(np.float32).astype(np.float64)
+        y0 = exact_forward(g, x)[0][0]
+        d = float(-y0)
+        if Fraction(d) > -y0:
+            d = float(np.nextafter(d, -np.inf))
+        C = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+        for relu in ("reluval", "neurify"):
+            an = absint.get_analysis("symint", device="cpu", domain_options=SymIntOptions(relu=relu))
+            lo = torch.as_tensor(x[None])
+            lb = float(an.bound(g, lo - 1e-3, lo + 1e-3, C, torch.tensor([[d]], dtype=torch.float64)).lower[0, 0])
+            assert Fraction(lb) <= y0 + Fraction(d), (scale, seed, relu, lb)
+            lb = float(an.bound(g, lo, lo, C, torch.tensor([[d]], dtype=torch.float64)).lower[0, 0])
+            assert Fraction(lb) <= y0 + Fraction(d), (scale, seed, relu, lb)
