@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from absint.ir import Graph
+from absint.ir import Graph, run_op
 from absint.specs import InputBox, OutputProperty
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,17 @@ def float32_outputs(graph: Graph, x: np.ndarray) -> tuple[np.ndarray, str]:
     if g32 is None:
         g32 = graph.to(dtype=torch.float32)
         _GRAPH32[graph] = g32
+    values = {g32.input.name: torch.as_tensor(x.reshape(1, *graph.input_shape), dtype=torch.float32,
+                                              device=g32.device)}
     with torch.no_grad():
-        out = g32.forward(torch.as_tensor(x.reshape(1, *graph.input_shape), dtype=torch.float32, device=g32.device))
-    return out.reshape(-1).double().cpu().numpy(), "torch float32"
+        for node in g32.nodes[1:]:
+            args = [values[a] for a in node.inputs]
+            try:
+                out = run_op(node, args)
+            except RuntimeError:  # an op that kept float64 constants: run it so, round its output
+                out = run_op(node, [a.double() for a in args])
+            values[node.name] = out.float()
+    return values[g32.output].reshape(-1).double().cpu().numpy(), "torch float32"
 
 
 def recheck(graph: Graph, region: InputBox, prop: OutputProperty, x: np.ndarray) -> Recheck:

@@ -112,8 +112,9 @@ def _falsified(name: str, analysis: str, seconds: float, x: np.ndarray, graph: G
         raise InvariantError(f"{name}: a counterexample ({how}) did not violate the property when re-run "
                              f"({r.reason})")
     # the reported point is the float32 input that was re-run (in float64 and in float32)
-    return Result(name, Verdict.FALSIFIED, analysis, seconds, reason=f"counterexample ({how}; re-run in float64 "
-                  f"and {r.how})", counterexample=r.x.reshape(region.shape), counterexample_output=r.y)
+    return Result(name, Verdict.FALSIFIED, analysis, seconds, reason=f"counterexample ({how})",
+                  counterexample=r.x.reshape(region.shape), counterexample_output=r.y,
+                  details={"rechecked": f"float64 and {r.how}"})
 
 
 def _bound_batch(graph: Graph, analysis: Analysis, chunk: list[Instance], deadline: float | None,
