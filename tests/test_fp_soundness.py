@@ -3,10 +3,8 @@
 Property-based (hypothesis, derandomised): random networks with weights scaled by 10^-6 … 10^12,
 depths up to 10, point inputs or tiny boxes, thresholds at the exact real value of each safety row
 (margin exactly 0, or one ulp either side). No analysis may return a lower bound above the real
-margin, so none may say "verified" when the real margin is ≤ 0. Refinement analyses run over
-domains (Box, DeepZ) and stages whose rounding is in place; the optimised-slope stage of the
-refinement presets (``lp``/``milp``/``refinepoly``/``kpoly`` defaults) still uses the old chain
-walker (domains/alpha.py) and is not covered here.
+margin, so none may say "verified" when the real margin is ≤ 0. Every analysis is covered, the
+refinement presets both with their defaults and over Box/DeepZ bounds.
 """
 from __future__ import annotations
 
@@ -95,9 +93,17 @@ def test_bab_relu_splitting_never_proves_past_the_exact_margin(case):
     _check_tiny_box("bab", case, split="relu", attack=False, max_depth=6)
 
 
+@pytest.mark.parametrize("name", ["lp", "milp", "refinepoly", "kpoly"])
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(case=_nets(PIECEWISE_LINEAR, depth=3))
+def test_refinement_presets_never_prove_past_the_exact_margin(name, case):
+    _check_point(name, case)
+    _check_tiny_box(name, case)
+
+
 @pytest.mark.parametrize("name", ["sdp-fo", "sdp-exact"])
 @settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(case=_nets(("dense",), depth=3))
+@given(case=_nets(("dense", "residual"), depth=3))
 def test_sdp_never_proves_past_the_exact_margin(name, case):
     opts = {"bounds": "box"} if name == "sdp-exact" else {"bounds": "box", "fo_options": {"iterations": 60}}
     _check_tiny_box(name, (case[0], case[1], case[2], min(case[3], 4), case[4]), **opts)
@@ -127,9 +133,10 @@ def _issue_instances():
 
 @pytest.mark.parametrize("analysis,options", [
     ("box", {}), ("deepzono", {}), ("deeppoly", {}), ("alphapoly", {}), ("lp", {"domain": "deepzono"}),
-    ("refinezono", {}), ("bab", {}),
+    ("refinezono", {}), ("bab", {}), ("lp", {}), ("milp", {}),
     ("sdp-fo", {"bounds": "box", "fo_options": {"iterations": 50}}), ("bab", {"split": "input", "domain": "box"})],
-    ids=["box", "deepzono", "deeppoly", "alphapoly", "lp-zono", "refinezono", "bab", "sdp-fo", "bab-input"])
+    ids=["box", "deepzono", "deeppoly", "alphapoly", "lp-zono", "refinezono", "bab", "lp", "milp", "sdp-fo",
+         "bab-input"])
 def test_issue_cases_are_never_verified(analysis, options):
     # real margin ≤ 0 at a point input (e.g. 2^40-weights: −3.05e-5 where float64 gives +3.05e-5)
     for case, g, x, C, d in _issue_instances():
