@@ -170,10 +170,8 @@ def test_grouped_constraints_equal_dense_ones():
     assert grouped.num_rows >= rows.num_rows
     # μ over the dense rows, scattered into the grouped (padded) layout
     mu = torch.as_tensor(rng.exponential(size=(4, rows.num_rows)))
-    counts = np.bincount(rows.group_of)
-    slot = np.arange(rows.num_rows) - np.concatenate([[0], np.cumsum(counts)[:-1]])[rows.group_of]
-    mu_g = torch.zeros(4, grouped.num_rows, dtype=torch.float64)
-    mu_g[:, torch.as_tensor(rows.group_of * grouped.r + slot)] = mu
+    mu_g = grouped.to_grouped(mu)
+    np.testing.assert_array_equal(grouped.from_grouped(mu_g).numpy(), mu.numpy())
     lay = RowLayout.single()
     for a, b in ((dense.post_term(mu, lay), grouped.post_term(mu_g, lay)),
                  (dense.pre_term(mu, lay), grouped.pre_term(mu_g, lay)),
@@ -184,3 +182,49 @@ def test_grouped_constraints_equal_dense_ones():
     assert (e_g >= 0.5 * e_d).all() and (e_g > 0).all()
     # negative multipliers are clamped
     np.testing.assert_allclose(grouped.post_term(-mu_g, lay).numpy(), 0.0)
+
+
+def test_active_rows_keep_the_bound():
+    """The rows the root's multipliers use, with those multipliers, give the same bound (so branch and
+    bound can carry only them); selecting rows renumbers the groups consistently."""
+    from absint.domains.krelu.constraints import GroupedConstraints
+    from absint.domains.krelu.tighten import MultiNeuronBounds, TightenOptions
+    from absint.domains.linear_bounds import Engine, GraphView
+
+    g = random_mlp(6, (5, 12, 10, 3))
+    rng = np.random.default_rng(6)
+    c = rng.normal(size=5)
+    eng = Engine()
+    view = GraphView.of(g, 1)
+    eng.store(view.input, 2, torch.as_tensor(c - 0.6)[None], torch.as_tensor(c + 0.6)[None])
+    mb = MultiNeuronBounds(view, eng, OPT, TightenOptions(iters=10, final_iters=20))
+    mb.run()
+    C = torch.eye(3, dtype=torch.float64)
+    mb.bound_rows(view.output, C, stop_above=None)
+    active = mb.active_rows()
+    assert active
+    params, full = Params(), Params()
+    for L in mb.layers:
+        r = L.relu
+        if r.name not in active:
+            continue
+        rows, mu = active[r.name]
+        assert rows.num_rows == mu.shape[1] and len(rows.groups) == int(rows.group_of.max()) + 1
+        cons = GroupedConstraints(rows)
+        params.set(r, NodeParams(mu=(cons, cons.to_grouped(torch.as_tensor(mu)))))
+        # the same multipliers on the layer's full rows (zeros on the others)
+        keep = np.isin(np.arange(L.rows.num_rows), np.flatnonzero(_active_mask(L.rows, rows)))
+        mu_all = torch.zeros(3, L.rows.num_rows, dtype=torch.float64)
+        mu_all[:, torch.as_tensor(keep)] = torch.as_tensor(mu)
+        full.set(r, NodeParams(mu=(L.constraints, L.constraints.to_grouped(mu_all))))
+    with torch.no_grad():
+        only = eng.run_rows(view.output, C, C.new_zeros(3), None, params=params)
+        everything = eng.run_rows(view.output, C, C.new_zeros(3), None, params=full)
+    np.testing.assert_allclose(only.numpy(), everything.numpy(), atol=1e-6)
+
+
+def _active_mask(all_rows, sub) -> np.ndarray:
+    """Which rows of ``all_rows`` are in ``sub`` (rows are unique: index, coefficients and constant)."""
+    key = lambda h, i: (tuple(h.index[i]), tuple(h.pre[i]), tuple(h.post[i]), h.rhs[i])  # noqa: E731
+    wanted = {key(sub, i) for i in range(sub.num_rows)}
+    return np.array([key(all_rows, i) in wanted for i in range(all_rows.num_rows)])

@@ -90,6 +90,8 @@ class GroupedConstraints:
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
         index[:] = rows.index[first]
         self.G, self.r, self.k, self.n = G, r, k, rows.numel
+        #: column of each row of ``rows`` in the grouped layout
+        self.position = torch.as_tensor(groups * r + slot, device=device)
         self.index = torch.as_tensor(index.reshape(-1), device=device)
         self.A_pre = torch.as_tensor(pre, dtype=dtype, device=device)
         self.A_post = torch.as_tensor(post, dtype=dtype, device=device)
@@ -100,6 +102,16 @@ class GroupedConstraints:
     @property
     def num_rows(self) -> int:
         return self.G * self.r
+
+    def to_grouped(self, mu: torch.Tensor) -> torch.Tensor:
+        """Multipliers ``[R, m]`` over the rows of the :class:`HullRows` → the grouped layout ``[R, G·r]``."""
+        out = mu.new_zeros(mu.shape[0], self.num_rows)
+        out[:, self.position] = mu
+        return out
+
+    def from_grouped(self, mu: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_grouped` (padding columns dropped)."""
+        return mu[:, self.position]
 
     def _mu(self, mu: torch.Tensor) -> torch.Tensor:
         key = (id(mu), mu._version)

@@ -90,10 +90,15 @@ class HullRows:
         return (z[:, self.index] * self.pre[None]).sum(-1) + (y[:, self.index] * self.post[None]).sum(-1) - self.rhs
 
     def select(self, keep: np.ndarray) -> "HullRows":
-        """The rows ``keep`` (a boolean mask or indices) only."""
-        return HullRows(self.index[keep], self.pre[keep], self.post[keep], self.rhs[keep], self.numel, self.groups,
-                        self.group_of[keep] if self.group_of.size else self.group_of, self.lower, self.upper,
-                        dict(self.stats))
+        """The rows ``keep`` (a boolean mask or indices, in increasing order) only; groups left without a
+        row are dropped and the others renumbered."""
+        idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
+        groups, group_of = self.groups, self.group_of
+        if group_of.size:
+            used, group_of = np.unique(group_of[idx], return_inverse=True)
+            groups = tuple(self.groups[g] for g in used)
+        return HullRows(self.index[idx], self.pre[idx], self.post[idx], self.rhs[idx], self.numel, groups,
+                        group_of.reshape(-1), self.lower, self.upper, dict(self.stats))
 
 
 def hull_of(D: np.ndarray, b: np.ndarray, k: int, hull: str) -> np.ndarray:

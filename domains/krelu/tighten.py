@@ -133,6 +133,7 @@ class MultiNeuronBounds:
         adam = torch.optim.Adam(groups, foreach=True)
         sched = torch.optim.lr_scheduler.ExponentialLR(adam, opt.decay)
         best = torch.full((R,), -math.inf, dtype=lam.dtype, device=lam.device)
+        self._last = (layers, mus)
         for it in range(iters):
             last = it == iters - 1 or (deadline is not None and time.perf_counter() > deadline)
             with torch.set_grad_enabled(not last):
@@ -227,6 +228,22 @@ class MultiNeuronBounds:
         """Best proved lower bounds ``[m]`` of ``C·target`` (``C``: ``[m, numel]``) with α and μ on every ReLU."""
         lam = torch.as_tensor(C, dtype=self.engine.dtype, device=self.engine.device).reshape(-1, target.numel)
         return self._optimise(target, lam, self.opt.final_iters if iters is None else iters, deadline, stop_above)
+
+    def active_rows(self, tol: float = 0.0) -> dict[str, tuple[HullRows, np.ndarray]]:
+        """After :meth:`bound_rows`: per ReLU node name, the hull rows some target row put a multiplier
+        ``> tol`` on, and those multipliers ``[m, K']`` (a warm start for sub-problems: typically 5–20 %
+        of the rows carry all the weight)."""
+        out: dict[str, tuple[HullRows, np.ndarray]] = {}
+        layers, mus = getattr(self, "_last", ([], []))
+        for L, mu in zip(layers, mus):
+            if mu is None or L.rows is None or L.constraints is None:
+                continue
+            cons = L.constraints
+            m = cons.from_grouped(mu.detach().clamp(min=0))
+            keep = (m > tol).any(0).cpu().numpy()
+            if keep.any():
+                out[L.relu.name] = (L.rows.select(keep), m[:, torch.as_tensor(keep, device=m.device)].cpu().numpy())
+        return out
 
     def preactivation_bounds(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Current (tightened) bounds of every ReLU input, flat, by node name."""
