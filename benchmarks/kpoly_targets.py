@@ -44,7 +44,9 @@ TARGET_RATE = {"mnist_relu_6_100.onnx": 53, "mnist_relu_9_100.onnx": 45, "mnist_
 
 
 def run_bench(config: Path, extra: list[str]) -> int:
-    cmd = [sys.executable, "-m", "absint.cli", "bench", str(config), *extra]
+    # `python -m absint.cli` would not see the bench subcommand (it registers into absint.cli, not __main__)
+    cmd = [sys.executable, "-c", "import sys; from absint.cli import main; sys.exit(main(sys.argv[1:]))",
+           "bench", str(config), *extra]
     log.info("running: %s", " ".join(cmd))
     return subprocess.run(cmd, cwd=ROOT).returncode
 
