@@ -81,11 +81,12 @@ class BabAnalysis(Analysis):
 
     def make_search(self, graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray,
                     owner: np.ndarray, input_heuristic: str | None = None, *,
-                    root_bounds: Any = None) -> Search:
+                    root_bounds: Any = None, constraints: Any = None) -> Search:
         """A ready :class:`~absint.bab.engine.Search` for one region (``input_heuristic``
         overrides the options' one; ``portfolio`` means ``smear`` for a single search;
         ``root_bounds``: bounds of some nodes proved elsewhere, name → ``(lower, upper)``, used by
-        α/β ReLU splitting)."""
+        α/β ReLU splitting; ``constraints``: k-ReLU hull rows per ReLU node name with starting
+        multipliers, :data:`absint.bab.beta.Constraints`, used by α/β ReLU splitting too)."""
         o = self.bab_options
         heuristic = input_heuristic or o.input_heuristic
         if heuristic == "portfolio":
@@ -112,7 +113,8 @@ class BabAnalysis(Analysis):
             from absint.bab.beta import BetaOptions, BetaReluSplitting
 
             strat = BetaReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack,
-                                      BetaOptions(iters=o.beta_iters), root_bounds=root_bounds)
+                                      BetaOptions(iters=o.beta_iters), root_bounds=root_bounds,
+                                      constraints=constraints)
         else:
             strat = ReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack)
         g = graph.to(self.device, torch.float64)
@@ -211,18 +213,21 @@ class BabAnalysis(Analysis):
 
 
 def relu_branch_and_bound(graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray, *,
-                          root_bounds: Any = None, owner: np.ndarray | None = None,
+                          root_bounds: Any = None, constraints: Any = None, owner: np.ndarray | None = None,
                           options: BabOptions | None = None, device: Any = None,
                           deadline: float | None = None) -> SearchResult:
     """ReLU-split branch and bound with α/β bounding (β-CROWN) of the rows ``C y + d`` on ``region``,
     started from bounds proved elsewhere: ``root_bounds`` maps node names to ``(lower, upper)``
     (flat or shaped like the node), intersected with the engine's own root bounds. The public
     entry for refinement stages; ``options`` default to ``BabOptions(split="relu")``.
-    ``SearchResult.row_min`` are proved bounds of the rows when the status is ``verified``."""
+    ``SearchResult.row_min`` are proved bounds of the rows when the status is ``verified``.
+    ``constraints``: k-ReLU hull rows (valid on ``region``) with starting multipliers per ReLU node name
+    (:data:`absint.bab.beta.Constraints`); their multipliers are optimised in every sub-problem."""
     o = replace(options or BabOptions(), split="relu", bounding="alpha-beta")
     an = BabAnalysis(options=o, device=device)
     owner = np.arange(len(d)) if owner is None else np.asarray(owner)
-    return an.make_search(graph, region, C, d, owner, root_bounds=root_bounds).run(deadline=deadline)
+    return an.make_search(graph, region, C, d, owner, root_bounds=root_bounds,
+                          constraints=constraints).run(deadline=deadline)
 
 
 # -- parallel workers --------------------------------------------------------------------------

@@ -47,11 +47,13 @@ class BetaOptions:
     """``iters`` Adam steps per batch (``lr_alpha``, ``lr_beta``); ``root_iters`` for the root's
     rows; ``layer_iters`` for the root's slope-optimised intermediate bounds (0: DeepPoly's only);
     ``tighten``: re-bound the intermediate bounds of the layers after each new split per
-    sub-problem; ``leaf_iters`` for sub-problems with every ReLU decided."""
+    sub-problem; ``leaf_iters`` for sub-problems with every ReLU decided; ``lr_mu``: step of the
+    multipliers of extra constraints (k-ReLU hull rows, when the bounder is given some)."""
 
     iters: int = 20
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
+    lr_mu: float = 0.05
     root_iters: int = 100
     layer_iters: int = 30
     tighten: bool = True
@@ -71,6 +73,10 @@ class BetaOut:
 
 
 RootBounds = Mapping[str, tuple[Any, Any]] | tuple[list[torch.Tensor], list[torch.Tensor]]
+#: extra constraints on ReLU layers, by ReLU node name: ``(rows, μ0)`` with ``rows`` the k-ReLU hull rows
+#: (:class:`absint.domains.krelu.HullRows`, valid on the whole region) and ``μ0`` ``[m, K]`` the
+#: multipliers to start from per safety row (e.g. the root's optimised ones) or None
+Constraints = Mapping[str, tuple[Any, Any]]
 
 
 class BetaBounder:
@@ -78,7 +84,7 @@ class BetaBounder:
 
     def __init__(self, graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
                  d: torch.Tensor, options: BetaOptions = BetaOptions(), *, root_pre: RootBounds | None = None,
-                 deadline: float | None = None) -> None:
+                 constraints: Constraints | None = None, deadline: float | None = None) -> None:
         self.opt = options
         self.dtype = torch.float64
         self.graph = graph.to("cpu", self.dtype)
@@ -106,12 +112,35 @@ class BetaBounder:
         self.upos = [sum(int(t.numel()) for t in self.unst[:j]) for j in range(len(self.unst))]
         self.n_unstable = sum(int(t.numel()) for t in self.unst)
         self.root_alpha: list[torch.Tensor | None] = [None] * len(self.sizes)
+        self.cons = self._constraints(constraints)
         splits0 = torch.zeros(1, sum(self.sizes), dtype=torch.int8)
         out = self.bound(splits0, iters=options.root_iters, deadline=deadline, keep_alpha=True)
         self.root_rows = out.rows[0]
         self.root_out = out
         self.stats = {"root_seconds": time.perf_counter() - t0,
                       "unstable_root": [int(t.numel()) for t in self.unst]}
+
+    def _constraints(self, constraints: Constraints | None) -> dict[int, tuple[Any, torch.Tensor]]:
+        """Per ReLU layer ``j``: the slot filler of its k-ReLU rows and the multipliers every sub-problem's
+        optimisation starts from (``[m, K]``, one row per safety row: the root's, or zeros)."""
+        out: dict[int, tuple[Any, torch.Tensor]] = {}
+        if not constraints:
+            return out
+        from absint.domains.krelu.constraints import GroupedConstraints
+
+        names = [n.name for n in self.graph.nodes if isinstance(n, Relu)]
+        m = self.C.shape[0]
+        for j, name in enumerate(names):
+            if name not in constraints:
+                continue
+            rows, mu0 = constraints[name]
+            if rows is None or rows.num_rows == 0:
+                continue
+            gc = GroupedConstraints(rows, dtype=self.dtype)
+            start = torch.zeros(m, gc.num_rows, dtype=self.dtype) if mu0 is None else \
+                gc.to_grouped(torch.as_tensor(mu0, dtype=self.dtype).reshape(m, -1)).clamp(min=0)
+            out[j] = (gc, start)
+        return out
 
     # ---------------------------------------------------------------------------------------
     def _layer(self, splits: torch.Tensor, j: int):
@@ -230,6 +259,9 @@ class BetaBounder:
             if idx.numel() and bool((s[:, idx] != 0).any()):
                 base = torch.zeros(R, idx.numel(), dtype=self.dtype)
                 betas[j] = self._unpack(ib, j, base).clamp(min=0).requires_grad_(True)
+        # multipliers of the k-ReLU rows: every sub-problem starts from the root's (the rows hold on
+        # every sub-problem, so any μ ≥ 0 is sound there)
+        mus = {j: m0[row].clone().requires_grad_(True) for j, (_, m0) in self.cons.items()}
         lam0, d = self.C[row], self.d[row]
         record: dict = {}
 
@@ -247,7 +279,8 @@ class BetaBounder:
                 beta = None
                 if b is not None:
                     beta = (s, torch.zeros(R, self.sizes[j], dtype=self.dtype).index_copy(1, idx, b))
-                prm.set(node, NodeParams(alpha=ls, beta=beta))
+                mu = (self.cons[j][0], mus[j]) if j in mus else None
+                prm.set(node, NodeParams(alpha=ls, beta=beta, mu=mu))
             v = engine.run_rows(view.output, lam0, lam0.new_zeros(R), layout.bidx, layout=layout, params=prm,
                                 record=record if with_record else None)
             return v + d
@@ -257,13 +290,15 @@ class BetaBounder:
         best_alpha = {j: a.detach().clone() for j, a in alphas.items()}
         best_beta = {j: b.detach().clone() for j, b in betas.items()}
         last_record = dict(record)
-        params = list(alphas.values()) + list(betas.values())
+        params = list(alphas.values()) + list(betas.values()) + list(mus.values())
         if iters > 0 and params:
             groups = []
             if alphas:
                 groups.append({"params": list(alphas.values()), "lr": self.opt.lr_alpha})
             if betas:
                 groups.append({"params": list(betas.values()), "lr": self.opt.lr_beta})
+            if mus:
+                groups.append({"params": list(mus.values()), "lr": self.opt.lr_mu})
             adam = torch.optim.Adam(groups)
             for it in range(iters):
                 if deadline is not None and time.perf_counter() > deadline:
@@ -289,6 +324,8 @@ class BetaBounder:
                         a.clamp_(0, 1)
                     for b in betas.values():
                         b.clamp_(min=0)
+                    for mu in mus.values():
+                        mu.clamp_(min=0)
         if keep_alpha:
             for j, a in best_alpha.items():
                 self.root_alpha[j] = a.clone()  # root: one pair per row, in row order
@@ -317,16 +354,18 @@ class BetaReluSplitting(ReluSplitting):
     2020) plus a smaller term for the lower line on ``c_j > 0``."""
 
     def __init__(self, bounder, region, C, d, onehot, heuristic: str = "babsr", attack: bool = True,
-                 options: BetaOptions = BetaOptions(), root_bounds: RootBounds | None = None) -> None:
+                 options: BetaOptions = BetaOptions(), root_bounds: RootBounds | None = None,
+                 constraints: Constraints | None = None) -> None:
         super().__init__(bounder, region, C, d, onehot, heuristic, attack)
         self.beta_options = options
         self.root_bounds = root_bounds
+        self.constraints = constraints
         self.beta: BetaBounder | None = None
 
     def _ensure(self, deadline):
         if self.beta is None:
             self.beta = BetaBounder(self.b.graph, self.lo, self.hi, self.C, self.d, self.beta_options,
-                                    root_pre=self.root_bounds, deadline=deadline)
+                                    root_pre=self.root_bounds, constraints=self.constraints, deadline=deadline)
             if self.beta.sizes != self.b.sizes:
                 raise ValueError("ReLU layers of the engine and of the graph differ")
         return self.beta

@@ -160,8 +160,9 @@ class BabOutcome:
 
 
 def branch_and_bound(graph: Graph, in_lo: np.ndarray, in_hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                     bounds: Bounds, deadline: float | None) -> BabOutcome | None:
-    """ReLU-split BaB with α/β bounding over the root bounds ``bounds`` (None without ReLUs)."""
+                     bounds: Bounds, deadline: float | None, constraints: Any = None) -> BabOutcome | None:
+    """ReLU-split BaB with α/β bounding over the root bounds ``bounds`` (None without ReLUs);
+    ``constraints``: k-ReLU rows with starting multipliers per ReLU node (:data:`absint.bab.beta.Constraints`)."""
     from absint.bab import relu_branch_and_bound
     from absint.specs import InputBox
 
@@ -169,7 +170,7 @@ def branch_and_bound(graph: Graph, in_lo: np.ndarray, in_hi: np.ndarray, C: np.n
         return None
     t0 = time.perf_counter()
     region = InputBox(in_lo.reshape(graph.input_shape), in_hi.reshape(graph.input_shape))
-    res = relu_branch_and_bound(graph, region, C, d, root_bounds=bounds, deadline=deadline)
+    res = relu_branch_and_bound(graph, region, C, d, root_bounds=bounds, constraints=constraints, deadline=deadline)
     stats = {"status": res.status, "proved": res.proved, "seconds": time.perf_counter() - t0,
              "bounded": res.stats.get("bounded", 0)}
     cx = None if res.counterexample is None else np.asarray(res.counterexample).reshape(graph.input_shape)

@@ -117,7 +117,10 @@ class Bab(Stage):
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
         p, todo = state.problem, state.todo
-        out = branch_and_bound(p.graph, p.in_lo, p.in_hi, p.C[todo], p.d[todo], state.bounds, deadline)
+        # k-ReLU rows of the multineuron stage (valid on every sub-problem), with their multipliers of the open rows
+        cons = {name: (rows, None if mu is None else mu[todo]) for name, (rows, mu) in state.hull_rows.items()}
+        out = branch_and_bound(p.graph, p.in_lo, p.in_hi, p.C[todo], p.d[todo], state.bounds, deadline,
+                               constraints=cons or None)
         if out is None:
             state.stats.setdefault("skipped", []).append("bab: needs a ReLU chain")
             return

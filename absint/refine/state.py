@@ -72,8 +72,8 @@ class RefineState:
     rows: np.ndarray = field(default=None)  # type: ignore[assignment]
     bounds: Bounds = field(default_factory=dict)
     krelu: dict[str, KReluRows] = field(default_factory=dict)
-    #: k-ReLU rows of the ``multineuron`` stage by ReLU node name (:class:`absint.domains.krelu.HullRows`),
-    #: valid on the whole region and every sub-region
+    #: k-ReLU rows of the ``multineuron`` stage by ReLU node name: ``(HullRows, μ [m, K])``, the rows its
+    #: optimised multipliers use and those multipliers per safety row (valid on every sub-region)
     hull_rows: dict[str, Any] = field(default_factory=dict)
     candidate: np.ndarray | None = None
     stopped: str | None = None  # why a stage ended the run early (triage)
