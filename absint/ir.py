@@ -74,7 +74,10 @@ class Affine(Op):
 
     def to(self, device=None, dtype=None) -> "Affine":
         bias = None if self.bias is None else self.bias.to(device=device, dtype=dtype)
-        return replace(self, operator=self.operator.to(device, dtype), bias=bias)
+        operator = self.operator.to(device, dtype)
+        if operator is self.operator and bias is self.bias:
+            return self
+        return replace(self, operator=operator, bias=bias)
 
 
 @dataclass(frozen=True, eq=False)
@@ -271,8 +274,12 @@ class Graph:
         return torch.device("cpu")
 
     def to(self, device=None, dtype=None) -> "Graph":
-        """A copy with all weights on ``device`` / in ``dtype``."""
-        return Graph(tuple(n.to(device, dtype) for n in self.nodes), self.output, self.name, dict(self.meta))
+        """A copy with all weights on ``device`` / in ``dtype``; the graph itself when every weight
+        already is (no copy, no second validation: analyses call this on every bound)."""
+        nodes = tuple(n.to(device, dtype) for n in self.nodes)
+        if all(a is b for a, b in zip(nodes, self.nodes)):
+            return self
+        return Graph(nodes, self.output, self.name, dict(self.meta))
 
     def prefix(self, upto: str) -> "Graph":
         """The sub-network that computes node ``upto`` (used by analyses that cut networks)."""

@@ -47,7 +47,8 @@ class LinearOperator(ABC):
 
     @abstractmethod
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "LinearOperator":
-        """A copy on another device / dtype."""
+        """A copy on another device / dtype (the operator itself when nothing changes, so that
+        quantities memoised per operator object survive ``Graph.to``)."""
 
     def dense(self) -> torch.Tensor:
         """The matrix ``[numel(out), numel(in)]`` (only for small layers, tests and LP encodings)."""
@@ -92,7 +93,8 @@ class DenseOperator(LinearOperator):
         return DenseOperator(self.weight.abs())
 
     def to(self, device=None, dtype=None) -> "DenseOperator":
-        return DenseOperator(self.weight.to(device=device, dtype=dtype))
+        w = self.weight.to(device=device, dtype=dtype)
+        return self if w is self.weight else DenseOperator(w)
 
     def dense(self) -> torch.Tensor:
         return self.weight
@@ -144,9 +146,10 @@ class ConvOperator(LinearOperator):
         return ConvOperator(self.weight.abs(), self.in_shape, self.stride, self.padding, self.dilation, self.groups)
 
     def to(self, device=None, dtype=None) -> "ConvOperator":
-        return ConvOperator(
-            self.weight.to(device=device, dtype=dtype), self.in_shape, self.stride, self.padding, self.dilation, self.groups
-        )
+        w = self.weight.to(device=device, dtype=dtype)
+        if w is self.weight:
+            return self
+        return ConvOperator(w, self.in_shape, self.stride, self.padding, self.dilation, self.groups)
 
     def _dtype(self) -> torch.dtype:
         return self.weight.dtype
@@ -180,7 +183,8 @@ class DiagonalOperator(LinearOperator):
         return DiagonalOperator(self.scale.abs(), self.shape)
 
     def to(self, device=None, dtype=None) -> "DiagonalOperator":
-        return DiagonalOperator(self.scale.to(device=device, dtype=dtype), self.shape)
+        s = self.scale.to(device=device, dtype=dtype)
+        return self if s is self.scale else DiagonalOperator(s, self.shape)
 
     def _dtype(self) -> torch.dtype:
         return self.scale.dtype

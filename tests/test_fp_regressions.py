@@ -89,3 +89,14 @@ def test_bab_bounds_are_true_lower_bounds_after_a_counterexample():
     assert np.all(res.lower[0] <= real_at_cx)  # a lower bound is below every value it bounds
     assert np.all(np.asarray(res.stats["clause_lower"]) <= real_at_cx.max())
     assert np.all(res.lower[0] < 0)
+
+
+def test_graph_to_without_change_is_the_graph_itself():
+    # analyses call graph.to(device, dtype) on every bound: nothing is copied or re-validated then,
+    # and quantities memoised per operator object (|A|, Box's constant terms) stay valid
+    g = random_mlp(5, (4, 6, 3))
+    assert g.to("cpu", torch.float64) is g
+    g32 = g.to(dtype=torch.float32)
+    assert g32 is not g and g32.dtype == torch.float32 and g32.to(dtype=torch.float32) is g32
+    affine = next(n for n in g.nodes if n.kind == "Linear")
+    assert affine.to("cpu", torch.float64) is affine and affine.operator.to(None, torch.float64) is affine.operator
