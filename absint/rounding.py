@@ -19,6 +19,8 @@ and keeps every formula short. Non-finite results (overflow, ``inf − inf``) ne
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator, LinearOperator, PermuteOperator, numel
@@ -48,6 +50,11 @@ def gamma(n: int, dtype: torch.dtype = torch.float64) -> float:
     return nu / (1.0 - nu)
 
 
+@functools.lru_cache(maxsize=1024)
+def _dot_error_coefficients(n: int, dtype: torch.dtype) -> tuple[float, float]:
+    return 2.0 * gamma(n + 2, dtype), (n + 2) * tiny(dtype)
+
+
 def dot_error(abs_sum: torch.Tensor, n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """An upper bound of the rounding error of dot products of inner length ``n``.
 
@@ -55,31 +62,46 @@ def dot_error(abs_sum: torch.Tensor, n: int, dtype: torch.dtype = torch.float64)
     The returned bound covers the products' own error, the error of computing ``abs_sum`` itself
     (another length-``n`` sum) and the rounding of this formula, with a factor of two to spare.
     """
-    return abs_sum * (2.0 * gamma(n + 2, dtype)) + (n + 2) * tiny(dtype)
+    relative, absolute = _dot_error_coefficients(int(n), dtype)
+    return abs_sum * relative + absolute
+
+
+_INFINITIES: dict[tuple[torch.dtype, torch.device, bool], torch.Tensor] = {}
+
+
+def _infinity(like: torch.Tensor, positive: bool) -> torch.Tensor:
+    """A cached 0-d ``±inf`` of ``like``'s dtype and device (a direction for ``nextafter``)."""
+    key = (like.dtype, like.device, positive)
+    t = _INFINITIES.get(key)
+    if t is None:
+        t = _INFINITIES[key] = torch.tensor(float("inf") if positive else -float("inf"), dtype=like.dtype,
+                                            device=like.device)
+    return t
 
 
 def round_down(x: torch.Tensor) -> torch.Tensor:
     """The next representable number below ``x`` (one step toward −∞): a safe lower bound of any
     real number that ``x`` approximates to within half an ulp (one rounded operation).
     Meant for finite values: +inf steps down to the largest finite number (sanitise first)."""
-    return torch.nextafter(x, torch.full_like(x, -float("inf")))
+    return torch.nextafter(x, _infinity(x, False))
 
 
 def round_up(x: torch.Tensor) -> torch.Tensor:
     """The next representable number above ``x`` (one step toward +∞)."""
-    return torch.nextafter(x, torch.full_like(x, float("inf")))
+    return torch.nextafter(x, _infinity(x, True))
+
+
+_INF = float("inf")
 
 
 def sanitize_lower(x: torch.Tensor) -> torch.Tensor:
     """A lower bound with NaN and +inf (overflow: no proof) replaced by −inf."""
-    bad = torch.isnan(x) | (x == float("inf"))
-    return torch.where(bad, torch.full_like(x, -float("inf")), x)
+    return torch.nan_to_num(x, nan=-_INF, posinf=-_INF, neginf=-_INF)
 
 
 def sanitize_upper(x: torch.Tensor) -> torch.Tensor:
     """An upper bound with NaN and −inf replaced by +inf."""
-    bad = torch.isnan(x) | (x == -float("inf"))
-    return torch.where(bad, torch.full_like(x, float("inf")), x)
+    return torch.nan_to_num(x, nan=_INF, posinf=_INF, neginf=_INF)
 
 
 def safe_lower(value: torch.Tensor, error: torch.Tensor | float) -> torch.Tensor:
