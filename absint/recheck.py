@@ -20,7 +20,7 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from absint.specs import InputBox, OutputProperty
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recheck", "float32_point", "recheck", "float32_outputs"]
+__all__ = ["Recheck", "float32_point", "recheck", "float32_outputs", "onnxruntime_outputs", "torch_float32_outputs"]
 
 
 @dataclass
@@ -67,21 +67,31 @@ _ORT_SESSIONS: dict[Any, Any] = {}
 _GRAPH32: "weakref.WeakKeyDictionary[Graph, Graph]" = weakref.WeakKeyDictionary()
 
 
-def _ort_session(source: Any):
-    """An onnxruntime session for ``source`` (path or bytes), cached; None without onnxruntime."""
+def _ort_session(source: Any, extra_outputs: tuple[str, ...] = ()):
+    """An onnxruntime session for ``source`` (path or bytes) that also returns the tensors
+    ``extra_outputs`` (hidden tensors made graph outputs), cached; None without onnxruntime."""
     try:
         import onnxruntime as ort
     except ImportError:
         return None
-    key = source if isinstance(source, str) else id(source)
+    key = (source if isinstance(source, str) else id(source), extra_outputs)
     with _ORT_LOCK:
         hit = _ORT_SESSIONS.get(key)
         if hit is None or (not isinstance(source, str) and hit[0] is not source):
+            model: Any = source if isinstance(source, str) else bytes(source)
+            if extra_outputs:
+                import onnx
+
+                proto = onnx.load(source) if isinstance(source, str) else onnx.load_from_string(bytes(source))
+                present = {o.name for o in proto.graph.output}
+                for name in extra_outputs:
+                    if name not in present:
+                        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+                model = proto.SerializeToString()
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.log_severity_level = 3
-            sess = ort.InferenceSession(source if isinstance(source, str) else bytes(source), opts,
-                                        providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
             hit = (source, sess)
             if len(_ORT_SESSIONS) > 16:
                 _ORT_SESSIONS.clear()
@@ -89,41 +99,64 @@ def _ort_session(source: Any):
     return hit[1]
 
 
-def _onnx_outputs(graph: Graph, x: np.ndarray) -> np.ndarray | None:
-    source = graph.meta.get("onnx_source")
-    if source is None:
-        return None
+def onnxruntime_outputs(source: Any, inputs: Sequence[np.ndarray], input_names: Sequence[str] | None = None,
+                        output_names: Sequence[str] | None = None) -> list[np.ndarray] | None:
+    """Run the ONNX model ``source`` (path or bytes) with onnxruntime, the way it is deployed: each
+    array of ``inputs`` fed to the input named alike in ``input_names`` (default: the model's
+    inputs in order) in that input's element type (float32 for float32 models) and shape (dynamic
+    axes as 1). Returns the tensors ``output_names`` (default: the model's outputs; hidden tensors
+    may be named) as flat float64 arrays, or None when onnxruntime is missing or cannot run it."""
     try:
-        sess = _ort_session(source)
-        if sess is None or len(sess.get_inputs()) != 1:
+        sess = _ort_session(source, tuple(n for n in (output_names or ())))
+        if sess is None:
             return None
-        inp = sess.get_inputs()[0]
-        shape = inp.shape
-        static = all(isinstance(s, int) and s > 0 for s in shape)
-        if static and int(np.prod(shape)) == x.size:
-            feed = x.reshape(shape)
+        metas = sess.get_inputs()
+        if input_names is None:
+            if len(metas) != len(inputs):
+                return None
+            chosen = metas
         else:
-            feed = x.reshape(1, *graph.input_shape) if len(shape) == len(graph.input_shape) + 1 \
-                else x.reshape(graph.input_shape)
-        out = sess.run(None, {inp.name: feed.astype(np.float32)})[0]
-        return np.asarray(out, dtype=np.float64).reshape(-1)
-    except Exception as exc:  # noqa: BLE001 - fall back to the float32 torch evaluation
-        log.info("onnxruntime could not re-run the counterexample (%s: %s); using float32 torch",
+            by_name = {m.name: m for m in metas}
+            chosen = [by_name[n] for n in input_names]
+        feeds = {}
+        for meta, arr in zip(chosen, inputs):
+            arr = np.asarray(arr, dtype=np.float64)
+            shape = _feed_shape(meta.shape, arr)
+            if shape is None:
+                return None
+            dtype = np.float64 if "double" in meta.type else np.float16 if "float16" in meta.type else np.float32
+            feeds[meta.name] = arr.reshape(shape).astype(dtype)
+        outs = sess.run(list(output_names) if output_names is not None else None, feeds)
+    except Exception as exc:  # noqa: BLE001 - a model onnxruntime cannot run: the caller falls back
+        log.info("onnxruntime could not run %s (%s: %s)", source if isinstance(source, str) else "<bytes>",
                  type(exc).__name__, exc)
         return None
+    return [np.asarray(o, dtype=np.float64).reshape(-1) for o in outs]
 
 
-def float32_outputs(graph: Graph, x: np.ndarray) -> tuple[np.ndarray, str]:
-    """The network's outputs at ``x`` (a float32-representable input) evaluated in float32:
-    ``(y, "onnxruntime")`` or ``(y, "torch float32")``."""
-    y = _onnx_outputs(graph, x)
-    if y is not None:
-        return y, "onnxruntime"
+def _feed_shape(declared: Sequence[Any], arr: np.ndarray) -> tuple[int, ...] | None:
+    """The shape to feed ``arr`` as, for an input declared ``declared`` (dynamic axes are names or
+    None): the declared one with dynamic axes 1 when the sizes agree, else ``arr``'s own shape (or
+    that without a leading batch axis of 1) when it fits the declared static axes; None otherwise."""
+    fixed = tuple(d if isinstance(d, int) and d > 0 else 1 for d in declared)
+    if int(np.prod(fixed)) == arr.size:
+        return fixed
+    for cand in (arr.shape, arr.shape[1:] if arr.ndim and arr.shape[0] == 1 else None):
+        if cand is not None and len(cand) == len(declared) and all(
+                not (isinstance(d, int) and d > 0) or d == c for d, c in zip(declared, cand)):
+            return tuple(cand)
+    return None
+
+
+def torch_float32_outputs(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """The lowered network's output at ``x`` evaluated in float32 torch (ops that keep float64
+    constants run so, their outputs rounded to float32): the float32 re-run of a network that did
+    not come from an ONNX file onnxruntime can run."""
     g32 = _GRAPH32.get(graph)
     if g32 is None:
         g32 = graph.to(dtype=torch.float32)
         _GRAPH32[graph] = g32
-    values = {g32.input.name: torch.as_tensor(x.reshape(1, *graph.input_shape), dtype=torch.float32,
+    values = {g32.input.name: torch.as_tensor(np.asarray(x).reshape(1, *graph.input_shape), dtype=torch.float32,
                                               device=g32.device)}
     with torch.no_grad():
         for node in g32.nodes[1:]:
@@ -133,7 +166,19 @@ def float32_outputs(graph: Graph, x: np.ndarray) -> tuple[np.ndarray, str]:
             except RuntimeError:  # an op that kept float64 constants: run it so, round its output
                 out = run_op(node, [a.double() for a in args])
             values[node.name] = out.float()
-    return values[g32.output].reshape(-1).double().cpu().numpy(), "torch float32"
+    return values[g32.output].reshape(-1).double().cpu().numpy()
+
+
+def float32_outputs(graph: Graph, x: np.ndarray) -> tuple[np.ndarray, str]:
+    """The network's outputs at ``x`` (a float32-representable input) evaluated in float32:
+    ``(y, "onnxruntime")`` on the original ONNX file (``graph.meta["onnx_source"]``, a single-input
+    model) or ``(y, "torch float32")``."""
+    source = graph.meta.get("onnx_source")
+    if source is not None:
+        ys = onnxruntime_outputs(source, [np.asarray(x, dtype=np.float64).reshape(1, *graph.input_shape)])
+        if ys is not None and len(ys) == 1:
+            return ys[0], "onnxruntime"
+    return torch_float32_outputs(graph, x), "torch float32"
 
 
 def recheck(graph: Graph, region: InputBox, prop: OutputProperty, x: np.ndarray) -> Recheck:

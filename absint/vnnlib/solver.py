@@ -7,10 +7,12 @@ conditions of VNN-LIB 2.0, section 5.3.2), binds and composes the networks
 analysis.
 
 ``sat`` is only answered with an assignment of every declared variable that was checked: the
-input is decoded from the lowered counterexample, each network is re-run on it on its own (not the
-product graph) in float64 — and with onnxruntime on the ONNX file when it is installed — and the
-query's formula is evaluated on those values with its exact semantics (strict comparisons, ``≠``,
-hidden nodes included). If any check fails the answer is ``unknown``.
+input is decoded from the lowered counterexample (a float32 point, :func:`absint.recheck.recheck`
+re-ran it on the product graph), each network is re-run on it on its own (not the product graph)
+in float64 and in float32 — onnxruntime on the ONNX file, float32 torch without onnxruntime, the
+re-run of :mod:`absint.recheck` — and the query's formula is evaluated on both sets of values with
+its exact semantics (strict comparisons, ``≠``, hidden nodes included). If any check fails the
+answer is ``unknown``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from absint.errors import QueryContractError
+from absint.recheck import onnxruntime_outputs, torch_float32_outputs
 from absint.results import Result, Verdict
 from absint.vnnlib.lowering import LoweredQuery, lower_query
 from absint.vnnlib.product import BoundNetwork, bind_network, build_graph
@@ -122,67 +125,36 @@ def bind_all(query: Query, networks: Mapping[str, str | Path], deadline: float |
 def evaluate(query: Query, lowered: LoweredQuery, bound: Mapping[str, BoundNetwork], z: np.ndarray,
              use_onnxruntime: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
     """Values of every declared element at the free input ``z``: inputs decoded from ``z``, hidden
-    nodes and outputs from re-running each network on its own (float64 IR). Also returns the
-    same values from onnxruntime (float32 execution of the ONNX files), when it is available."""
+    nodes and outputs from re-running each network on its own, in float64 (the IR) and in float32
+    the way every counterexample is re-run (:mod:`absint.recheck`: onnxruntime on the ONNX file,
+    float32 torch when onnxruntime is missing, cannot run it or ``use_onnxruntime`` is False).
+    Returns ``(float64 values, [float32 values])``."""
     layout = lowered.layout
     z = np.asarray(z, dtype=np.float64).reshape(-1)
     values = np.zeros(query.n_elements)
     kinds = query.kinds()
     values[kinds == 0] = z[layout.x_src[kinds == 0]]
-    others: list[np.ndarray] = []
-    ort_values = values.copy() if use_onnxruntime else None
+    values32 = values.copy()
     for net in query.networks:
         b = bound[net.name]
-        x = np.concatenate([values[v.offset:v.offset + v.size] for v in net.inputs])
+        inputs = [values[v.offset:v.offset + v.size] for v in b.decl.inputs]
+        x = np.concatenate(inputs)
         with torch.no_grad():
             y = b.graph.forward(torch.as_tensor(x.reshape(1, *b.graph.input_shape))).reshape(-1).cpu().numpy()
+        exposed = b.decl.hidden + b.decl.outputs
+        ys = onnxruntime_outputs(b.path, inputs, [b.onnx_names[v.name] for v in b.decl.inputs],
+                                 [b.onnx_names[v.name] for v in exposed]) if use_onnxruntime else None
+        if ys is None:
+            if use_onnxruntime:
+                log.info("%s re-run in float32 torch (onnxruntime unavailable or unable to run it)", b.path)
+            y32 = torch_float32_outputs(b.graph, x)
+            ys = np.split(y32, np.cumsum([v.size for v in exposed])[:-1])
         pos = 0
-        for v in net.hidden + net.outputs:
+        for v, arr in zip(exposed, ys):
             values[v.offset:v.offset + v.size] = y[pos:pos + v.size]
+            values32[v.offset:v.offset + v.size] = arr
             pos += v.size
-        if ort_values is not None:
-            y_ort = _onnxruntime_outputs(b, [values[v.offset:v.offset + v.size] for v in net.inputs])
-            if y_ort is None:
-                ort_values = None
-            else:
-                for v, arr in zip(net.hidden + net.outputs, y_ort):
-                    ort_values[v.offset:v.offset + v.size] = arr
-    if ort_values is not None:
-        others.append(ort_values)
-    return values, others
-
-
-def _onnxruntime_outputs(b: BoundNetwork, inputs: list[np.ndarray]) -> list[np.ndarray] | None:
-    """The hidden and output tensors of ``b`` computed by onnxruntime (None if unavailable)."""
-    try:
-        import onnx
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    try:
-        model = onnx.load(b.path)
-        wanted = [b.onnx_names[v.name] for v in b.decl.hidden + b.decl.outputs]
-        present = {o.name for o in model.graph.output}
-        for name in wanted:
-            if name not in present:
-                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        feeds = {}
-        by_name = {i.name: i for i in sess.get_inputs()}
-        for v, arr in zip(b.decl.inputs, inputs):
-            meta = by_name[b.onnx_names[v.name]]
-            shape = [1 if not isinstance(d, int) or d <= 0 else d for d in meta.shape]
-            dtype = np.float64 if "double" in meta.type else np.float16 if "float16" in meta.type else np.float32
-            feeds[meta.name] = arr.reshape(shape).astype(dtype)
-        outs = sess.run(wanted, feeds)
-    except Exception as exc:  # noqa: BLE001 - a model onnxruntime cannot run is not our error
-        log.warning("onnxruntime could not re-run %s (%s: %s); the assignment is checked in float64 only",
-                    b.path, type(exc).__name__, exc)
-        return None
-    return [np.asarray(o, dtype=np.float64).reshape(-1) for o in outs]
+    return values, [values32]
 
 
 def assignment_of(query: Query, values: np.ndarray) -> dict[str, np.ndarray]:
@@ -233,11 +205,12 @@ def solve(query: str | Path | Query, networks: Mapping[str, str | Path], *, time
         return done(UNSAT, "proved", query=q, result=result)
     if result.falsified and result.counterexample is not None:
         values, others = evaluate(q, lowered, bound, result.counterexample)
-        if q.holds(values) and all(q.holds(o) for o in others):
+        failed = "float64" if not q.holds(values) else "float32" if not all(q.holds(o) for o in others) else ""
+        if not failed:
             return done(SAT, "counterexample checked on the networks", assignment=assignment_of(q, values),
                         query=q, result=result)
         log.warning("%s: the analysis' counterexample does not satisfy the query under its exact semantics "
-                    "(strict comparisons, onnxruntime re-run); answering unknown", q.source)
-        return done(UNKNOWN, "counterexample failed the exact check", query=q, result=result)
+                    "(strict comparisons, hidden nodes) in %s; answering unknown", q.source, failed)
+        return done(UNKNOWN, f"counterexample failed the exact check ({failed})", query=q, result=result)
     timed_out = result.reason.startswith("time-out") or (deadline is not None and time.perf_counter() >= deadline)
     return done(TIMED_OUT if timed_out else UNKNOWN, result.reason, query=q, result=result)
