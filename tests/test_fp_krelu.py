@@ -77,3 +77,44 @@ def test_krelu_rows_and_bounds_hold_exactly_at_every_magnitude(exponent, hull):
         for row, lb in zip(C.numpy(), lower):
             value = sum((Fraction(float(c)) * o for c, o in zip(row, out)), Fraction(0))
             assert Fraction(float(lb)) <= value, f"output row bound {lb!r} above the exact value {float(value)!r}"
+
+
+@pytest.mark.parametrize("exponent", [-6, 0, 12])
+def test_branch_and_bound_with_hull_rows_never_proves_past_the_exact_minimum(exponent):
+    # kpoly's bab stage: ReLU-split BaB with the multineuron stage's rows and multipliers in every
+    # sub-problem. Thresholds at the exact minimum over the candidate points (and one ulp either
+    # side): the real margin is ≤ 0 at that point, so no row may be proved and every proved row
+    # bound stays below the exact values.
+    import math
+
+    from absint.bab import relu_branch_and_bound
+    from absint.bab.options import BabOptions
+    from absint.specs import InputBox
+
+    g = scaled_net("dense", 11 + exponent, 3, 6, exponent)
+    x, r = np.array([0.25, -0.5, 0.125]), 0.5
+    engine = Engine(device=torch.device("cpu"), dtype=torch.float64)
+    view = GraphView.of(g, 1)
+    engine.store(view.input, 2, torch.as_tensor(x - r)[None], torch.as_tensor(x + r)[None])
+    mb = MultiNeuronBounds(view, engine, KReluOptions(k=3, s=-2, sparse_n=6, cutoff=0.0), TightenOptions(iters=8))
+    mb.run()
+    outs = [[v[0] for v in exact_forward(g, p)] for p in _points(x, r, exponent + 20)]
+    rows, ds = [], []
+    for c in ([1.0, 0.0], [1.0, -1.0]):
+        low = min(o[0] * Fraction(c[0]) + o[1] * Fraction(c[1]) for o in outs)
+        d0 = float(-low)
+        if Fraction(d0) > -low:
+            d0 = math.nextafter(d0, -math.inf)
+        for d in (math.nextafter(d0, -math.inf), d0, math.nextafter(d0, math.inf)):
+            rows.append(c)
+            ds.append(d)
+    C, d = np.array(rows), np.array(ds)
+    mb.bound_rows(view.output, torch.as_tensor(C), iters=15, stop_above=None)  # the root's multipliers
+    cons = mb.active_rows() or {name: (hr, None) for name, hr in mb.constraints().items()}
+    assert cons, "no k-ReLU rows reach branch and bound: the test checks nothing"
+    res = relu_branch_and_bound(g, InputBox(x - r, x + r), C, d, root_bounds=mb.preactivation_bounds(),
+                                constraints=cons, options=BabOptions(max_nodes=60, attack=False, batch_size=16))
+    assert res.status != "verified"
+    for i, (c, dd) in enumerate(zip(C, d)):
+        low = min(o[0] * Fraction(c[0]) + o[1] * Fraction(c[1]) for o in outs) + Fraction(dd)
+        assert not math.isfinite(res.row_min[i]) or Fraction(float(res.row_min[i])) <= low, (i, res.row_min[i], float(low))
