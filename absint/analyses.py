@@ -55,7 +55,7 @@ class Analysis(ABC):
 
     Subclasses set ``name``, ``description``, ``options_class`` (an
     :class:`~absint.options.Options` dataclass; keywords replace its fields) and, if the analysis
-    handles only some ops itself (an LP encoding, a chain-only relaxation), ``handled_ops``.
+    handles only some ops itself (an LP encoding, a chain-only relaxation), ``required_ops``.
     """
 
     name: ClassVar[str] = ""
@@ -71,7 +71,7 @@ class Analysis(ABC):
     clause_aware: ClassVar[bool] = False
     #: Op types the analysis itself can handle (``None``: any op its domains support). The
     #: pre-flight check (:func:`unsupported_nodes`) reads it together with ``Domain.supports``.
-    handled_ops: ClassVar[frozenset[type[Op]] | None] = None
+    required_ops: ClassVar[frozenset[type[Op]] | None] = None
 
     def __init__(self, options: Options | None = None, *, device: torch.device | str | None = None,
                  **keywords: Any) -> None:
@@ -90,12 +90,12 @@ class Analysis(ABC):
         return [domain] if isinstance(domain, Domain) else []
 
     def unsupported(self, op: Op) -> str:
-        """Why this analysis cannot handle ``op`` ("" if it can): its own ``handled_ops``, then
+        """Why this analysis cannot handle ``op`` ("" if it can): its own ``required_ops``, then
         every domain it runs (``Domain.supports``)."""
         if isinstance(op, Input):
             return ""
-        if self.handled_ops is not None and type(op) not in self.handled_ops:
-            return f"analysis {self.name!r} handles {', '.join(sorted(t.__name__ for t in self.handled_ops))} only"
+        if self.required_ops is not None and type(op) not in self.required_ops:
+            return f"analysis {self.name!r} handles {', '.join(sorted(t.__name__ for t in self.required_ops))} only"
         for dom in self.domains():
             if not dom.supports(op):
                 return f"domain {dom.name!r} has no transformer for {op.kind}"

@@ -225,7 +225,7 @@ class SDPAnalysis(Analysis):
     default_solver = "auto"
     options_class = SDPOptions
     options: SDPOptions
-    handled_ops = frozenset({Affine, Relu, Reshape, Add})
+    required_ops = frozenset({Affine, Relu, Reshape, Add})
 
     def __init__(self, options: SDPOptions | None = None, *, device=None, **keywords: Any) -> None:
         super().__init__(options, device=device, **keywords)

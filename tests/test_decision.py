@@ -148,7 +148,7 @@ def test_a_counterexample_that_does_not_hold_is_an_invariant_error() -> None:
 
 def test_unsupported_ops_are_named_before_any_work(scripted) -> None:
     class OnlyAffine(_Scripted):
-        handled_ops = frozenset({Affine})
+        required_ops = frozenset({Affine})
 
     images, labels = _images()
     with pytest.raises(absint.UnsupportedOpError, match="'r'.*Relu"):

@@ -46,7 +46,7 @@ class RefineAnalysis(Analysis):
     preset: ClassVar[str] = "refinepoly"
     options_class = RefineConfig
     options: RefineConfig
-    handled_ops = frozenset(ENCODED_OPS)
+    required_ops = frozenset(ENCODED_OPS)
 
     def __init__(self, options: RefineConfig | None = None, *, device: torch.device | str | None = None,
                  **keywords: Any) -> None:
