@@ -265,4 +265,8 @@ def _silence_stdout() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m absint.cli``: run the imported module's ``main`` (subcommand modules register on
+    # ``absint.cli``, not on this ``__main__`` copy of it)
+    from absint.cli import main as _main
+
+    sys.exit(_main())

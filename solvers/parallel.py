@@ -25,6 +25,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from absint.errors import InvariantError
+
 from .base import Backend, Session, SolveOptions, SolveResult
 from .errors import LinearModelError
 from .model import LinearModel, ObjectiveLike, Sense, as_dense_objective
@@ -70,7 +72,8 @@ def _init_worker(model: LinearModel, backend: Backend, options: SolveOptions) ->
 def _solve_chunk(
     chunk: list[tuple[int, _SparseObj]], keep: bool, warm: bool
 ) -> list[tuple[int, SolveResult]]:
-    assert _WORKER is not None, "worker not initialised"
+    if _WORKER is None:
+        raise InvariantError("solver worker process used before its initialiser ran")
     return [(k, _solve_one(_WORKER, obj, keep, warm)) for k, obj in chunk]
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from absint.cli import main
 
 
@@ -44,3 +46,16 @@ def test_list_shows_domains_and_solvers(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "box" in out and "highs" in out
+
+
+@pytest.mark.parametrize("module", ["absint", "absint.cli"])
+def test_module_entry_points_know_every_subcommand(module):
+    """``python -m absint`` and ``python -m absint.cli`` offer the same subcommands as ``absint``
+    (vnncomp, bench, score, ... register on the imported ``absint.cli``, not on ``__main__``)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "vnncomp", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage: absint vnncomp" in out.stdout

@@ -46,7 +46,8 @@ def read_instances(path: Path) -> list[tuple[str, str, float | None]]:
 def _image_tasks(exp: Experiment, done: set[Key], specs: dict[str, AnalysisSpec]) -> list[Task]:
     import absint
 
-    assert exp.network is not None and exp.data is not None
+    if exp.network is None or exp.data is None:
+        raise BenchConfigError(f"experiment {exp.name!r}: an image experiment needs 'network' and 'data'")
     if not exp.network.exists():
         raise BenchConfigError(f"experiment {exp.name!r}: no network file {exp.network} "
                                "(use --bench-root to point at your copy of the benchmark data)")
@@ -83,7 +84,8 @@ def _image_tasks(exp: Experiment, done: set[Key], specs: dict[str, AnalysisSpec]
 
 
 def _vnn_tasks(exp: Experiment, done: set[Key], specs: dict[str, AnalysisSpec]) -> list[Task]:
-    assert exp.instances is not None
+    if exp.instances is None:
+        raise BenchConfigError(f"experiment {exp.name!r}: a VNN-LIB experiment needs 'instances'")
     base = exp.instances.parent
     rows = read_instances(exp.instances)
     if exp.match:

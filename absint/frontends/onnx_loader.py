@@ -236,7 +236,8 @@ class _Lowering:
                 self.nodes.append(Add(summed, (acc, name), (total,)))
                 name = summed
             acc = name
-        assert acc is not None
+        if acc is None:
+            raise ModelError("the model has no outputs to combine")
         return acc
 
     def handlers(self) -> dict[str, Callable[[Any, str], None]]:
