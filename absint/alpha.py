@@ -1,11 +1,12 @@
-"""``alphapoly``: DeepPoly with jointly optimised ReLU lower slopes (α-CROWN).
+"""``alphapoly``: DeepPoly with jointly optimised ReLU lower slopes and sigmoid/tanh tangent points (α-CROWN).
 
 DeepPoly's pass over the graph view gives the pre-activation bounds; then the slopes of every ReLU
 are optimised jointly for the safety rows, recomputing the intermediate bounds on the way (Xu et al.,
 "Fast and Complete", ICLR 2021; :mod:`absint.domains.linear_bounds.optimize`). Every bound is the
 best of DeepPoly's and the optimised ones, so ``alphapoly`` is never looser than ``deeppoly``; any
-graph the engine handles works (residual ``Add``, convolutions, pooling, sigmoid/tanh — those keep
-DeepPoly's lines). Samples DeepPoly already proves skip the optimisation.
+graph the engine handles works (residual ``Add``, convolutions, pooling, sigmoid/tanh — whose lines'
+tangent points are optimised the same way, :mod:`absint.domains.linear_bounds.tangent`). Samples
+DeepPoly already proves skip the optimisation.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class AlphaPolyAnalysis(Analysis):
     """DeepPoly + optimised slopes (options: :class:`AlphaPolyOptions`)."""
 
     name = "alphapoly"
-    description = "DeepPoly with jointly optimised ReLU slopes (alpha-CROWN, Xu et al. ICLR 2021)"
+    description = "DeepPoly with jointly optimised ReLU slopes and sigmoid/tanh tangent points (alpha-CROWN, Xu et al. ICLR 2021)"
     options_class = AlphaPolyOptions
     options: AlphaPolyOptions
 

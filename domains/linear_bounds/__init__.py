@@ -1,14 +1,15 @@
 """One backward linear-bound engine over the whole network graph (any DAG).
 
 Every precise analysis stands on this package: DeepPoly (:mod:`absint.domains.deeppoly`) is the
-engine with fixed heuristic slopes, ``alphapoly`` optimises the ReLU lower slopes α jointly over the
-intermediate layers (α-CROWN), ReLU-split branch and bound optimises α and split multipliers β
+engine with fixed heuristic slopes, ``alphapoly`` optimises the ReLU lower slopes α and the
+sigmoid/tanh tangent points jointly over the intermediate layers (α-CROWN), ReLU-split branch and bound optimises α and split multipliers β
 (β-CROWN), refinement and SDP take their bounds from it.
 
 Modules:
 
 * :mod:`.graph` — the chain-free graph view (:class:`Node`, :class:`GraphView`);
 * :mod:`.relax` — relaxations of ReLU / sigmoid / tanh / max-pool, sound in real arithmetic;
+* :mod:`.tangent` — optimisable sigmoid/tanh lines (tangent points as parameters, α-CROWN);
 * :mod:`.backward` — the backward pass and the per-op rule table (:data:`RULES`), with rigorous
   rounding-error accounting;
 * :mod:`.engine` — concrete bounds of nodes (DeepPoly's schedule), rows, symbolic input bounds;

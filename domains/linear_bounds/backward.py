@@ -51,7 +51,7 @@ from absint.ir import Add, Affine, MaxPool2d, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator
 from absint.domains.linear_bounds.graph import Node
 from absint.domains.linear_bounds.patches import Patches, Windows, conv_step
-from absint.domains.linear_bounds.relax import gam, safe_down, unit
+from absint.domains.linear_bounds.relax import floor, gam, safe_down, unit
 from absint.domains.linear_bounds.rows import RowLayout
 
 
@@ -361,7 +361,10 @@ def _act(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | No
     eng = p.engine
     params = p.params.at(node) if p.params is not None else None
     if params is not None:
-        _act_params(p, node, lam, cols, params)
+        if params.tangent is not None:
+            _tangent_params(p, node, lam, cols, params.tangent)
+        else:
+            _act_params(p, node, lam, cols, params)
         return
     if isinstance(lam, Patches):
         if eng.prune(node) is None:
@@ -424,6 +427,31 @@ def _act_params(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tens
     if prm.beta is not None:
         p.add_err(prm.beta[1].clamp(min=0), eng.magnitude(pre, None) * (4 * gam(4, lam.dtype)))
     p.push(pre, lam_p)
+
+
+def _tangent_params(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None,
+                    t: torch.Tensor) -> None:
+    """Sigmoid/tanh step with per-row tangent points ``t`` ``[R, 2n]`` (:mod:`.tangent`): each row has
+    its own lines ``ls·z + lo ≤ y ≤ us·z + uo``; ``λ_z = λ⁺·ls + λ⁻·us``, ``c += λ⁺·lo + λ⁻·uo``."""
+    eng = p.engine
+    rows = p.rows
+    if isinstance(lam, Patches):
+        lam = lam.dense()
+    lam = full(lam, cols, node.numel)
+    R, n = lam.shape
+    ls, lo, us, uo = eng.tangent_family(node).lines(lambda x: rows.gather(x, R), t[:, :n], t[:, n:])
+    neg = lam.clamp(max=0)
+    pos = lam - neg
+    p.add_const((pos * lo + neg * uo).sum(1))
+    # |λ_z − fl(λ_z)| ≤ 2u·|λ|·(|ls| + |us|) (one of λ⁺, λ⁻ is 0), times max|z|; the constant is a dot
+    # product of length n added to a sum of at most K terms (as in Engine._err_weight)
+    dt = lam.dtype
+    k = n + 4
+    pmag = rows.gather(eng.magnitude(node.parents[0], None), R)
+    w = torch.add((ls.abs() + us.abs()) * pmag * (2 * gam(k + 8, dt)), lo.abs() + uo.abs(),
+                  alpha=2 * gam(k + 8 + p.K, dt)).add((k + p.K) * floor(dt))
+    p.err = p.err + (lam.abs() * w).sum(1)
+    p.push(node.parents[0], pos * ls + neg * us)
 
 
 def _maxpool(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tensor | None, fuse: bool,

@@ -34,6 +34,7 @@ from absint.domains.linear_bounds.patches import unit_patches
 from absint.domains.linear_bounds.relax import (Lines, floor, gam, pool_lines, relu_lines, relu_upper, s_shaped_bounds,
                                                 s_shaped_lines, safe_down, safe_up, unit, up)
 from absint.domains.linear_bounds.rows import RowLayout
+from absint.domains.linear_bounds.tangent import TangentFamily
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +413,19 @@ class Engine:
             b = node.batch
             memo = node.cache["upper_line"] = (l, *relu_upper(l.reshape(b, -1), u.reshape(b, -1)))
         return memo[1], memo[2]
+
+    def tangent_family(self, node: Node) -> TangentFamily:
+        """A sigmoid/tanh node's ranges of tangent points (:mod:`.tangent`) for its input's current
+        bounds (memoised while they stand)."""
+        parent = node.parents[0]
+        l, u = self.cached(parent) or self.bounds(parent, 2)
+        memo = node.cache.get("tangent_family")
+        if memo is None or memo[0] is not l or memo[1] is not u:
+            b = node.batch
+            fam = TangentFamily.of("sigmoid" if isinstance(node.op, Sigmoid) else "tanh",
+                                   l.reshape(b, -1), u.reshape(b, -1))
+            memo = node.cache["tangent_family"] = (l, u, fam)
+        return memo[2]
 
     # -- dense blocks -----------------------------------------------------------------------------
     @staticmethod

@@ -14,6 +14,12 @@ instead (each start node's slopes optimised for its own bounds, in topological o
 DeepPoly-with-α refinements), which measured tighter at equal budgets on the ERAN, mnistfc and
 ACAS Xu networks; ``schedule="joint"`` selects the α-CROWN one.
 
+Sigmoid and tanh nodes are optimised the same way (α-CROWN's general activations): per start node,
+row and node, the tangent points of their lower and upper lines (:mod:`.tangent`), starting from
+DeepPoly's lines; their inputs' bounds are recomputed as start nodes too (every neuron of non-zero
+width, not only sign-unknown ones). Gradients do not pass through the ranges of tangent points
+(functions of the intermediate bounds, detached), only through the points themselves.
+
 All bounds are intersected with the DeepPoly bounds the optimisation starts from (so they only
 tighten, and the rounding-error weights computed from the starting bounds stay valid); every
 number reported is the best proved one seen over the iterations.
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from absint.ir import Relu, Sigmoid, Tanh
 from absint.domains.linear_bounds.engine import Engine
 from absint.domains.linear_bounds.graph import Node, GraphView
 from absint.domains.linear_bounds.params import NodeParams, Params
@@ -41,7 +48,11 @@ class SlopeOptions:
     then ``final_iters`` on the target rows; ``joint`` — ``iters`` iterations on all slopes at once
     (loss: the target rows plus every intermediate bound's tightness), then ``final_iters`` on the
     target rows alone. Adam with step ``lr`` (``joint``: decayed by ``decay`` per iteration).
-    ``intermediate``: optimise the intermediate bounds at all (False: DeepPoly's are kept)."""
+    ``intermediate``: optimise the intermediate bounds at all (False: DeepPoly's are kept).
+    ``s_shaped``: also optimise the tangent points of sigmoid/tanh lines (False: DeepPoly's lines);
+    ``s_shaped_max``: the most entries of one node's tangent parameters for one set of rows (``R·2n``;
+    larger ones keep DeepPoly's lines there: every neuron has parameters, which wide convolutional
+    layers could not hold in memory per row)."""
 
     iters: int = 30
     final_iters: int = 60
@@ -49,6 +60,8 @@ class SlopeOptions:
     decay: float = 0.98
     intermediate: bool = True
     schedule: str = "layerwise"
+    s_shaped: bool = True
+    s_shaped_max: int = 1 << 21
 
     def __post_init__(self) -> None:
         if self.schedule not in ("layerwise", "joint"):
@@ -56,20 +69,22 @@ class SlopeOptions:
 
 
 class _Start:
-    """One node whose bounds the optimiser recomputes: its rows and per-ReLU slopes."""
+    """One node whose bounds the optimiser recomputes: its rows and per-activation parameters.
+    ``smooth``: it feeds a sigmoid/tanh (every neuron of non-zero width is re-bounded; else only
+    those of unknown sign)."""
 
-    def __init__(self, engine: Engine, node: Node, relus: list[Node]) -> None:
+    def __init__(self, engine: Engine, node: Node, acts: list[Node], smooth: bool = False) -> None:
         self.node = node
         lo, hi = engine.cached(node)
         b = node.batch
-        unstable = ((lo < 0) & (hi > 0)).reshape(b, -1)
+        unstable = ((lo < hi) if smooth else ((lo < 0) & (hi > 0))).reshape(b, -1)
         self.flat = unstable.reshape(-1).nonzero().squeeze(1)
         k = int(self.flat.numel())
         self.k = k
         self.start, self.lam, self.const, self.bidx, self.cols, self.perm = engine.unit_rows(node, self.flat)
         self.layout = RowLayout(self.bidx, b)
         self.lo0, self.hi0 = lo.detach().reshape(b, -1), hi.detach().reshape(b, -1)
-        self.relus = [r for r in relus if r.index < node.index and _is_ancestor(r, node)]
+        self.acts = [r for r in acts if r.index < node.index and _is_ancestor(r, node)]
 
 
 def _is_ancestor(a: Node, b: Node) -> bool:
@@ -85,6 +100,8 @@ class SlopeOptimiser:
         is not an affine map of the input box)."""
         self.view, self.engine, self.opt = view, engine, options
         self.relus = view.relus()
+        #: every activation with parameters: ReLUs (slopes α) and, if asked, sigmoid/tanh (tangent points)
+        self.acts = view.activations((Relu, Sigmoid, Tanh) if options.s_shaped else (Relu,))
         for n in view:  # error weights from the starting (widest) bounds stay valid while bounds tighten
             if engine.cached(n) is not None:
                 engine.freeze_magnitude(n)
@@ -95,21 +112,30 @@ class SlopeOptimiser:
             self.unstable_idx[id(r)] = un.nonzero().squeeze(1)
         self.starts: list[_Start] = []
         if options.intermediate:
-            pres = {id(r.parents[0]): r.parents[0] for r in self.relus}
+            pres = {id(r.parents[0]): r.parents[0] for r in self.acts}
+            smooth = {id(r.parents[0]) for r in self.acts if not isinstance(r.op, Relu)}
             for p in sorted(pres.values(), key=lambda n: n.index):
                 if (p.parents and p.parents[0].boxlike) or (only is not None and p.name not in only):
                     continue  # exact already (an affine map of the input box), or not asked for
-                st = _Start(engine, p, self.relus)
-                if st.k and st.relus:
+                st = _Start(engine, p, self.acts, id(p) in smooth)
+                if st.k and st.acts:
                     self.starts.append(st)
         self.alpha: dict[tuple[int, int], torch.Tensor] = {}
         for st in self.starts:
             rows = st.layout
-            for r in st.relus:
-                self.alpha[(id(st.node), id(r))] = self._init_alpha(r, rows, st.lam.shape[0])
+            for r in st.acts:
+                a = self._init_alpha(r, rows, st.lam.shape[0])
+                if a is not None:
+                    self.alpha[(id(st.node), id(r))] = a
 
-    def _init_alpha(self, relu: Node, rows: RowLayout, R: int) -> torch.Tensor:
-        """DeepPoly's slopes of ``relu``'s unstable neurons, one copy per row ``[R, U]``."""
+    def _init_alpha(self, relu: Node, rows: RowLayout, R: int) -> torch.Tensor | None:
+        """DeepPoly's slopes of ``relu``'s unstable neurons, one copy per row ``[R, U]``; for a
+        sigmoid/tanh node the tangent points of DeepPoly's lines ``[R, 2n]`` (:meth:`TangentFamily.init`),
+        or None when that exceeds ``s_shaped_max`` entries (DeepPoly's fixed lines are used)."""
+        if not isinstance(relu.op, Relu):
+            if R * 2 * relu.numel > self.opt.s_shaped_max:
+                return None
+            return self.engine.tangent_family(relu).init(R).requires_grad_(True)
         idx = self.unstable_idx[id(relu)]
         ls = self.engine.lines(relu).ls[:, idx]
         return rows.gather(ls, R).clone().requires_grad_(True)
@@ -132,7 +158,9 @@ class SlopeOptimiser:
         prm = Params()
         for r in relus:
             a = alphas.get((id(key_node), id(r)))
-            if a is not None:
+            if a is not None and not isinstance(r.op, Relu):
+                prm.set(r, NodeParams(tangent=a))
+            elif a is not None:
                 prm.set(r, NodeParams(alpha=self._slopes(r, a, rows, R)))
         return prm
 
@@ -140,7 +168,7 @@ class SlopeOptimiser:
         """New (differentiable) bounds of one start node, stored in it and folded into ``best``;
         returns their tightness ``Σ (l_i − u_i)`` over its unstable neurons (a loss term)."""
         R = st.lam.shape[0]
-        prm = self._params(st.node, st.relus, st.layout, R, self.alpha)
+        prm = self._params(st.node, st.acts, st.layout, R, self.alpha)
         vals = self.engine.run_rows(st.start, st.lam, st.const, st.bidx, cols=st.cols, layout=st.layout, params=prm)
         if st.perm is not None:
             vals = torch.empty_like(vals).index_copy(0, st.perm, vals)
@@ -170,15 +198,21 @@ class SlopeOptimiser:
         opt = self.opt
         for st in self.starts:
             params = []
-            for r in st.relus:
+            for r in st.acts:
+                if not isinstance(r.op, Relu):  # tangent points: DeepPoly's, whatever the bounds
+                    a = self._init_alpha(r, st.layout, st.lam.shape[0])
+                    if a is not None:
+                        self.alpha[(id(st.node), id(r))] = a
+                        params.append(a)
+                    continue
                 lo, hi = self.engine.cached(r.parents[0])
                 b = r.batch
                 ls = relu_lower_slope(lo.reshape(b, -1), hi.reshape(b, -1))[:, self.unstable_idx[id(r)]]
                 a = st.layout.gather(ls.detach(), st.lam.shape[0]).clone().requires_grad_(True)
                 self.alpha[(id(st.node), id(r))] = a
                 params.append(a)
-            adam = torch.optim.Adam(params, lr=opt.lr)
-            for _ in range(opt.iters):
+            adam = torch.optim.Adam(params, lr=opt.lr) if params else None
+            for _ in range(opt.iters if adam is not None else 0):
                 if deadline is not None and time.perf_counter() > deadline:
                     break
                 tight = self._bound_start(st, best)
@@ -204,8 +238,8 @@ class SlopeOptimiser:
         rows = RowLayout.per_member(b, m, lam.device)
         dd = torch.zeros(b, m, dtype=lam.dtype, device=lam.device) if d is None else \
             torch.as_tensor(d, dtype=lam.dtype, device=lam.device).expand(b, m)
-        relus = [r for r in self.relus if _is_ancestor(r, target)]
-        final = {(id(target), id(r)): self._init_alpha(r, rows, b * m) for r in relus}
+        relus = [r for r in self.acts if _is_ancestor(r, target)]
+        final = {(id(target), id(r)): a for r in relus if (a := self._init_alpha(r, rows, b * m)) is not None}
         saved = {id(st.node): (st.node.cache["lower"], st.node.cache["upper"]) for st in self.starts}
         best_bounds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         best = None

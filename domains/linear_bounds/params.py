@@ -1,4 +1,5 @@
-"""Optimisable relaxation parameters of ReLU nodes: slopes α, split multipliers β, constraint multipliers μ.
+"""Optimisable relaxation parameters: ReLU slopes α, split multipliers β, constraint multipliers μ, and
+the tangent points of sigmoid/tanh lines.
 
 For each ReLU node ``y = relu(z)`` a backward pass may use, per target row ``r``:
 
@@ -12,6 +13,12 @@ For each ReLU node ``y = relu(z)`` a backward pass may use, per target row ``r``
   member's region (e.g. k-ReLU / PRIMA hull rows), enter as ``target ≥ target + μ·(A_pre z + A_post y − b)``
   for ``μ ≥ 0`` (GCP-CROWN, Zhang et al., NeurIPS 2022): ``λ_y += μ A_post`` before the ReLU is
   relaxed, ``λ_z += μ A_pre`` after, ``c −= μ·b``. The engine clamps ``μ ≥ 0``.
+
+For each sigmoid/tanh node, per target row:
+
+* ``tangent`` ``[R, 2n]`` — the positions ``t ∈ [0, 1]`` of the lower (first ``n``) and upper (last ``n``)
+  lines' tangent points within their valid ranges (:mod:`.tangent`; α-CROWN's S-shaped case); the
+  engine clamps to ``[0, 1]``.
 
 Every value of the parameters gives a proved bound; optimisers (:mod:`.optimize`) only search for
 good ones. The rounding of the extra terms is accounted for like every other step
@@ -91,11 +98,12 @@ class LayerConstraints:
 
 @dataclass
 class NodeParams:
-    """Parameters of one ReLU node for one backward pass (see the module docstring)."""
+    """Parameters of one activation node for one backward pass (see the module docstring)."""
 
     alpha: torch.Tensor | None = None
     beta: tuple[torch.Tensor, torch.Tensor] | None = None
     mu: tuple[LayerConstraints, torch.Tensor] | None = None
+    tangent: torch.Tensor | None = None
 
 
 @dataclass
