@@ -22,8 +22,10 @@ The multiplier slot (for k-ReLU / PRIMA hull rows, GCP-CROWN style): a
 output ``y`` (``[K, n]`` shared, or ``[B, K, n]`` per batch member), valid in real arithmetic on each
 member's region. Attach it with multipliers ``μ ≥ 0`` (``[R, K]``, one row per bounded target row) as
 ``NodeParams(mu=(constraints, μ))`` on that ReLU node in the :class:`Params` of a backward pass; the
-bound then holds for every ``μ`` (the engine clamps ``μ ≥ 0``), and :func:`.optimize.optimise_rows`
-optimises ``μ`` together with α and β when given ``constraints={relu_node_name: LayerConstraints}``.
+bound then holds for every ``μ`` (the engine clamps ``μ ≥ 0``).
+:class:`absint.domains.krelu.tighten.MultiNeuronBounds` optimises ``μ`` together with α layer by
+layer (``kpoly``), and :class:`absint.bab.beta.BetaBounder` together with α and β in every
+branch-and-bound sub-problem.
 """
 from absint.domains.linear_bounds.engine import Engine, EngineOptions, concretize_box
 from absint.domains.linear_bounds.graph import GraphView, Node
