@@ -136,6 +136,9 @@ def deviation(recs: list[dict[str, Any]], cand: str, base: str) -> dict[str, Any
              rows_looser_any=int((diff < 0).sum()), rows_tighter_any=int((diff > 0).sum()),
              max_rel_looser=float(max(0.0, (-diff / scale).max())), max_rel_tighter=float(max(0.0, (diff / scale).max())),
              max_abs_looser=float(max(0.0, (-diff).max())), max_abs_tighter=float(max(0.0, diff.max())),
+             # rows the candidate leaves unproved (≤ 0) where it is looser: what could cost a proof
+             rows_looser_unproved=int(((diff < -REL_TOL * scale) & (new_a <= 0)).sum()),
+             max_rel_looser_unproved=float(max(0.0, (-diff / scale)[new_a <= 0].max())) if (new_a <= 0).any() else 0.0,
              certified_lost=[r["query"] for r in recs if r[base]["certified"] and not r[cand]["certified"]],
              certified_gained=[r["query"] for r in recs if r[cand]["certified"] and not r[base]["certified"]])
     return s
@@ -213,9 +216,14 @@ def run_deeppoly(args, revs: list[Revision], results: list[dict[str, Any]]) -> l
     for name, path, (kind, a, b) in nets:
         if args.only and not any(o in name for o in args.only):
             continue
-        shapes = [revs[0].load(path, {"deeppoly": {}}),
-                  revs[1].load(path, {"deeppoly": {}, "deeppoly_m0": {"analysis": "deeppoly",
-                                                                       "domain_options": {"fp_margin": 0.0}}})]
+        shapes = [revs[0].load(path, {"deeppoly": {}})]
+        cols = [("candidate", revs[0], "deeppoly"), ("baseline", revs[1], "deeppoly")]
+        try:  # the old DeepPoly's outward margin switched off (revisions without fp_margin: no such column)
+            shapes.append(revs[1].load(path, {"deeppoly": {}, "deeppoly_m0": {"analysis": "deeppoly",
+                                                                             "domain_options": {"fp_margin": 0.0}}}))
+            cols.append(("baseline_nomargin", revs[1], "deeppoly_m0"))
+        except BenchError:
+            shapes.append(revs[1].load(path, {"deeppoly": {}}))
         shape, n_out = shapes[0]["input_shape"], int(np.prod(shapes[0]["output_shape"]))
         t0 = time.time()
         if kind == "mnist":
@@ -228,11 +236,10 @@ def run_deeppoly(args, revs: list[Revision], results: list[dict[str, Any]]) -> l
         else:
             queries = vnnlib_queries(b, a, shape, n_out)
             what = f"{len(queries)} VNN-LIB instances"
-        res = compare(queries, [("candidate", revs[0], "deeppoly"), ("baseline", revs[1], "deeppoly"),
-                                ("baseline_nomargin", revs[1], "deeppoly_m0")])
+        res = compare(queries, cols)
         res.update(net=name, what=what, seconds=time.time() - t0)
         s = res["summary"]
-        v, m = s["vs_baseline"], s["vs_baseline_nomargin"]
+        v, m = s["vs_baseline"], s.get("vs_baseline_nomargin", {})
         log.info("deeppoly %s: %s; rows %d, max rel dev %.3g (looser %d), vs fp_margin=0: max rel looser %.3g; "
                  "cert %d/%d (%.0f s)", name, what, v["rows"], v.get("max_rel_dev", 0), v.get("rows_looser", 0),
                  m.get("max_rel_looser", 0), s["baseline"]["certified"], s["candidate"]["certified"], res["seconds"])
@@ -295,35 +302,58 @@ def run_domains(args, cand: Revision, results: list[dict[str, Any]]) -> list[dic
 # report
 
 
+def merge_acas(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ACAS Xu networks as one entry (45 networks make a long table); the others unchanged."""
+    acas = [r for r in results if r["net"].startswith("ACASXU")]
+    if len(acas) < 2:
+        return results
+    recs = [rec for r in acas for rec in r["records"]]
+    labels = [k for k in recs[0] if k != "query"]
+    s: dict[str, Any] = {"queries": len(recs)}
+    for lab in labels:
+        cpu = [r[lab]["cpu"] for r in recs]
+        s[lab] = {"certified": sum(r[lab]["certified"] for r in recs), "timed_out": sum(r[lab]["timed_out"] for r in recs),
+                  "cpu_per_query_s": float(np.mean(cpu)), "median_cpu_s": float(np.median(cpu))}
+    for lab in labels[1:]:
+        s[f"vs_{lab}"] = deviation(recs, labels[0], lab)
+    merged = {"net": f"ACAS Xu ({len(acas)} networks)", "what": f"{len(recs)} VNN-LIB instances", "summary": s}
+    return [r for r in results if not r["net"].startswith("ACASXU")] + [merged]
+
+
 def report(payload: dict[str, Any]) -> str:
     out = []
     if payload.get("deeppoly"):
         head = ["network", "queries", "rows", "max abs dev", "max rel dev", "rows looser > 1e-9·(1+|old|)",
                 "rows tighter > 1e-9·(1+|old|)", "vs fp_margin=0: max rel looser / tighter (rows looser at all)",
-                "certified old / new", "ms CPU per query old / new"]
+                "certified old / new", "ms CPU per query old / new: median (mean)"]
         rows = []
-        for r in payload["deeppoly"]:
+        for r in merge_acas(payload["deeppoly"]):
             s = r["summary"]
-            v, m = s["vs_baseline"], s["vs_baseline_nomargin"]
+            v, m = s["vs_baseline"], s.get("vs_baseline_nomargin", {})
             rows.append([r["net"], r["what"], v["rows"], v.get("max_abs_dev", 0.0), v.get("max_rel_dev", 0.0),
                          v.get("rows_looser", 0), v.get("rows_tighter", 0),
                          f"{m.get('max_rel_looser', 0.0):.2g} / {m.get('max_rel_tighter', 0.0):.2g} "
                          f"({m.get('rows_looser_any', 0)})",
                          f"{s['baseline']['certified']} / {s['candidate']['certified']}",
-                         f"{1e3 * s['baseline']['cpu_per_query_s']:.2f} / {1e3 * s['candidate']['cpu_per_query_s']:.2f}"])
+                         f"{1e3 * s['baseline']['median_cpu_s']:.2f} / {1e3 * s['candidate']['median_cpu_s']:.2f} "
+                         f"({1e3 * s['baseline']['cpu_per_query_s']:.2f} / {1e3 * s['candidate']['cpu_per_query_s']:.2f})"])
         out += ["deeppoly lower bound per safety row, candidate (new) vs baseline (old, default fp_margin=1e-9;",
                 "last-but-two column: vs the baseline with fp_margin=0, i.e. plain float arithmetic):", "",
                 markdown_table(head, rows), ""]
     if payload.get("alphapoly"):
         head = ["network", "queries", "certified old / new", "time-outs old / new", "lost", "gained",
-                "s CPU per image old / new (median)"]
+                "rows looser / tighter > 1e-9·(1+|old|)", "max rel looser / tighter",
+                "looser rows still unproved (new ≤ 0): count, max rel", "s CPU per image old / new: mean (median)"]
         rows = []
         for r in payload["alphapoly"]:
             s = r["summary"]
-            v = s["vs_baseline"]
+            v = deviation(r["records"], "candidate", "baseline")  # recomputed: older files lack some fields
             rows.append([r["net"], r["what"], f"{s['baseline']['certified']} / {s['candidate']['certified']}",
                          f"{s['baseline']['timed_out']} / {s['candidate']['timed_out']}",
                          ", ".join(v.get("certified_lost", [])) or "–", ", ".join(v.get("certified_gained", [])) or "–",
+                         f"{v.get('rows_looser', 0)} / {v.get('rows_tighter', 0)} of {v['rows']}",
+                         f"{v.get('max_rel_looser', 0.0):.2g} / {v.get('max_rel_tighter', 0.0):.2g}",
+                         f"{v.get('rows_looser_unproved', 0)}, {v.get('max_rel_looser_unproved', 0.0):.2g}",
                          f"{s['baseline']['cpu_per_query_s']:.2f} / {s['candidate']['cpu_per_query_s']:.2f} "
                          f"({s['baseline']['median_cpu_s']:.2f} / {s['candidate']['median_cpu_s']:.2f})"])
         out += ["alphapoly (default options) certified counts:", "", markdown_table(head, rows), ""]
@@ -334,6 +364,134 @@ def report(payload: dict[str, Any]) -> str:
                 for r in payload["domains"]]
         out += ["box and deepzono at the candidate:", "", markdown_table(head, rows), ""]
     return "\n".join(out)
+
+
+def _net_path(name: str) -> Path:
+    if name.startswith("mnist-net"):
+        return BENCH / "mnistfc" / "onnx" / f"{name}.onnx"
+    if name.startswith("ACASXU"):
+        return BENCH / "acasxu" / "onnx" / f"{name}.onnx"
+    return ERAN / f"{name}.onnx"
+
+
+def explain(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where the candidate is looser than the float baseline (``fp_margin=0``): for each network's
+    worst row, split the loss into (a) the final pass's rounding allowance and (b) the effect of
+    the wider (rounding-widened) intermediate bounds, against the γ_n error scale.
+
+    A dense back-substitution of that row in plain float64 (this process, this tree) through the
+    candidate's own intermediate bounds (``early_stop=False``) gives ``ref``; ``ref − eng`` (``eng``:
+    the engine's bound with the same options) is what the final pass paid for rounding, and the
+    rest of ``old − new`` is what the wider (rounding-widened) intermediate bounds cost. ``S = Σ_v |λ_v|·(|A_v|·m_v +
+    |b_v|)`` (``m_v``: magnitude of the node's input) is the sum of absolute terms the pass adds; the
+    engine's allowance is of order ``2γ_{n+8+K}·S`` (``n``: longest dot product, ``K = 64``)."""
+    import torch
+
+    import absint
+    from absint.interpreter import propagate
+    from absint.ir import Affine, Reshape, Relu
+    from absint.domains.deeppoly import DeepPolyDomain, DeepPolyOptions
+    from absint.rounding import gamma
+
+    X, Y = load_npz(ERAN / "mnist_test_1000.npz")
+    out = []
+    for res in payload.get("deeppoly", []):
+        best = None
+        for rec in res["records"]:
+            if "baseline_nomargin" not in rec:
+                break
+            for k, (new, old) in enumerate(zip(rec["candidate"]["lb"], rec["baseline_nomargin"]["lb"])):
+                if new is None or old is None:
+                    continue
+                new, old = np.asarray(new), np.asarray(old)
+                rel = (old - new) / (1 + np.abs(old))
+                j = int(rel.argmax())
+                if best is None or rel[j] > best[0]:
+                    best = (float(rel[j]), rec["query"], k, j, float(new[j]), float(old[j]))
+        if best is None or best[0] <= 0:
+            continue
+        rel, query, region, row, new_lb, old_lb = best
+        path = _net_path(res["net"])
+        graph = absint.load_network(str(path))
+        shape, n_out = tuple(graph.input_shape), int(np.prod(graph.output_shape))
+        if query.startswith("img"):
+            i = int(query[3:])
+            if res["net"].startswith("cifar"):
+                Xc, Yc = cifar_data(i + 1)
+                x, lab, eps = Xc[i].reshape(shape), int(Yc[i]), 2 / 255
+            else:
+                x, lab, eps = X[i].reshape(shape), int(Y[i]), ERAN_SUITE[res["net"]]
+            lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+            C, d = margin_rows(lab, n_out), np.zeros(n_out - 1)
+        else:
+            folder = path.parent.parent
+            _, regions = vnnlib_queries([("", query)], folder, list(shape), n_out)[0]
+            lo, hi, C, d, _ = regions[region]
+        t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+        # early_stop=False: the relaxations then use exactly the bounds ``dom.bounds`` reports (with the
+        # default early stopping they may not, and old and new alike can differ from full back-substitution)
+        dom = DeepPolyDomain(DeepPolyOptions(early_stop=False))
+        prop = propagate(graph, dom, t(lo)[None], t(hi)[None], keep_all=True)
+        eng = float(dom.linear_bounds(prop.output, t(C[row])[None, None], t([d[row]])[None])[0, 0])
+        bnd = {n.name: tuple(b[0].reshape(-1) for b in dom.bounds(prop.elements[n.name])) for n in graph.nodes}
+        layers, n_max = [], 0
+        for node in graph.nodes[1:]:
+            if isinstance(node, Reshape):
+                continue
+            src = node.inputs[0]
+            l_in, u_in = bnd[src]
+            m = torch.maximum(l_in.abs(), u_in.abs())
+            if isinstance(node, Affine):
+                op = node.operator
+                n_in = int(np.prod(op.in_shape))
+                W = op.forward(torch.eye(n_in, dtype=torch.float64).reshape(n_in, *op.in_shape)).reshape(n_in, -1).T
+                b = torch.broadcast_to(node.bias_full() if hasattr(node, "bias_full") else node.bias, node.shape).reshape(-1)
+                n_max = max(n_max, int((W != 0).sum(1).max()))
+                layers.append(("aff", W, b.to(torch.float64), m))
+            elif isinstance(node, Relu):
+                l, u = l_in, u_in
+                act, unst = l >= 0, (l < 0) & (u > 0)
+                ch = torch.where(unst, u / torch.where(unst, u - l, torch.ones_like(u)), torch.zeros_like(u))
+                ls = torch.where(act | (unst & (u > -l)), torch.ones_like(u), torch.zeros_like(u))
+                us = torch.where(act, torch.ones_like(u), ch)
+                uo = torch.where(unst, -ch * l, torch.zeros_like(u))
+                layers.append(("relu", ls, us, uo, m))
+            else:
+                raise BenchError(f"explain: no dense reference for {type(node).__name__}")
+        lam, const = t(C[row]), float(d[row])
+        S = abs(const)
+        for layer in reversed(layers):
+            if layer[0] == "aff":
+                _, W, b, m = layer
+                S += float(lam.abs() @ (W.abs() @ m + b.abs()))
+                const += float(lam @ b)
+                lam = lam @ W
+            else:
+                _, ls, us, uo, m = layer
+                pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+                S += float(lam.abs() @ (torch.maximum(ls, us) * m + uo.abs()))
+                const += float(neg @ uo)
+                lam = pos * ls + neg * us
+        l0, u0 = t(lo).reshape(-1), t(hi).reshape(-1)
+        S += float(lam.abs() @ torch.maximum(l0.abs(), u0.abs()))
+        ref = const + float(lam.clamp(min=0) @ l0 + lam.clamp(max=0) @ u0)
+        g = gamma(n_max + 8 + 64, torch.float64)
+        rec = {"net": res["net"], "query": query, "row": row, "rel_looser": rel, "old_float": old_lb, "new": new_lb,
+               "ref_float_on_new_intermediates": ref, "engine_no_early_stop": eng, "final_pass_loss": ref - eng,
+               "other_loss": old_lb - new_lb - (ref - eng),
+               "S": S, "n": n_max, "gamma_n": g, "two_gamma_S": 2 * g * S}
+        log.info("explain %s %s row %d: old−new %.3g (rel %.3g) = final pass %.3g + wider intermediates %.3g; "
+                 "2γ_%d·S = %.3g (S %.3g)", res["net"], query, row, old_lb - new_lb, rel, ref - eng,
+                 old_lb - new_lb - (ref - eng), n_max + 72, 2 * g * S, S)
+        out.append(rec)
+    return out
+
+
+def explain_table(rows: list[dict[str, Any]]) -> str:
+    head = ["network", "worst row", "old (fp_margin=0) − new", "rel", "final pass (≤ 2γ·S?)", "wider intermediates",
+            "2γ_n·S", "S = Σ|terms|"]
+    return markdown_table(head, [[r["net"], f"{r['query']} #{r['row']}", r["old_float"] - r["new"], r["rel_looser"],
+                                  r["final_pass_loss"], r["other_loss"], r["two_gamma_S"], r["S"]] for r in rows])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dom-n", type=int, default=1000)
     ap.add_argument("--out", default=None)
     ap.add_argument("--record", action="store_true", help="write benchmarks/results/engine_regression.json")
+    ap.add_argument("--report", metavar="JSON", default=None, help="only print the tables of a saved run")
+    ap.add_argument("--explain", metavar="JSON", default=None,
+                    help="only explain the worst deeppoly rows of a saved run (adds 'explain' to that file)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -360,6 +521,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
+    if args.report:
+        import json
+
+        saved = json.loads(Path(args.report).read_text())
+        print(report(saved))
+        if saved.get("explain"):
+            print(explain_table(saved["explain"]))
+        return 0
+    if args.explain:
+        import json
+
+        saved = json.loads(Path(args.explain).read_text())
+        saved["explain"] = explain(saved)
+        write_json(Path(args.explain), saved)
+        print(explain_table(saved["explain"]))
+        return 0
     out_path = default_out("engine_regression", args.record, args.out)
     payload: dict[str, Any] = {"meta": {
         "command": " ".join([sys.executable] + (sys.argv if argv is None else [__file__, *argv])),

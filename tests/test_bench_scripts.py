@@ -140,3 +140,22 @@ def test_kpoly_ablation_grid_and_validation(tmp_path):
     assert all(s["pgd_contradictions"] == 0 for s in summary["summary"])
     assert ka.main(args + ["--resume"]) == 0  # nothing left to do
     assert len(out.read_text().splitlines()) == len(rows)
+
+
+def test_engine_regression_same_revision_is_identical(tmp_path):
+    """``engine_regression.py`` against HEAD (the same engine twice): every row compared, no deviation."""
+    if not _git_worktree_possible():
+        pytest.skip("not a git checkout: --baseline-rev needs git worktree")
+    bench = ROOT.parent / "shared" / "bench"
+    if not (bench / "eran" / "mnist_relu_6_100.onnx").is_file() or not (bench / "acasxu" / "instances.csv").is_file():
+        pytest.skip("../shared/bench is not here")
+    er = _script("engine_regression")
+    out = tmp_path / "er.json"
+    assert er.main(["--baseline-rev", "HEAD", "--parts", "deeppoly", "--n", "2", "--cifar-n", "0", "--acas", "1",
+                    "--only", "mnist_relu_6_100", "ACASXU_run2a_1_1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["net"] for r in data["deeppoly"]] == ["mnist_relu_6_100", "ACASXU_run2a_1_1_batch_2000"]
+    for res in data["deeppoly"]:
+        s = res["summary"]
+        assert s["vs_baseline"]["rows"] > 0 and s["vs_baseline"]["max_abs_dev"] == 0.0
+        assert s["candidate"]["certified"] == s["baseline"]["certified"]
