@@ -177,7 +177,10 @@ class BackwardPass:
             _, _, key = heapq.heappop(self.heap)
             node, lam, cols, paid = self.pending.pop(key)
             self.steps += 1
-            if node.boxlike and (not self.symbolic or not node.parents):
+            # boxlike nodes with parents (Reshape / diagonal Affine of the input) are concretised
+            # where they are reached, unless the input's own coefficients are wanted (symbolic, or
+            # ``record``: the candidate points of the search minimise them over the input box)
+            if node.boxlike and (not node.parents or not (self.symbolic or self.record is not None)):
                 if self.record is not None and not node.parents:
                     self.record["input"] = full(lam, cols, node.numel).detach()
                 if self.symbolic:
