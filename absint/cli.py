@@ -78,7 +78,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         bar = None if args.quiet else _bar(len(args.vnnlib), args.analysis)
         for spec in args.vnnlib:
             r = absint.verify(net, spec, analysis=args.analysis, timeout=args.timeout, attack=not args.no_attack,
-                              device=args.device)
+                              device=args.device, threads=None)  # main() set --threads
             results.append(r)
             if bar is not None:
                 bar.update(1)

@@ -34,6 +34,33 @@ from absint.results import Result, Verdict
 from absint.specs import Instance, InputBox, OutputProperty, Spec, linf_ball, robustness_property
 from absint.timelimit import InvalidTimeLimit, Progress, allowed_overshoot, check_limit, hard_limit
 
+#: torch CPU threads used while an analysis runs (``threads`` of :func:`verify` and its relatives).
+#: One by default: the analyses issue many small tensor ops, and with 2 intra-op threads on a loaded
+#: 2-core machine each parallel region waits ~11 ms for a descheduled worker thread (measured, load
+#: 1.9-2.3: bab on mnistfc 256x2 prop_3_0.03 bounded 4 sub-problems in 20 s with 2 threads, 1776 with 1).
+DEFAULT_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the body with ``torch.set_num_threads(threads)`` and restore the previous count after
+    (``None``: leave torch's setting). The setting is process-wide: concurrent Python threads share it."""
+    if threads is None:
+        yield
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidArgumentError(f"threads must be a whole number ≥ 1 or None, got {threads!r}")
+    before = torch.get_num_threads()
+    if before == threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 log = logging.getLogger(__name__)
 
 def load_network(source: Any, *, input_shape: Sequence[int] | None = None,
@@ -194,6 +221,7 @@ def _decide_one(graph: Graph, inst: Instance, name: str, analysis: Analysis, bou
 
 
 def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Analysis, *,
+                     threads: int | None = DEFAULT_THREADS,
                      timeout: float | None = None, attack: bool = True, attack_first: bool = True,
                      attack_options: AttackOptions = AttackOptions(), attack_budget: float | None = None,
                      tolerance: float = 0.0, batch_size: int = 1, names: Sequence[str] | None = None,
@@ -214,7 +242,24 @@ def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Anal
     :func:`absint.timelimit.hard_limit` if it overruns. ``progress`` (one instance only): the
     instance began earlier (:func:`verify` loaded the network and parsed the specification); its
     limit, start and notes apply, and ``timeout`` is ignored.
+
+    ``threads``: torch CPU threads while deciding (:func:`torch_threads`; default
+    :data:`DEFAULT_THREADS`, None: torch's current setting), restored afterwards.
     """
+    with torch_threads(threads):
+        return _verify_instances(graph, instances, analysis, timeout=timeout, attack=attack,
+                                 attack_first=attack_first, attack_options=attack_options,
+                                 attack_budget=attack_budget, tolerance=tolerance, batch_size=batch_size,
+                                 names=names, on_result=on_result, progress=progress)
+
+
+def _verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Analysis, *,
+                      timeout: float | None = None, attack: bool = True, attack_first: bool = True,
+                      attack_options: AttackOptions = AttackOptions(), attack_budget: float | None = None,
+                      tolerance: float = 0.0, batch_size: int = 1, names: Sequence[str] | None = None,
+                      on_result: Callable[[int, Result], None] | None = None,
+                      progress: Progress | None = None) -> list[Result]:
+    """What :func:`verify_instances` does, with the thread count already set."""
     if progress is not None and len(instances) != 1:
         raise InvalidArgumentError("verify_instances: progress is for a single instance")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -306,15 +351,16 @@ def _same_row_count(todo: list[int], instances: Sequence[Instance], size: int) -
 def verify_instance(graph: Graph, instance: Instance, analysis: Analysis, *, timeout: float | None = None,
                     attack: bool = True, attack_options: AttackOptions = AttackOptions(),
                     tolerance: float = 0.0, name: str | None = None,
-                    attack_budget: float | None = None, progress: Progress | None = None) -> Result:
+                    attack_budget: float | None = None, progress: Progress | None = None,
+                    threads: int | None = DEFAULT_THREADS) -> Result:
     """Decide one (region, property) instance (:func:`verify_instances` with one instance) within
-    ``timeout`` seconds (or ``progress``'s limit), the backstop included."""
+    ``timeout`` seconds (or ``progress``'s limit), the backstop included; ``threads`` as there."""
     progress = progress if progress is not None else Progress(check_limit(timeout))
     name = name or instance.name or "instance"
     with hard_limit(progress.hard_deadline) as stop:
         result = verify_instances(graph, [instance], analysis, attack=attack, attack_options=attack_options,
                                   attack_budget=attack_budget, tolerance=tolerance, names=[name],
-                                  progress=progress)[0]
+                                  progress=progress, threads=threads)[0]
     if stop.fired:
         return Result(name, Verdict.UNKNOWN, analysis.name, progress.elapsed(),
                       reason=progress.timeout_reason(stopped=progress.phase or f"{analysis.name}"))
@@ -341,7 +387,8 @@ def _combine(name: str, label: str, parts: list[Result], seconds: float | None =
 def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", timeout: float | None = None,
            attack: bool = True, attack_options: AttackOptions = AttackOptions(),
            tolerance: float = 0.0, device: torch.device | str | None = None,
-           name: str | None = None, attack_budget: float | None = None, **analysis_options: Any) -> Result:
+           name: str | None = None, attack_budget: float | None = None, threads: int | None = DEFAULT_THREADS,
+           **analysis_options: Any) -> Result:
     """Verify ``spec`` (a VNN-LIB path, :class:`Spec`, :class:`Instance`, or ``(InputBox, OutputProperty)``)
     on ``network`` (ONNX path, torch module, or Graph) with the analysis named ``analysis``.
 
@@ -349,6 +396,8 @@ def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", ti
     ``timeout`` (seconds > 0, or None) covers the whole call: loading the network and parsing the
     specification count, and a time-out says what was done ("time-out after 10.2 s (limit 10 s):
     network loaded in 1.3 s, specification parsed, PGD 50 steps, ..., stopped during lp bounding").
+    ``threads``: torch CPU threads while deciding (default :data:`DEFAULT_THREADS`; None: torch's
+    current setting), restored afterwards (:func:`torch_threads`).
     """
     progress = Progress(check_limit(timeout))
     an = get_analysis(analysis, device=device, **analysis_options)
@@ -377,7 +426,7 @@ def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", ti
                                     reason=progress.timeout_reason()))
                 break
             r = verify_instance(graph, inst, an, attack=attack, attack_options=attack_options, tolerance=tolerance,
-                                attack_budget=attack_budget, progress=progress)
+                                attack_budget=attack_budget, progress=progress, threads=threads)
             parts.append(r)
             if r.falsified or progress.expired():
                 break
@@ -393,13 +442,15 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
                       attack_options: AttackOptions = AttackOptions(restarts=4, steps=30),
                       batch_size: int = 32, tolerance: float = 0.0,
                       device: torch.device | str | None = None, names: Sequence[str] | None = None,
-                      progress: bool = False, **analysis_options: Any) -> list[Result]:
+                      progress: bool = False, threads: int | None = DEFAULT_THREADS,
+                      **analysis_options: Any) -> list[Result]:
     """L∞ robustness of each image (radius ``eps``, clipped to ``clip``) with its label.
 
     Misclassified images are reported falsified (the image itself is the counterexample), so
     ``verified`` counts exactly the correctly classified inputs proven robust. The others go
     through :func:`verify_instances` (the decision of :func:`verify`), in batches of ``batch_size``
-    when the analysis supports it; PGD runs only on what the analysis cannot prove.
+    when the analysis supports it; PGD runs only on what the analysis cannot prove. ``threads``: as
+    in :func:`verify`.
     """
     timeout = check_limit(timeout)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -445,7 +496,8 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
 
     decided = verify_instances(graph, instances, an, timeout=timeout, attack=attack, attack_first=False,
                                attack_options=attack_options, attack_budget=0.0, tolerance=tolerance,
-                               batch_size=batch_size, names=[names[i] for i in todo], on_result=tick)
+                               batch_size=batch_size, names=[names[i] for i in todo], on_result=tick,
+                               threads=threads)
     for i, r in zip(todo, decided):
         results[i] = r
     if bar is not None:

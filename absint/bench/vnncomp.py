@@ -116,7 +116,8 @@ def run_instance(onnx: str | Path, vnnlib: str | Path, out: str | Path, *, timeo
     result: Result | None = None
     try:
         kw = {} if attack_budget is None else {"attack_budget": attack_budget}
-        result = verify(onnx, vnnlib, analysis=analysis, timeout=timeout, attack=attack, **kw)
+        result = verify(onnx, vnnlib, analysis=analysis, timeout=timeout, attack=attack, threads=None,
+                        **kw)  # the runner set its thread count
     except Exception as exc:  # noqa: BLE001 - the competition wants 'error', not a traceback
         log.error("error on %s / %s: %s: %s", onnx, vnnlib, type(exc).__name__, exc)
         result = None

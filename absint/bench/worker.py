@@ -172,7 +172,8 @@ def _run_vnn(task: VnnTask) -> list[dict[str, Any]]:
     name, options = analysis_call(task)
     analysis = get_analysis(name, **options)
     t0, c0 = time.perf_counter(), time.process_time()
-    r = verify(graph, task.vnnlib_path, analysis=analysis, timeout=task.timeout, attack=task.attack, **kw)
+    r = verify(graph, task.vnnlib_path, analysis=analysis, timeout=task.timeout, attack=task.attack,
+               threads=None, **kw)  # configure_threads set the worker's count
     seconds = time.perf_counter() - t0  # includes parsing the VNN-LIB file, like a competition run
     cpu = time.process_time() - c0
     key = task.keys()[0]

@@ -104,7 +104,8 @@ def run(onnx: str, vnnlib: str, results: str, timeout: float, analysis: str = "b
     try:
         deadline = _START + timeout
         query = read_query(vnnlib, deadline=deadline)
-        answer = solve(query, {_network_name(query): onnx}, timeout=timeout, analysis=analysis, start=_START)
+        answer = solve(query, {_network_name(query): onnx}, timeout=timeout, analysis=analysis, start=_START,
+                       threads=None)  # keep the thread count main() set
         text = results_text(answer)
         log.info("%s / %s: %s (%s) in %.2f s", onnx, vnnlib, answer.status, answer.reason, answer.seconds)
     except TimeoutError:
