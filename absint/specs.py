@@ -63,10 +63,19 @@ class InputBox:
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` uniform samples ``[n, *shape]`` (vertices included with some probability)."""
-        u = rng.uniform(size=(n, *self.shape))
-        corners = rng.uniform(size=(n, *self.shape)) < 0.1
-        u = np.where(corners, np.round(u), u)
+        return self.at(unit_samples(n, self.shape, rng))
+
+    def at(self, u: np.ndarray) -> np.ndarray:
+        """The points ``lower + u·(upper − lower)`` for positions ``u`` ``[n, *shape]`` in the unit box."""
         return self.lower + u * (self.upper - self.lower)
+
+
+def unit_samples(n: int, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """The positions of :meth:`InputBox.sample` in the unit box ``[n, *shape]``: uniform, each
+    coordinate moved to a vertex (0 or 1) with probability 0.1."""
+    u = rng.uniform(size=(n, *shape))
+    corners = rng.uniform(size=(n, *shape)) < 0.1
+    return np.where(corners, np.round(u), u)
 
 
 def linf_ball(center: np.ndarray, eps: float, clip: tuple[float, float] | None = (0.0, 1.0)) -> InputBox:

@@ -111,6 +111,29 @@ def test_batched_and_single_analysis_agree(networks_dir):
             assert a.margin == pytest.approx(b.margin, abs=1e-9)
 
 
+def test_sampling_attack_evaluates_each_regions_own_samples(networks_dir, monkeypatch):
+    """sample_attack_many draws the unit positions once per shape (issue 13): the points it runs
+    are exactly each region's centre and ``region.sample(n, default_rng(seed))``."""
+    from absint.attack import sample_attack_many
+
+    net = absint.load_network(networks_dir / "digits_mlp_2x64.onnx")
+    images, labels = absint.load_images(networks_dir / "digits_test.npz", net.input_shape)
+    problems = [(linf_ball(img, eps), robustness_property(int(lab), 10))
+                for img, lab, eps in zip(images[:3], labels[:3], (0.01, 0.05, 0.2))]
+    seen = []
+    forward = type(net).forward
+
+    def record(self, x, *args, **kwargs):
+        seen.append(np.asarray(x, dtype=np.float64).copy())
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(type(net), "forward", record)
+    sample_attack_many(net, problems, 16, seed=3)
+    expect = np.concatenate([np.concatenate([r.center[None], r.sample(16, np.random.default_rng(3))])
+                             for r, _ in problems])
+    assert np.array_equal(seen[0].reshape(expect.shape), expect)
+
+
 def test_pgd_attack_finds_acas_counterexample(bench):
     net = absint.load_network(bench / "acasxu/onnx/ACASXU_run2a_4_4_batch_2000.onnx")
     spec = absint.parse_vnnlib(bench / "acasxu/vnnlib/prop_2.vnnlib")  # sat in truth.csv

@@ -268,12 +268,19 @@ def test_conv_backsubstitution_matches_dense():
     assert torch.allclose(dom.linear_bounds(a.output, C), dom.linear_bounds(b.output, C), atol=1e-9)
 
 
+@pytest.mark.parametrize("small_chunks", [False, True])
 @pytest.mark.parametrize("segments", [False, True])
 @pytest.mark.parametrize("name", ["conv_pool", "residual", "mlp_tanh", "mlp_relu"])
-def test_batch_equals_separate_runs(name, segments, monkeypatch):
+def test_batch_equals_separate_runs(name, segments, small_chunks, monkeypatch):
     if segments:  # force the per-member segment code paths (used for large row blocks)
         from absint.domains.linear_bounds.rows import RowLayout
         monkeypatch.setattr(RowLayout, "SEGMENT_MIN", 1)
+    if small_chunks:  # batched window rows in many chunks, a dense first layer concretised in
+        # blocks of two or three rows per member (issue 13: Engine.PATCH_CHUNK_BATCHED, _dense_to_box)
+        from absint.domains.linear_bounds import backward
+        from absint.domains.linear_bounds.engine import Engine
+        monkeypatch.setattr(Engine, "PATCH_CHUNK_BATCHED", 2)
+        monkeypatch.setattr(backward, "BOX_BLOCK_BYTES", 1)
     graph = NETS[name](5)
     lo, hi = _boxes(graph.input_shape, 4, 5, width=0.3)
     dom = DeepPolyDomain()

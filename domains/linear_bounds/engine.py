@@ -81,6 +81,13 @@ def inner_length(op: LinearOperator) -> int:
 class Engine:
     """Bounds of nodes (see the module docstring); one instance serves any number of graphs."""
 
+    #: neurons per chunk of window rows (:mod:`.patches`) when several members are bounded together:
+    #: the activation step gathers 8 vectors per row and window (``[2·chunk, 8, C·h·w]``), and for
+    #: ~100 members at once that block left the cache (ERAN ConvSmall, 100 images in one call:
+    #: 4096 neurons per chunk 16.5 ms per image, 256 neurons 12.5 ms; one thread). One member keeps
+    #: its rows together (4096), so single-region bounds are unchanged.
+    PATCH_CHUNK_BATCHED = 256
+
     def __init__(self, options: EngineOptions | None = None, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float64) -> None:
         self.options = options or EngineOptions()
@@ -491,9 +498,9 @@ class Engine:
         lo, hi = flo.clone().reshape(-1), fhi.clone().reshape(-1)
         if p == 0:
             return lo.reshape(ilo.shape), hi.reshape(ihi.shape)
-        chunk = max(1, self.chunk_rows(node) // 2)
+        chunk = max(1, self.chunk_rows(node, fused=b > 1 and not torch.is_grad_enabled()) // 2)
         if self.uses_patches(node):  # local windows: the rows are small, keep them together
-            chunk = max(chunk, 4096)
+            chunk = max(chunk, 4096 if b == 1 else self.PATCH_CHUNK_BATCHED)
         for s in range(0, p, chunk):
             cf = flat[s:s + chunk]
             k = int(cf.numel())
@@ -549,14 +556,26 @@ class Engine:
             lam, const = lam[perm], const[perm]
         return start, lam, const, bidx, cols, perm
 
-    def chunk_rows(self, node: Node) -> int:
-        """Rows per back-substitution chunk: memory budget (≈4 live ``[R, width]`` blocks) and cap."""
-        width = max(node.max_width, 1)
+    def chunk_rows(self, node: Node, fused: bool = False) -> int:
+        """Rows per back-substitution chunk: memory budget (≈4 live ``[R, width]`` blocks) and cap.
+
+        ``fused``: rows of several batch members, where a dense step into a box-like node (an MLP's
+        first layer) is concretised block by block (:func:`.backward._dense_to_box`), so the widest
+        node that is not box-like sets the budget."""
+        width = max(self.inner_width(node) if fused else node.max_width, 1)
         rows = int(self.options.memory_mb * 2**20 / (8 * 4 * width))
         cap = self.options.max_rows
         if cap is None:
             cap = 2**21 // (8 * width) if self.device.type == "cpu" else rows
         return max(64, min(rows, cap))
+
+    @staticmethod
+    def inner_width(node: Node) -> int:
+        """The largest flat size among ``node`` and its ancestors that are not box-like (memoised)."""
+        w = node.cache.get("inner_width")
+        if w is None:
+            w = node.cache["inner_width"] = max([a.numel for a in node.ancestors() if not a.boxlike] or [1])
+        return w
 
     def run_rows(self, start: Node, lam: torch.Tensor, const: torch.Tensor, bidx: torch.Tensor | None, *,
                  threshold: float | None = None, pair: torch.Tensor | None = None, halves: bool = False,

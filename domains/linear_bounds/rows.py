@@ -61,8 +61,12 @@ class RowLayout:
 
     def segmented(self, lam: torch.Tensor) -> bool:
         """True when per-segment processing beats gathering for ``lam`` (no autograd there)."""
-        return (self.uniform is None and not torch.is_grad_enabled()
-                and lam.shape[0] * lam.shape[1] >= self.SEGMENT_MIN and len(self.segments) * 2 <= lam.shape[0])
+        return self.segmented_shape(lam.shape[0], lam.shape[1])
+
+    def segmented_shape(self, r: int, k: int) -> bool:
+        """:meth:`segmented` for coefficients of shape ``[r, k]`` (before they are computed)."""
+        return (self.bidx is not None and self.uniform is None and not torch.is_grad_enabled()
+                and r * k >= self.SEGMENT_MIN and len(self.segments) * 2 <= r)
 
     def dot(self, lam: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         """Row-wise ``λ_r · vec[b(r)]`` (``vec``: ``[B, k]``) → ``[R]``."""
