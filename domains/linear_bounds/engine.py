@@ -530,7 +530,7 @@ class Engine:
         k = int(flat.numel())
         cn = flat if b == 1 else flat % n
         bidx = None if b == 1 else (flat // n).repeat(2)
-        perm = None
+        perm, perm_done = None, False
         if bidx is not None:  # rows grouped by batch member (lower and upper rows interleaved)
             perm = torch.argsort(bidx, stable=True)
             bidx = bidx[perm]
@@ -540,6 +540,8 @@ class Engine:
             cols = self.alive(parent)
             wpm, bpm = self.signed_rows(node, cols)
             rows = torch.cat([cn, cn + n])
+            if perm is not None:  # gather the rows in member order at once (one copy, not two)
+                rows, perm_done = rows[perm], True
             lam = wpm.index_select(0, rows)
             const = bpm.index_select(0, rows) if bpm is not None else lam.new_zeros(2 * k)
             start = parent
@@ -552,7 +554,7 @@ class Engine:
             lam[r, cn] = 1.0
             lam[r + k, cn] = -1.0
             const, start = lam.new_zeros(2 * k), node
-        if perm is not None:
+        if perm is not None and not perm_done:
             lam, const = lam[perm], const[perm]
         return start, lam, const, bidx, cols, perm
 
