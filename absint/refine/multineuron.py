@@ -23,7 +23,8 @@ from absint.refine.state import RefineState
 
 __all__ = ["MultiNeuron", "KPOLY_KRELU"]
 
-#: kpoly's default grouping (benchmarks/results/kpoly.md): triples (k=3) in windows of 10 of the
+#: kpoly's default grouping (confirmed by the ablation in benchmarks/RESULTS.md, "k-ReLU group
+#: selection ablation"): triples (k=3) in windows of 10 of the
 #: widest unstable neurons, sharing at most one neuron (s=−2); the certified fast hull.
 KPOLY_KRELU = KReluOptions(k=3, s=-2, sparse_n=10, cutoff=0.05, hull="auto")
 

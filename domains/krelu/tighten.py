@@ -16,8 +16,8 @@ order, :class:`MultiNeuronBounds` alternates two steps:
 :meth:`MultiNeuronBounds.bound_rows` then bounds target rows ``C·x`` of any node with α and μ over
 every ReLU. With the intermediate bounds fixed, the optimal ``(α, μ)`` bound equals the LP optimum
 with the triangle relaxation plus the hull rows (strong duality); the gain over α alone compounds
-through the layers because each layer's bounds use the rows of all layers before it (measured on
-ERAN 6x100: the last layer's unstable neurons 98 → 77 with k=3 rows, ``benchmarks/results/kpoly.md``).
+through the layers because each layer's bounds use the rows of all layers before it (what the rows
+buy in certified images: benchmarks/RESULTS.md, "k-ReLU group selection ablation").
 
 Soundness: every bound comes from an engine pass, proved for the stored parameter values (α is
 clamped to ``[0, 1]``, μ to ``≥ 0``, rounding accounted for by the engine); the rows hold on the
