@@ -165,7 +165,7 @@ def forward_blocks(graph: Graph, x: torch.Tensor) -> torch.Tensor:
     if n == 0 or graph.device.type != "cpu":
         return graph.forward(x)
     widest = max(int(np.prod(node.shape)) for node in graph.nodes)
-    size = max(64, FORWARD_BLOCK_BYTES // (8 * max(widest, 1)))
+    size = max(64, FORWARD_BLOCK_BYTES // (x.element_size() * max(widest, 1)))
     if n <= size:
         return graph.forward(x)
     return torch.cat([graph.forward(x[s:s + size]) for s in range(0, n, size)])
@@ -200,8 +200,7 @@ def sample_attack_many(graph: Graph, problems: list[tuple[InputBox, OutputProper
             u = units[region.shape] = unit_samples(n, region.shape, np.random.default_rng(seed))
         x = points[i].reshape(n + 1, *region.shape)
         x[0] = region.center
-        np.multiply(u, region.upper - region.lower, out=x[1:])
-        x[1:] += region.lower  # = region.at(u), the same float sum
+        x[1:] = region.at(u)
         xs.append(x)
     with torch.no_grad():
         ys = forward_blocks(graph, torch.as_tensor(points.reshape(-1, size), dtype=graph.dtype, device=graph.device))
