@@ -204,3 +204,99 @@ def test_patch_windows_dense_round_trip():
                     assert (p.data[r, :, dy, dx] == 0).all()
     vec = torch.randn(1, 40, generator=g, dtype=F64)
     assert torch.allclose(p.dot(Windows(p, None).take(vec)), p.dense() @ vec[0])
+
+
+def _conv_case(seed: int, stride: int, pad: int, dil: int, k: int = 3):
+    from absint.linear import ConvOperator
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(5, 3, k, k, generator=g, dtype=F64)
+    return ConvOperator(w, (3, 9, 8), (stride, stride), (pad, pad), (dil, dil), 1), g
+
+
+@pytest.mark.parametrize("stride,pad,dil", [(1, 0, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1), (3, 2, 1)])
+def test_kernel_dots_match_window_gather(stride, pad, dil):
+    """The activation step's sums for unit rows carried through a convolution, computed as one
+    convolution of the per-neuron vectors (:func:`kernel_dots`), equal the per-row window gather
+    (edges and padding included, every output neuron, both signs)."""
+    from absint.domains.linear_bounds.patches import Windows, conv_step, kernel_dots, unit_patches
+
+    op, g = _conv_case(7 * stride + pad + dil, stride, pad, dil)
+    n_out = int(np.prod(op.out_shape))
+    rows = conv_step(unit_patches(tuple(op.out_shape), torch.arange(n_out), F64), op)
+    assert rows.kernel is not None and rows.kernel.op is op
+    mat = torch.randn(1, 8, int(np.prod(op.in_shape)), generator=g, dtype=F64)
+    G = Windows(rows, None).take_stack(mat)
+    data = rows.data.reshape(rows.data.shape[0], 1, -1)
+    want_d = torch.bmm(data, G.transpose(1, 2))[:, 0]
+    want_n = torch.bmm(data.clamp(max=0), G.transpose(1, 2))[:, 0]
+    td, tn = kernel_dots(rows, mat, tuple(range(8)))
+    assert torch.allclose(td, want_d, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(tn, want_n, rtol=1e-12, atol=1e-12)
+    keep = torch.arange(0, rows.data.shape[0], 3)  # dropped rows keep their provenance
+    td2, _ = kernel_dots(rows.select(keep), mat, (2, 5))
+    assert torch.allclose(td2, want_d[keep][:, [2, 5]], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,pad,dil", [(1, 0, 1), (2, 1, 1), (1, 2, 2)])
+def test_window_map_step_matches_conv_transpose(stride, pad, dil):
+    """A convolution step on small windows by one product with the window map equals
+    ``conv_transpose2d`` (the map's entries are the kernel's weights)."""
+    import torch.nn.functional as tF
+
+    from absint.domains.linear_bounds.patches import Patches, conv_step, window_map
+
+    op, g = _conv_case(stride + 3 * pad + dil, stride, pad, dil)
+    R = 11
+    data = torch.randn(R, 5, 2, 3, generator=g, dtype=F64)
+    y0 = torch.randint(-1, op.out_shape[1], (R,), generator=g)
+    x0 = torch.randint(-1, op.out_shape[2], (R,), generator=g)
+    p = Patches(data, y0, x0, tuple(op.out_shape)).masked()
+    assert window_map(op, 2, 3, p.data) is not None
+    got = conv_step(p, op)
+    want = tF.conv_transpose2d(p.data, op.weight, None, op.stride, 0, 0, op.groups, op.dilation)
+    assert torch.allclose(got.data, Patches(want, got.y0, got.x0, got.grid).masked().data, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_rows_and_window_maps_keep_bounds_and_soundness(monkeypatch):
+    """DeepPoly on a conv net with the kernel-row sums and window maps forced on for every row
+    count: the same bounds as dense rows (to rounding) and every sampled point inside them."""
+    from absint.ir import Graph, Input
+    from absint.testing import _rand_conv, _rand_dense
+    from absint.domains.linear_bounds import backward
+
+    g = torch.Generator().manual_seed(3)
+    c1 = _rand_conv("c1", "x", (2, 9, 9), 4, 3, 2, 1, 1, g)
+    c2 = _rand_conv("c2", "r1", c1.shape, 5, 3, 1, 1, 1, g)
+    n = int(np.prod(c2.shape))
+    graph = Graph((Input("x", (), (2, 9, 9)), c1, Relu("r1", ("c1",), c1.shape), c2, Relu("r2", ("c2",), c2.shape),
+                   Reshape("flat", ("r2",), (n,)), _rand_dense("fc", "flat", n, 3, g)), "fc")
+    from absint.domains.linear_bounds import patches as patches_mod
+
+    monkeypatch.setattr(backward, "KERNEL_ROWS_MIN", 1)
+    calls = {"kernel_dots": 0, "window_map": 0}
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            out = fn(*a, **k)
+            calls[name] += out is not None
+            return out
+        return wrapper
+
+    monkeypatch.setattr(backward, "kernel_dots", counted("kernel_dots", patches_mod.kernel_dots))
+    monkeypatch.setattr(patches_mod, "window_map", counted("window_map", patches_mod.window_map))
+    c = torch.rand(1, 2, 9, 9, generator=g, dtype=F64)
+    lo, hi = c - 0.2, c + 0.2
+    out = []
+    for patches in (False, True):
+        dom = DeepPolyDomain()
+        dom.engine.patches = patches
+        p = propagate(graph, dom, lo, hi, keep_all=True)
+        out.append([dom.bounds(p.elements[nd.name]) for nd in graph.nodes])
+    for (la, ua), (lb, ub) in zip(*out):
+        assert torch.allclose(la, lb, rtol=1e-9, atol=1e-9) and torch.allclose(ua, ub, rtol=1e-9, atol=1e-9)
+    assert calls["kernel_dots"] > 0 and calls["window_map"] > 0  # both routes ran
+    xs = lo + (hi - lo) * torch.rand(2000, 2, 9, 9, generator=g, dtype=F64)
+    y = graph.forward(xs)
+    lb, ub = out[1][-1]
+    assert (y >= lb.reshape(1, -1)).all() and (y <= ub.reshape(1, -1)).all()

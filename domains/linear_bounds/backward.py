@@ -39,7 +39,10 @@ Speed-ups that keep (or improve) DeepPoly's precision:
 * *pruning*: a node may carry coefficients on a subset ``cols`` of its neurons only (the neurons of
   a ReLU that are not stably inactive, and the matching rows of the dense layer before it);
 * *fused first layer*: a dense step into a box-like node is concretised at once, for several batch
-  members block by block while the coefficients are in the cache (:func:`_dense_to_box`).
+  members block by block while the coefficients are in the cache (:func:`_dense_to_box`);
+* *windows* (:mod:`.patches`): rows of convolution outputs stay local; a convolution step on small
+  windows is one product with the window map, and the activation step right after a convolution's
+  unit rows sums by one convolution of the per-neuron vectors (:func:`~.patches.kernel_dots`).
 """
 from __future__ import annotations
 
@@ -48,11 +51,12 @@ import itertools
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from absint.ir import Add, Affine, MaxPool2d, Relu, Reshape, Sigmoid, Tanh
 from absint.linear import ConvOperator, DenseOperator, DiagonalOperator
 from absint.domains.linear_bounds.graph import Node
-from absint.domains.linear_bounds.patches import Patches, Windows, conv_step
+from absint.domains.linear_bounds.patches import KERNEL_ROWS_MIN, Patches, Windows, conv_step, kernel_dots
 from absint.domains.linear_bounds.relax import floor, gam, safe_down, unit
 from absint.domains.linear_bounds.rows import RowLayout
 
@@ -161,8 +165,10 @@ class BackwardPass:
         scale = (1 + 4 * gam(self.width + 8, dt)) * (1 + 8 * unit(dt))  # E's own roundings
         return safe_down(value - torch.add(self.err * scale, self.c0, alpha=4 * gam(self.K + 2, dt)))
 
-    def concretize(self, node: Node, lam, cols: torch.Tensor | None):
-        """Terms ``min λ·x`` over ``node``'s concrete bounds (already widened), or None."""
+    def concretize(self, node: Node, lam, cols: torch.Tensor | None, scratch: bool = False):
+        """Terms ``min λ·x`` over ``node``'s concrete bounds (already widened), or None. ``scratch``:
+        ``lam`` is a temporary the caller owns, so ``λ⁻`` overwrites it (one ``[R, n]`` block less to
+        allocate and fill: ERAN 6x100 and 6x200, one image, 6 % less CPU, the same numbers)."""
         cw = self.engine.conc(node, cols, self.K)
         if cw is None:
             return None
@@ -170,7 +176,8 @@ class BackwardPass:
         if isinstance(lam, Patches):
             win = Windows(lam, self.rows.bidx)
             return lam.dot(win.take(low)), (lam.data.clamp(max=0) * win.take(wid)).sum((1, 2, 3))
-        return self.rows.dot(lam, low), self.rows.dot(lam.clamp(max=0), wid)
+        t_low = self.rows.dot(lam, low)
+        return t_low, self.rows.dot(lam.clamp_(max=0) if scratch else lam.clamp(max=0), wid)
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> torch.Tensor:
@@ -350,7 +357,7 @@ def _dense_to_box(p: BackwardPass, node: Node, parent: Node, lam: torch.Tensor, 
     p.width = max(p.width, parent.numel)  # as push() does: safe()'s error factor depends on it
     r, n_in = lam.shape[0], weight.shape[1]
     if rows.bidx is None or not rows.segmented_shape(r, n_in):  # exactly push + concretize
-        p.add_const(*p.concretize(parent, lam @ weight, None))
+        p.add_const(*p.concretize(parent, lam @ weight, None, scratch=True))
         return
     low, wid = eng.conc(parent, None, p.K)
     per_member = members is not None and members[0] is cols and rows.segmented(lam)
@@ -420,12 +427,19 @@ def _act_patches(p: BackwardPass, node: Node, lam: Patches, fuse: bool) -> None:
     eng = p.engine
     win = Windows(lam, p.rows.bidx)
     # columns: 0 ls, 1 ds, 2 a, 3 l', 4 −c, 5 do, 6 w', 7 lo (see Engine.patch_vectors)
-    G = win.take_stack(eng.patch_vectors(node, p.K))
+    M = eng.patch_vectors(node, p.K)
     R = lam.data.shape[0]
     data = lam.data.reshape(R, 1, -1)
     neg = data.clamp(max=0)
-    td = torch.bmm(data, G.transpose(1, 2)).reshape(R, -1)
-    tn = torch.bmm(neg, G.transpose(1, 2)).reshape(R, -1)
+    if lam.kernel is not None and lam.kernel.op is not None and p.rows.bidx is None and R >= KERNEL_ROWS_MIN:
+        # rows ±W[c] of a convolution's unit rows: the sums are one convolution of the vectors
+        td, tn = kernel_dots(lam, M, tuple(range(2, 8)))  # columns 2-7 (0, 1 are only gathered below)
+        td, tn = F.pad(td, (2, 0)), F.pad(tn, (2, 0))
+        G = win.take_stack(M[:, :2])
+    else:
+        G = win.take_stack(M)
+        td = torch.bmm(data, G.transpose(1, 2)).reshape(R, -1)
+        tn = torch.bmm(neg, G.transpose(1, 2)).reshape(R, -1)
     p.err = p.err + (td[:, 2] + tn[:, 4])
     value = p.safe(p.const + td[:, 3] + tn[:, 6]) if fuse else None
     p.add_const(tn[:, 5] + td[:, 7])

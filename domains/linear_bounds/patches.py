@@ -13,6 +13,7 @@ Anything else (dense layers, reshapes, pooling, joins of different windows) turn
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,25 @@ import torch.nn.functional as F
 
 from absint.linear import ConvOperator
 
-__all__ = ["Patches", "Windows", "conv_step", "unit_patches"]
+__all__ = ["KernelRows", "Patches", "Windows", "conv_step", "kernel_dots", "unit_patches", "window_map"]
+
+
+@dataclass
+class KernelRows:
+    """Where rows came from when each is ``±e_o`` of one neuron ``o = (c, y, x)`` of a convolution's
+    output (:func:`unit_patches`, ``op`` None) or that row carried through the convolution ``op``
+    (:func:`conv_step`): then row ``r``'s window is ``sign_r · W[c_r]`` placed at output position
+    ``(y_r, x_r)``, so its dot products with whole per-neuron vectors are one convolution of those
+    vectors (:func:`kernel_dots`) instead of a gather of every row's window."""
+
+    op: ConvOperator | None
+    chan: torch.Tensor  # [R] long
+    sign: torch.Tensor  # [R] ±1.0 (the rows' dtype)
+    y: torch.Tensor  # [R] long: position in the convolution's output grid
+    x: torch.Tensor
+
+    def select(self, keep) -> "KernelRows":
+        return KernelRows(self.op, self.chan[keep], self.sign[keep], self.y[keep], self.x[keep])
 
 
 @dataclass
@@ -31,13 +50,15 @@ class Patches:
     y0: torch.Tensor  # [R] long: window row offset in the grid
     x0: torch.Tensor  # [R] long
     grid: tuple[int, int, int]
+    kernel: KernelRows | None = None  # set while the rows are (a convolution of) unit rows
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.data.shape[0]), int(self.data.shape[1] * self.data.shape[2] * self.data.shape[3])
 
     def select(self, keep) -> "Patches":
-        return Patches(self.data[keep], self.y0[keep], self.x0[keep], self.grid)
+        return Patches(self.data[keep], self.y0[keep], self.x0[keep], self.grid,
+                       None if self.kernel is None else self.kernel.select(keep))
 
     __getitem__ = select
 
@@ -54,7 +75,8 @@ class Patches:
         xs = self.x0[:, None] + torch.arange(w, device=self.x0.device)
         my = ((ys >= 0) & (ys < H)).to(self.data.dtype)
         mx = ((xs >= 0) & (xs < W)).to(self.data.dtype)
-        return Patches(self.data * (my[:, None, :, None] * mx[:, None, None, :]), self.y0, self.x0, self.grid)
+        return Patches(self.data * (my[:, None, :, None] * mx[:, None, None, :]), self.y0, self.x0, self.grid,
+                       self.kernel)
 
     def dense(self) -> torch.Tensor:
         """The rows as a dense ``[R, C·H·W]`` matrix."""
@@ -174,18 +196,97 @@ def _offsets(C: int, h: int, w: int, Hp: int, Wp: int, device) -> torch.Tensor:
             + torch.arange(w, device=device)[None, None, :]).reshape(-1)
 
 
+#: A convolution step on small windows is one matrix product with the *window map* (the adjoint on one
+#: window, ``[C·h·w, C_in·h'·w']``, built once per operator and window size) on a CPU, where float64
+#: ``conv_transpose2d`` runs one small product per row: when the map has at most
+#: ``WINDOW_MAP_ENTRIES`` entries and at most ``WINDOW_MAP_RATIO`` times the convolution's own
+#: multiplications. ERAN ConvSmall's first convolution, 420 rows of 16×4×4 windows, one thread:
+#: 0.81 → 0.33 ms; a 512 × 576 map was break-even, a 2304 × 5408 one 6× slower.
+WINDOW_MAP_ENTRIES = 1 << 17
+WINDOW_MAP_RATIO = 8
+_WINDOW_MAPS: "weakref.WeakKeyDictionary[ConvOperator, dict]" = weakref.WeakKeyDictionary()
+
+
+def window_map(op: ConvOperator, h: int, w: int, like: torch.Tensor) -> torch.Tensor | None:
+    """The window map of ``op`` for ``h × w`` windows ``[C·h·w, C_in, h', w']`` (its entries are the
+    kernel's weights, exactly), or None where ``conv_transpose2d`` is the better step."""
+    if like.device.type != "cpu" or torch.is_grad_enabled() and like.requires_grad:
+        return None
+    memo = _WINDOW_MAPS.get(op)
+    if memo is None:
+        memo = _WINDOW_MAPS[op] = {}
+    key = (h, w, like.dtype)
+    if key not in memo:
+        wt = op.weight
+        c_out, k = int(wt.shape[0]), int(wt.shape[1] * wt.shape[2] * wt.shape[3])
+        n = c_out * h * w
+        oh = (h - 1) * op.stride[0] + op.dilation[0] * (int(wt.shape[2]) - 1) + 1
+        ow = (w - 1) * op.stride[1] + op.dilation[1] * (int(wt.shape[3]) - 1) + 1
+        m = n * int(wt.shape[1]) * op.groups * oh * ow
+        if m > WINDOW_MAP_ENTRIES or m > WINDOW_MAP_RATIO * n * k * op.groups:
+            memo[key] = None
+        else:
+            basis = torch.eye(n, dtype=like.dtype, device=like.device).reshape(n, c_out, h, w)
+            memo[key] = F.conv_transpose2d(basis, wt.to(like.dtype), None, op.stride, 0, 0, op.groups, op.dilation)
+    return memo[key]
+
+
 def conv_step(p: Patches, op: ConvOperator) -> Patches:
     """Back-substitute the windows of a convolution's output to its input (exact up to rounding)."""
+    R, _, h, w = p.data.shape
+    tmap = window_map(op, h, w, p.data) if not (h == 1 and w == 1 and op.groups == 1) else None
     if p.data.shape[2] == 1 and p.data.shape[3] == 1 and op.groups == 1:  # one position: a product
         w = op.weight
         data = (p.data.reshape(p.data.shape[0], -1) @ w.reshape(w.shape[0], -1)).reshape(-1, *w.shape[1:])
         if op.dilation != (1, 1):
             data = F.conv_transpose2d(p.data, w, None, op.stride, 0, 0, op.groups, op.dilation)
+    elif tmap is not None:  # small windows: one product with the window map
+        data = (p.data.reshape(R, -1) @ tmap.reshape(tmap.shape[0], -1)).reshape(R, *tmap.shape[1:])
     else:
         data = F.conv_transpose2d(p.data, op.weight, None, op.stride, 0, 0, op.groups, op.dilation)
     y0 = p.y0 * op.stride[0] - op.padding[0]
     x0 = p.x0 * op.stride[1] - op.padding[1]
-    return Patches(data, y0, x0, tuple(op.in_shape)).masked()
+    kr = p.kernel
+    kernel = None
+    if kr is not None and kr.op is None and op.groups == 1:
+        kernel = KernelRows(op, kr.chan, kr.sign, kr.y, kr.x)
+    return Patches(data, y0, x0, tuple(op.in_shape), kernel).masked()
+
+
+#: the vectors :func:`kernel_dots` convolves must be at least this many per row (below it, the
+#: per-row gather of :class:`Windows` is cheaper than a convolution over the whole grid)
+KERNEL_ROWS_MIN = 64
+_KERNEL_STACKS: "weakref.WeakKeyDictionary[ConvOperator, dict]" = weakref.WeakKeyDictionary()
+
+
+def kernel_dots(p: Patches, mat: torch.Tensor, which: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data·v_j`` and ``data⁻·v_j`` (``[R, len(which)]`` each) for the vectors ``v_j = mat[0, j]``,
+    ``j`` in ``which`` (``mat``: ``[1, k, C·H·W]``, one member), of rows with :class:`KernelRows` ``op``:
+    row ``r`` is ``s·W[c]`` at ``(y, x)``, so ``data·v = s·(W ⋆ v)[c, y, x]`` and ``data⁻·v`` is
+    ``(W⁻ ⋆ v)[c, y, x]`` for ``s = 1``, ``−(W⁺ ⋆ v)[c, y, x]`` for ``s = −1`` — one convolution of the
+    vectors with ``[W, W⁻, W⁺]`` (``⋆``: the convolution ``op``, zero padding = the masked window).
+    Each entry sums the same products as the window dot product (in another order), so the rounding
+    bounds of :mod:`.backward` (``γ_n``, ``n`` ≥ the window size) still hold."""
+    kr = p.kernel
+    op = kr.op
+    C, H, W = p.grid
+    memo = _KERNEL_STACKS.get(op)
+    if memo is None:
+        memo = _KERNEL_STACKS[op] = {}
+    stack = memo.get(mat.dtype)
+    if stack is None:
+        w = op.weight.to(mat.dtype)
+        stack = memo[mat.dtype] = torch.cat([w, w.clamp(max=0), w.clamp(min=0)]).contiguous()
+    m = len(which)
+    v = mat[0, list(which)].reshape(m, C, H, W)
+    z = F.conv2d(v, stack, None, op.stride, op.padding, op.dilation)  # [m, 3·C_out, Ho, Wo]
+    co, ho, wo = (int(t) for t in z.shape[1:])
+    z = z.reshape(m, 3, (co // 3) * ho * wo).permute(2, 1, 0)  # [n_out, 3, m]
+    sel = z[kr.chan * (ho * wo) + kr.y * wo + kr.x]  # [R, 3, m]
+    sign = kr.sign[:, None]
+    td = sel[:, 0] * sign
+    tn = torch.where(sign > 0, sel[:, 1], -sel[:, 2])
+    return td, tn
 
 
 def unit_patches(grid: tuple[int, int, int], flat: torch.Tensor, dtype: torch.dtype) -> Patches:
@@ -197,4 +298,6 @@ def unit_patches(grid: tuple[int, int, int], flat: torch.Tensor, dtype: torch.dt
     r = torch.arange(k, device=flat.device)
     data[r, c, 0, 0] = 1.0
     data[r + k, c, 0, 0] = -1.0
-    return Patches(data, torch.cat([y, y]), torch.cat([x, x]), grid)
+    sign = torch.cat([torch.ones(k, dtype=dtype, device=flat.device), -torch.ones(k, dtype=dtype, device=flat.device)])
+    yy, xx = torch.cat([y, y]), torch.cat([x, x])
+    return Patches(data, yy, xx, grid, KernelRows(None, torch.cat([c, c]), sign, yy, xx))
