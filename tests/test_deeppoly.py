@@ -295,6 +295,43 @@ def test_batch_equals_separate_runs(name, segments, small_chunks, monkeypatch):
         assert torch.allclose(l, out_l[i:i + 1], atol=1e-9) and torch.allclose(u, out_u[i:i + 1], atol=1e-9)
 
 
+@pytest.mark.parametrize("segments", [False, True])
+def test_batch_members_with_different_live_neurons_equal_separate_runs(segments, monkeypatch):
+    """Members whose boxes leave very different neurons live (a point-like box: 17-20 of 40 per
+    layer, a wide one: all 40, one far from the others) bounded together: each member's rows carry
+    only its own live neurons (rows.MemberCols), and every bound equals that member's separate run
+    (1e-9; a wrong member's weight columns or start rows fail it)."""
+    from absint.domains.linear_bounds import backward
+    from absint.domains.linear_bounds.rows import MemberCols, RowLayout
+
+    if segments:
+        monkeypatch.setattr(RowLayout, "SEGMENT_MIN", 1)
+    compact = []
+    inner = backward._affine_members
+    monkeypatch.setattr(backward, "_affine_members", lambda p, node, lam, mc: compact.append(mc) or inner(p, node, lam, mc))
+    graph = random_mlp(3, (10, 40, 40, 40, 6))
+    g = torch.Generator().manual_seed(7)
+    c = torch.rand(4, 10, generator=g, dtype=F64) * 2 - 1
+    c[3] = -4.0 - c[3]  # far from the others
+    r = torch.tensor([1e-3, 0.05, 0.6, 0.3], dtype=F64).unsqueeze(1)
+    lo, hi = c - r, c + r
+    dom = DeepPolyDomain()
+    prop = propagate(graph, dom, lo, hi, keep_all=True)
+    C = torch.randn(4, 3, 6, generator=g, dtype=F64)
+    lb = dom.linear_bounds(prop.output, C)
+    assert compact, "the member-compact path was not taken"
+    counts = [mc.counts for mc in compact if isinstance(mc, MemberCols)]
+    assert any(max(k) >= 2 * max(min(k), 1) for k in counts), counts  # very different live sets
+    for i in range(4):
+        p = propagate(graph, dom, lo[i:i + 1], hi[i:i + 1], keep_all=True)
+        assert torch.allclose(dom.linear_bounds(p.output, C[i:i + 1]), lb[i:i + 1], rtol=1e-9, atol=1e-9)
+        for node in graph.nodes:
+            l, u = dom.bounds(p.elements[node.name])
+            lb_all, ub_all = dom.bounds(prop.elements[node.name])
+            assert torch.allclose(l, lb_all[i:i + 1], rtol=1e-9, atol=1e-9), node.name
+            assert torch.allclose(u, ub_all[i:i + 1], rtol=1e-9, atol=1e-9), node.name
+
+
 def test_inputs_not_mutated_and_deterministic():
     graph = example_network('conv_pool', 6)
     lo, hi = _boxes(graph.input_shape, 2, 6)

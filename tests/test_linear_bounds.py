@@ -300,3 +300,18 @@ def test_kernel_rows_and_window_maps_keep_bounds_and_soundness(monkeypatch):
     y = graph.forward(xs)
     lb, ub = out[1][-1]
     assert (y >= lb.reshape(1, -1)).all() and (y <= ub.reshape(1, -1)).all()
+@pytest.mark.parametrize("stride,padding,size,kernel", [((2, 2), (0, 0), 13, 4), ((1, 1), (1, 1), 6, 3),
+                                                        ((2, 1), (1, 0), 9, 3), ((3, 3), (2, 1), 11, 5)])
+def test_conv_transpose_rows_is_conv_transpose2d(stride, padding, size, kernel):
+    """The batched rows' transposed convolution (one product for all rows, taps added in col2im's
+    order) gives ``ConvOperator.transpose``'s numbers up to the order of the products' sums (the
+    rounding allowance covers any order), output padding included."""
+    from absint.linear import ConvOperator
+    from absint.domains.linear_bounds.patches import conv_transpose_rows
+
+    g = torch.Generator().manual_seed(size)
+    w = torch.randn(5, 3, kernel, kernel, generator=g, dtype=F64)
+    op = ConvOperator(w, (3, size, size), stride, padding)
+    y = torch.randn(7, *op.out_shape, generator=g, dtype=F64)
+    fast, ref = conv_transpose_rows(y, op, (size, size), padding), op.transpose(y)
+    assert fast.shape == ref.shape and torch.allclose(fast, ref, rtol=1e-12, atol=1e-12)

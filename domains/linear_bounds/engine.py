@@ -33,7 +33,7 @@ from absint.domains.linear_bounds.graph import Node
 from absint.domains.linear_bounds.patches import unit_patches
 from absint.domains.linear_bounds.relax import (Lines, floor, gam, pool_lines, relu_lines, relu_upper, s_shaped_bounds,
                                                 s_shaped_lines, safe_down, safe_up, unit, up)
-from absint.domains.linear_bounds.rows import RowLayout
+from absint.domains.linear_bounds.rows import MemberCols, RowLayout
 from absint.domains.linear_bounds.tangent import TangentFamily
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ class EngineOptions:
     keep_best: bool = False
     memory_mb: float = 256.0
     max_rows: int | None = None
+
+
+def select_cols(t: torch.Tensor, cols: "torch.Tensor | MemberCols | None") -> torch.Tensor:
+    """Per-member vectors ``t`` (``[B, n(, c)]``) on the columns ``cols``: all (None), a subset shared by
+    every member (an index), or each member's own (:class:`~.rows.MemberCols`, zero-padded)."""
+    if cols is None:
+        return t
+    if isinstance(cols, MemberCols):
+        return cols.take(t)
+    return t[:, cols]
 
 
 _OPERATOR_MEMO: "weakref.WeakKeyDictionary[LinearOperator, dict]" = weakref.WeakKeyDictionary()
@@ -196,12 +206,12 @@ class Engine:
         c = node.cache
         frozen = c.get("mag_frozen")
         if frozen is not None:
-            return frozen if cols is None else frozen[:, cols]
+            return select_cols(frozen, cols)
         memo = c.get("mag")
         if memo is None or memo[0] is not c["lower"]:
             lo, hi = c["lower"].reshape(node.batch, -1), c["upper"].reshape(node.batch, -1)
             memo = c["mag"] = (c["lower"], torch.maximum(lo.abs(), hi.abs()).detach())
-        return memo[1] if cols is None else memo[1][:, cols]
+        return select_cols(memo[1], cols)
 
     def freeze_magnitude(self, node: Node) -> None:
         """Keep the current magnitude (and so the rounding-error weights derived from it) while the
@@ -229,7 +239,7 @@ class Engine:
             return memo[2], memo[3]
         sub = memo[4]
         if sub.get("cols") is not cols:
-            sub.update(cols=cols, v=(memo[2][:, cols], memo[3][:, cols]))
+            sub.update(cols=cols, v=(select_cols(memo[2], cols), select_cols(memo[3], cols)))
         return sub["v"]
 
     @staticmethod
@@ -256,7 +266,7 @@ class Engine:
             return memo[1]
         sub = memo[2]
         if sub.get("cols") is not cols:
-            sub.update(cols=cols, v=memo[1][:, cols])
+            sub.update(cols=cols, v=select_cols(memo[1], cols))
         return sub["v"]
 
     def _err_weight(self, node: Node, pmag: torch.Tensor, K: int, params: bool) -> torch.Tensor:
@@ -332,7 +342,10 @@ class Engine:
             return memo[2], memo[3]
         sub = memo[4]
         if sub.get("cols") is not cols:
-            sub.update(cols=cols, v=(memo[2][:, cols].contiguous(), memo[3][:, cols].contiguous()))
+            if isinstance(cols, MemberCols):  # views of the memoised full-width columns (rows contiguous)
+                sub.update(cols=cols, v=(cols.take(memo[2]), cols.take(memo[3])))
+            else:
+                sub.update(cols=cols, v=(memo[2][:, cols].contiguous(), memo[3][:, cols].contiguous()))
         return sub["v"]
 
     def patch_vectors(self, node: Node, K: int) -> torch.Tensor:
@@ -376,7 +389,8 @@ class Engine:
         node.cache["relaxed"] = True
 
     def _prune(self, node: Node, parent: Node, uf: torch.Tensor, lines: Lines) -> None:
-        """Only neurons that are not stably inactive in some member are carried (dense inputs)."""
+        """Only neurons that are not stably inactive in some member are carried (dense inputs); with
+        several members, also each member's own live neurons (:class:`~.rows.MemberCols`)."""
         if not (isinstance(parent.op, Affine) and isinstance(parent.op.operator, DenseOperator)):
             return
         b = node.batch
@@ -386,6 +400,7 @@ class Engine:
             node.cache["prune"] = (alive, lines.select(alive))
             if b > 1:  # per batch member: positions (within alive) of its own live neurons
                 parent.cache["members"] = (alive, [row.nonzero().squeeze(1) for row in live[:, alive]])
+                node.cache["member_cols"] = MemberCols(live, alive)
 
     def lines(self, node: Node) -> Lines:
         self.relax(node)
@@ -410,6 +425,64 @@ class Engine:
     @staticmethod
     def members(node: Node):
         return node.cache.get("members")
+
+    def member_cols(self, node: Node) -> MemberCols | None:
+        """Each member's live neurons of a pruned ReLU bounded for several members (else None)."""
+        if isinstance(node.op, Relu) and "relaxed" in node.cache:
+            return node.cache.get("member_cols")
+        return None
+
+    def member_lines(self, node: Node, mc: MemberCols) -> Lines:
+        """The relaxation lines of a ReLU on each member's own neurons ``[B, k]`` (memoised)."""
+        ln = self.lines(node)
+        return Lines(mc.take(ln.ls), None if ln.lo is None else mc.take(ln.lo), mc.take(ln.ds), mc.take(ln.do))
+
+    #: at most this many bytes of per-member weight blocks (:meth:`member_block`) per node
+    MEMBER_BLOCK_BYTES = 64 << 20
+
+    def member_blocks(self, node: Node, mc: MemberCols, pmc: MemberCols) -> list:
+        """Per-member weight blocks ``W[idx_b][:, pidx_b]`` ``[k_b, k'_b]`` of a dense node from its
+        output neurons ``mc`` to its input neurons ``pmc`` (``None`` where not built yet:
+        :meth:`member_block`), memoised while both stand."""
+        mc, pmc = mc.root, pmc.root
+        memo = node.cache.get("member_block")
+        if memo is None or memo[0] is not mc or memo[1] is not pmc:
+            memo = node.cache["member_block"] = (mc, pmc, [None] * mc.batch, [0])
+        return memo[2]
+
+    def member_block(self, node: Node, mc: MemberCols, pmc: MemberCols, b: int) -> torch.Tensor:
+        """Member ``b``'s block of :meth:`member_blocks` (built on first use; at most
+        :data:`MEMBER_BLOCK_BYTES` per node are kept)."""
+        blocks = self.member_blocks(node, mc, pmc)
+        blk = blocks[b]
+        if blk is None:
+            mc, pmc = mc.root, pmc.root
+            w = node.op.operator.weight
+            blk = w.index_select(0, mc.index[b, :mc.counts[b]]).index_select(1, pmc.index[b, :pmc.counts[b]])
+            used = node.cache["member_block"][3]
+            size = blk.numel() * blk.element_size()
+            if used[0] + size <= self.MEMBER_BLOCK_BYTES:
+                blocks[b] = blk
+                used[0] += size
+        return blk
+
+    def member_bias(self, node: Node, mc: MemberCols) -> torch.Tensor | None:
+        """The bias of a dense node on each member's own output neurons ``[B, k]`` (None: no bias)."""
+        bias = node.flat_bias()
+        if bias is None:
+            return None
+        memo = node.cache.get("member_bias")
+        if memo is None or memo[0] is not mc.root:
+            memo = node.cache["member_bias"] = (mc.root, mc.root.take(bias.unsqueeze(0).expand(mc.batch, -1)))
+        return memo[1][:, :mc.width]
+
+    @staticmethod
+    def signed_padded(node: Node) -> torch.Tensor:
+        """``[W; −W]`` of a dense node with a zero column appended (the sentinel of
+        :class:`~.rows.MemberCols`; memoised with the operator): exact rows."""
+        w = node.op.operator.weight
+        return _operator_memo(node.op.operator, "signed_padded",
+                              lambda: torch.nn.functional.pad(torch.cat([w, -w]), (0, 1)).contiguous())
 
     def upper_line(self, node: Node) -> tuple[torch.Tensor, torch.Tensor]:
         """ReLU's real-sound upper line ``(slope, offset)`` ``[B, n]`` from its input's current bounds."""
@@ -525,7 +598,10 @@ class Engine:
         """Rows ``+e_i`` then ``−e_i`` for the flat indices ``flat`` (``b·n + i``) of ``node``, grouped by
         batch member. Returns ``(start, λ, c, bidx, cols, perm)``: a dense node starts at its parent
         with the exact rows ``±W_i`` and constants ``±b_i`` (over the parent's carried neurons
-        ``cols``); ``perm[j]`` is the original position of row ``j`` (None: unchanged order)."""
+        ``cols``: with several members and no autograd, each row's own member's live neurons, a
+        :class:`~.rows.MemberCols` narrowed to the widest member present, gathered in one
+        ``index_select`` from ``[W; −W]`` with a zero column); ``perm[j]`` is the original position
+        of row ``j`` (None: unchanged order)."""
         b, n = node.batch, node.numel
         k = int(flat.numel())
         cn = flat if b == 1 else flat % n
@@ -535,6 +611,17 @@ class Engine:
             perm = torch.argsort(bidx, stable=True)
             bidx = bidx[perm]
         cols = None
+        mc = self.member_cols(node.parents[0]) if bidx is not None and not torch.is_grad_enabled() else None
+        if mc is not None and isinstance(node.op, Affine) and isinstance(node.op.operator, DenseOperator):
+            # several members: each row on its own member's live input neurons (rows.MemberCols)
+            mc = mc.narrow(int(mc.counts_t.index_select(0, bidx).max()))
+            rows = torch.cat([cn, cn + n])[perm]  # rows of [W; −W]
+            wx = self.signed_padded(node)
+            lin = mc.index.index_select(0, bidx).add_((rows * wx.shape[1]).unsqueeze(1))
+            lam = wx.reshape(-1).index_select(0, lin.reshape(-1)).reshape(lin.shape)
+            bias = node.flat_bias()
+            const = lam.new_zeros(2 * k) if bias is None else torch.cat([bias, -bias]).index_select(0, rows)
+            return node.parents[0], lam, const, bidx, mc, perm
         if isinstance(node.op, Affine) and isinstance(node.op.operator, DenseOperator):
             parent = node.parents[0]
             cols = self.alive(parent)
