@@ -242,3 +242,31 @@ def test_partial_milp_and_lazy_krelu_rows():
     assert "final_lp" in ran and "krelu" in res.stats  # k-ReLU rows, computed for the final LP
     assert "partial_milp" in ran  # the final LP did not prove both rows: the partial MILP ran
     assert np.all(res.rows > 0)  # ... and proved them
+
+
+@pytest.mark.parametrize("hull_rows", [True, False])
+def test_kpoly_bab_takes_hull_rows_only_when_asked(monkeypatch, hull_rows):
+    import absint.refine.final as final
+
+    g = _mlp([4, 12, 12, 3], seed=13)
+    lo, hi = -np.ones(4), np.ones(4)
+    C = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
+    d = -(_samples(g, lo, hi, 20000) @ C.T).min(0) - 0.05  # false: a sample violates each row, so BaB runs
+    seen = []
+
+    def fake_bab(*args, constraints=None, **kw):
+        seen.append(constraints)
+        return None  # as if BaB could not run: the stage records a skip
+
+    monkeypatch.setattr(final, "branch_and_bound", fake_bab)
+    cfg = make_config("kpoly", {"bab.hull_rows": hull_rows, "sparse_n": 6, "cutoff": 0.0})
+    assert cfg.pipeline.stage("bab").hull_rows is hull_rows
+    res = run_preset(g, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d, "kpoly",
+                     **{"bab.hull_rows": hull_rows, "sparse_n": 6, "cutoff": 0.0})
+    assert len(seen) == 1 and "multineuron" in res.stats["stage_seconds"]
+    if hull_rows:
+        assert seen[0] and all(len(rows) == 2 for rows in seen[0].values())  # the stage's rows and multipliers
+    else:
+        assert seen[0] is None
+    with pytest.raises(OptionError):
+        make_config("kpoly", {"bab.hull_rows": "maybe"})

@@ -106,11 +106,19 @@ class CompleteMILP(Stage):
 
 @dataclass(frozen=True)
 class Bab(Stage):
-    """β-CROWN-style ReLU-split branch and bound for ``share`` of the time left, at most ``max_seconds``."""
+    """β-CROWN-style ReLU-split branch and bound for ``share`` of the time left, at most ``max_seconds``.
+
+    ``hull_rows``: give every sub-problem the k-ReLU rows of the ``multineuron`` stage (they hold on
+    every sub-problem; their multipliers are optimised per node, GCP-CROWN, Zhang et al. NeurIPS 2022).
+    They tighten each node but make each node dearer, and at 30 s per image branch and bound without
+    them certified more (ConvSmall 20 against 14 of 29, MNIST 6x100 11 against 10 of 30, never fewer
+    on any image; benchmarks/RESULTS.md, "BaB with and without hull rows"), so they are off by default.
+    """
 
     key: str = field(default="bab", init=False)
     share: float = 0.6
     max_seconds: float | None = 30.0
+    hull_rows: bool = False
 
     def deadline(self, state: RefineState) -> float | None:
         return share_deadline(state, self.share, self.max_seconds)
@@ -118,7 +126,8 @@ class Bab(Stage):
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
         p, todo = state.problem, state.todo
         # k-ReLU rows of the multineuron stage (valid on every sub-problem), with their multipliers of the open rows
-        cons = {name: (rows, None if mu is None else mu[todo]) for name, (rows, mu) in state.hull_rows.items()}
+        cons = {name: (rows, None if mu is None else mu[todo]) for name, (rows, mu) in state.hull_rows.items()} \
+            if self.hull_rows else {}
         out = branch_and_bound(p.graph, p.in_lo, p.in_hi, p.C[todo], p.d[todo], state.bounds, deadline,
                                constraints=cons or None)
         if out is None:

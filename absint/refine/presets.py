@@ -12,7 +12,9 @@ The presets follow ERAN's modes (Singh et al.; flags documented in ERAN's README
   Convex Barrier", Singh et al., NeurIPS 2019; PRIMA, Müller et al., POPL 2022) *inside* bound
   propagation: every layer re-bounded with optimised slopes and hull-row multipliers (GCP-CROWN,
   Zhang et al., NeurIPS 2022; stage ``multineuron``, no LP), then α/β branch and bound over those
-  bounds for the rest of the time. (``refinepoly`` with ``k=3`` puts hull rows into its final LP.)
+  bounds for the rest of the time (``bab.hull_rows=True`` gives its sub-problems the hull rows too;
+  off by default, measured slower to certify). (``refinepoly`` with ``k=3`` puts hull rows into its
+  final LP.)
 
 :class:`RefineConfig` is an analysis' whole configuration: the pipeline and the solver options.
 :func:`make_config` applies keyword options to a preset. Three kinds of keys are accepted:
