@@ -259,10 +259,9 @@ def test_kpoly_bab_takes_hull_rows_only_when_asked(monkeypatch, hull_rows):
         return None  # as if BaB could not run: the stage records a skip
 
     monkeypatch.setattr(final, "branch_and_bound", fake_bab)
-    cfg = make_config("kpoly", {"bab.hull_rows": hull_rows, "sparse_n": 6, "cutoff": 0.0})
-    assert cfg.pipeline.stage("bab").hull_rows is hull_rows
-    res = run_preset(g, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d, "kpoly",
-                     **{"bab.hull_rows": hull_rows, "sparse_n": 6, "cutoff": 0.0})
+    opts = {"bab.hull_rows": hull_rows, "sparse_n": 6, "cutoff": 0.0}
+    assert make_config("kpoly", opts).pipeline.stage("bab").hull_rows is hull_rows
+    res = run_preset(g, torch.as_tensor(lo[None]), torch.as_tensor(hi[None]), C, d, "kpoly", **opts)
     assert len(seen) == 1 and "multineuron" in res.stats["stage_seconds"]
     if hull_rows:
         assert seen[0] and all(len(rows) == 2 for rows in seen[0].values())  # the stage's rows and multipliers

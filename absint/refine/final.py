@@ -125,11 +125,12 @@ class Bab(Stage):
 
     def run(self, state: RefineState, ctx: Context, deadline: float | None) -> None:
         p, todo = state.problem, state.todo
-        # k-ReLU rows of the multineuron stage (valid on every sub-problem), with their multipliers of the open rows
-        cons = {name: (rows, None if mu is None else mu[todo]) for name, (rows, mu) in state.hull_rows.items()} \
-            if self.hull_rows else {}
+        cons = None
+        if self.hull_rows:  # the multineuron stage's k-ReLU rows (valid on every sub-problem), open rows' multipliers
+            cons = {name: (rows, None if mu is None else mu[todo])
+                    for name, (rows, mu) in state.hull_rows.items()} or None
         out = branch_and_bound(p.graph, p.in_lo, p.in_hi, p.C[todo], p.d[todo], state.bounds, deadline,
-                               constraints=cons or None)
+                               constraints=cons)
         if out is None:
             state.stats.setdefault("skipped", []).append("bab: needs a ReLU chain")
             return
