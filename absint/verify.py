@@ -220,7 +220,7 @@ def _decide_one(graph: Graph, inst: Instance, name: str, analysis: Analysis, bou
                   details=stats)
 
 
-def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Analysis, *,
+def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: str | Analysis, *,
                      threads: int | None = DEFAULT_THREADS,
                      timeout: float | None = None, attack: bool = True, attack_first: bool = True,
                      attack_options: AttackOptions = AttackOptions(), attack_budget: float | None = None,
@@ -244,8 +244,15 @@ def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: Anal
     limit, start and notes apply, and ``timeout`` is ignored.
 
     ``threads``: torch CPU threads while deciding (:func:`torch_threads`; default
-    :data:`DEFAULT_THREADS`, None: torch's current setting), restored afterwards.
+    :data:`DEFAULT_THREADS`, None: torch's current setting), restored afterwards. ``graph`` may be
+    anything :func:`load_network` takes, ``analysis`` a name or an :class:`Analysis`.
     """
+    graph, analysis = _resolve(graph, analysis)
+    instances = list(instances) if not isinstance(instances, Instance) else [instances]
+    for inst in instances:
+        if not isinstance(inst, Instance):
+            raise SpecError(f"an instance is an absint.specs.Instance (region and property), not {type(inst).__name__}")
+    instances = list(_check_compatible(graph, Spec(tuple(instances))).instances)  # shapes (regions reshaped)
     with torch_threads(threads):
         return _verify_instances(graph, instances, analysis, timeout=timeout, attack=attack,
                                  attack_first=attack_first, attack_options=attack_options,
@@ -348,13 +355,22 @@ def _same_row_count(todo: list[int], instances: Sequence[Instance], size: int) -
     return groups
 
 
-def verify_instance(graph: Graph, instance: Instance, analysis: Analysis, *, timeout: float | None = None,
+def _resolve(graph: Any, analysis: str | Analysis) -> tuple[Graph, Analysis]:
+    """The network and the analysis of a call that takes a Graph (or a loadable source) and an
+    analysis name or instance; anything else is a clear error."""
+    return load_network(graph), get_analysis(analysis)
+
+
+def verify_instance(graph: Graph, instance: Instance, analysis: str | Analysis, *, timeout: float | None = None,
                     attack: bool = True, attack_options: AttackOptions = AttackOptions(),
                     tolerance: float = 0.0, name: str | None = None,
                     attack_budget: float | None = None, progress: Progress | None = None,
                     threads: int | None = DEFAULT_THREADS) -> Result:
     """Decide one (region, property) instance (:func:`verify_instances` with one instance) within
     ``timeout`` seconds (or ``progress``'s limit), the backstop included; ``threads`` as there."""
+    graph, analysis = _resolve(graph, analysis)
+    if not isinstance(instance, Instance):
+        raise SpecError(f"an instance is an absint.specs.Instance (region and property), not {type(instance).__name__}")
     progress = progress if progress is not None else Progress(check_limit(timeout))
     name = name or instance.name or "instance"
     with hard_limit(progress.hard_deadline) as stop:

@@ -154,3 +154,22 @@ def test_unsupported_ops_are_named_before_any_work(scripted) -> None:
     with pytest.raises(absint.UnsupportedOpError, match="'r'.*Relu"):
         absint.verify_robustness(_net(), images, labels, 0.01, analysis=OnlyAffine())
     assert OnlyAffine.calls == []
+
+
+def test_verify_instance_takes_a_name_or_source_and_refuses_bad_arguments_clearly() -> None:
+    """verify_instance/verify_instances take what verify takes (analysis names, loadable networks), and a
+    wrong argument is an absint error naming the problem, never an AttributeError from deep inside."""
+    g = _net()
+    inst = Instance(InputBox(np.array([0.8, 0.8]), np.array([0.9, 0.9])), robustness_property(0, 2))
+    by_name = absint.verify_instance(g, inst, "deeppoly", attack=False)
+    assert by_name.verdict == absint.Verdict.VERIFIED and by_name.analysis == "deeppoly"
+    with pytest.raises(absint.AbsintError, match="name or an Analysis"):
+        absint.verify_instance(g, inst, 42)  # type: ignore[arg-type]
+    with pytest.raises(absint.AbsintError, match="unknown analysis"):
+        absint.verify_instance(g, inst, "no-such-analysis")
+    with pytest.raises(absint.SpecError, match="3 input variables but the network expects 2"):
+        absint.verify_instance(g, Instance(InputBox(np.zeros(3), np.ones(3)), robustness_property(0, 2)), "box")
+    with pytest.raises(absint.SpecError, match="not str"):
+        absint.verify_instance(g, "x0 > 1", "box")  # type: ignore[arg-type]
+    with pytest.raises(absint.SpecError, match="not int"):
+        verify_module.verify_instances(g, [inst, 3], "box")  # type: ignore[list-item]
