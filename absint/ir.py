@@ -237,6 +237,34 @@ class Graph:
         if self.output not in seen:
             raise ModelError(f"output {self.output!r} is not a node of the graph")
 
+    def check_by_running(self) -> None:
+        """Run every node once on a zero input (batch 1) and check that it yields its declared shape.
+
+        Weights whose sizes disagree with what reaches them (a convolution's bias of 31 for 32
+        channels, a channel count the previous node does not produce) become a :class:`ModelError`
+        naming the node here, at load time, instead of a crash in the middle of an analysis."""
+        if numel(self.input_shape) == 0:
+            raise ModelError(f"the input has shape {tuple(self.input_shape)}: no input variables")
+        values: dict[str, torch.Tensor] = {
+            self.nodes[0].name: torch.zeros(1, *self.input_shape, dtype=self.dtype, device=self.device)}
+        shapes = {n.name: tuple(n.shape) for n in self.nodes}
+        last = self.last_use()
+        with torch.no_grad():
+            for i, n in enumerate(self.nodes[1:], start=1):
+                try:
+                    y = run_op(n, [values[a] for a in n.inputs])
+                except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                    got = ", ".join(str(shapes[a]) for a in n.inputs)
+                    raise ModelError(f"{n.kind} {n.name!r} cannot run on its input of shape {got}: "
+                                     f"{str(exc).splitlines()[0]}") from None
+                if tuple(y.shape[1:]) != shapes[n.name]:
+                    raise ModelError(f"{n.kind} {n.name!r} computes shape {tuple(y.shape[1:])} but is declared "
+                                     f"{shapes[n.name]}")
+                values[n.name] = y
+                for a in n.inputs:
+                    if last.get(a, -1) <= i:
+                        values.pop(a, None)
+
     # -- concrete execution ------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *, all_nodes: bool = False):
         """Run the network on ``x`` of shape ``[B, *input_shape]`` (returns ``[B, *output_shape]``).

@@ -136,6 +136,26 @@ def test_malformed_and_invalid_models_raise_model_error(tmp_path):
         load_onnx(_model(nodes, [_init("w", nan_w), _init("b", np.zeros(2))], [1, 3], [1, 2]).SerializeToString())
 
 
+def test_weights_that_do_not_fit_their_input_are_named_at_load_time():
+    """Found by mutating benchmark models: these loaded, then crashed inside the first forward pass."""
+    rng = np.random.default_rng(0)
+    conv = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3]),
+            helper.make_node("Flatten", ["c"], ["y"])]
+    bias_31 = _model(conv, [_init("w", rng.normal(size=(4, 2, 3, 3))), _init("b", np.zeros(3))], [1, 2, 5, 5], [1, 36])
+    with pytest.raises(ModelError, match=r"Conv2d .*cannot run on its input of shape \(2, 5, 5\)"):
+        load_onnx(bias_31.SerializeToString())
+    two_convs = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3]),
+                 helper.make_node("Conv", ["c", "w2"], ["d"], kernel_shape=[1, 1]),
+                 helper.make_node("Flatten", ["d"], ["y"])]
+    wrong_channels = _model(two_convs, [_init("w", rng.normal(size=(4, 2, 3, 3))), _init("b", np.zeros(4)),
+                                        _init("w2", rng.normal(size=(1, 3, 1, 1)))], [1, 2, 5, 5], [1, 9])
+    with pytest.raises(ModelError, match="does not fit an input with 4 channels"):
+        load_onnx(wrong_channels.SerializeToString())
+    empty_input = _model([helper.make_node("Relu", ["x"], ["y"])], [], [1, 0], [1, 0])
+    with pytest.raises(ModelError, match="no input variables"):
+        load_onnx(empty_input.SerializeToString())
+
+
 def _bench_inputs(bench, path, n=4):
     rng = np.random.default_rng(0)
     if "eran" in str(path) and "cifar" in path.name:
@@ -176,3 +196,17 @@ def test_bundled_networks_load(networks_dir):
     mlp = load_onnx(networks_dir / "digits_mlp_2x64.onnx")
     assert sum(isinstance(n, Relu) for n in mlp.nodes) == 2
     assert sum(isinstance(n, Affine) for n in mlp.nodes) == 3
+
+
+@pytest.mark.parametrize("attrs, why", [
+    ({"strides": [0, 1]}, "must be >= 1"), ({"dilations": [1, 0]}, "must be >= 1"),
+    ({"pads": [-1, 0, -1, 0]}, "negative padding"), ({"kernel_shape": [7, 3]}, "larger than the padded input"),
+    ({"pads": [1, 1]}, "needs 4 values"), ({"group": 0}, "does not fit an input with 1 channels"),
+])
+def test_impossible_window_attributes_are_malformed_nodes(attrs, why):
+    """A stride of 0 once crashed the loader with ZeroDivisionError (found by mutating ConvSmall)."""
+    w = np.ones((2, 1, 7 if attrs.get("kernel_shape") == [7, 3] else 3, 3))
+    a = {"kernel_shape": list(w.shape[2:]), **attrs}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], **a), helper.make_node("Flatten", ["c"], ["y"])]
+    with pytest.raises(UnsupportedOpError, match=why):
+        load_onnx(_model(nodes, [_init("w", w)], [1, 1, 5, 5], [1, 18]).SerializeToString())

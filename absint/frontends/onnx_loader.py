@@ -155,7 +155,7 @@ class _Lowering:
             except _Unsupported as exc:
                 self.problems.append((name, node.op_type, str(exc)))
                 self.poisoned.update(node.output)
-            except (ValueError, IndexError, KeyError, TypeError) as exc:
+            except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as exc:
                 self.problems.append((name, node.op_type, f"malformed: {exc}"))
                 self.poisoned.update(node.output)
         if not outputs:
@@ -403,6 +403,10 @@ class _Lowering:
         if len(x.shape) != 4:
             raise _Unsupported(f"only 2-D convolution is supported (input shape {x.shape})")
         w = np.asarray(self.const(node.input[1]), dtype=np.float64)
+        group = int(a.get("group", 1))
+        if w.ndim != 4 or group < 1 or w.shape[0] % group or w.shape[1] * group != x.shape[1]:
+            raise ValueError(f"weight of shape {list(w.shape)} with group={group} does not fit an input with "
+                             f"{x.shape[1]} channels")
         pads = self._symmetric_pads(a, x.shape[2:], w.shape[2:], a.get("strides", [1, 1]), a.get("dilations", [1, 1]))
         op = ConvOperator(_t(w), x.ir_shape, tuple(a.get("strides", [1, 1])), pads,
                           tuple(a.get("dilations", [1, 1])), int(a.get("group", 1)))
@@ -413,6 +417,28 @@ class _Lowering:
 
     @staticmethod
     def _symmetric_pads(a, spatial, kernel, strides, dilations) -> tuple[int, int]:
+        """The (height, width) padding of a 2-D window op; a ValueError (reported as a malformed node)
+        for windows that cannot be: strides, dilations or kernel sizes below 1, negative padding, no
+        output position."""
+        spatial, kernel = [int(v) for v in spatial], [int(v) for v in kernel]
+        strides, dilations = [int(v) for v in strides], [int(v) for v in dilations]
+        if not (len(spatial) == len(kernel) == len(strides) == len(dilations) == 2):
+            raise ValueError(f"a 2-D window needs two sizes each: kernel {kernel}, strides {strides}, "
+                             f"dilations {dilations}")
+        if min(strides) < 1 or min(dilations) < 1 or min(kernel) < 1:
+            raise ValueError(f"kernel {kernel}, strides {strides} and dilations {dilations} must be >= 1")
+        pads = _Lowering._pads(a, spatial, kernel, strides, dilations)
+        for size, k, d, p in zip(spatial, kernel, dilations, pads):
+            if p < 0:
+                raise ValueError(f"negative padding {list(pads)}")
+            if size + 2 * p < (k - 1) * d + 1:
+                raise ValueError(f"the window ({kernel}, dilations {dilations}) is larger than the padded input "
+                                 f"{spatial} (padding {list(pads)})")
+        return pads
+
+    @staticmethod
+    def _pads(a, spatial, kernel, strides, dilations) -> tuple[int, int]:
+        """The padding the ``auto_pad``/``pads`` attributes ask for (symmetric only)."""
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -426,7 +452,9 @@ class _Lowering:
             return (pads[0], pads[1])
         if auto == "VALID":
             return (0, 0)
-        p = list(a.get("pads", [0, 0, 0, 0]))
+        p = [int(v) for v in a.get("pads", [0, 0, 0, 0])]
+        if len(p) != 4:
+            raise ValueError(f"pads {p}: a 2-D window needs 4 values")
         if p[0] != p[2] or p[1] != p[3]:
             raise _Unsupported(f"asymmetric padding {p}")
         return (int(p[0]), int(p[1]))
@@ -667,4 +695,9 @@ def lower_onnx(model: Any, source: str, *, inputs: Sequence[str] | None = None,
                outputs: Sequence[str] | None = None) -> Graph:
     """:func:`load_onnx` for a model already read with :func:`read_onnx`. The graph's ``meta``
     records the IR shape of each chosen input (``input_shapes``) and output (``output_shapes``)."""
-    return _Lowering(model, source).run(inputs, outputs)
+    graph = _Lowering(model, source).run(inputs, outputs)
+    try:
+        graph.check_by_running()
+    except ModelError as exc:
+        raise ModelError(f"{source}: {exc}") from None
+    return graph
