@@ -452,6 +452,17 @@ def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", ti
     return _combine(label, an.name, parts, progress.elapsed())
 
 
+def _whole_labels(labels: Iterable[Any]) -> list[int]:
+    """Class labels as ints; a label that is not a whole number (7.5, "a", NaN) is a SpecError."""
+    out = []
+    for v in np.asarray(list(labels), dtype=object).reshape(-1):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(float(v)) or float(v) != int(v):
+            raise SpecError(f"a label is the index of a class (a whole number), got {v!r}")
+        out.append(int(v))
+    return out
+
+
 def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], eps: float, *,
                       analysis: str | Analysis = "deeppoly", clip: tuple[float, float] | None = (0.0, 1.0),
                       timeout: float | None = None, attack: bool = True,
@@ -474,7 +485,7 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
     graph = load_network(network, device=device)
     an = get_analysis(analysis, device=device, **analysis_options)
     images = np.asarray(images, dtype=np.float64)
-    labels = [int(v) for v in labels]
+    labels = _whole_labels(labels)
     if len(images) != len(labels):
         raise SpecError(f"{len(images)} images but {len(labels)} labels")
     if len(images) == 0:

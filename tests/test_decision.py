@@ -173,3 +173,12 @@ def test_verify_instance_takes_a_name_or_source_and_refuses_bad_arguments_clearl
         absint.verify_instance(g, "x0 > 1", "box")  # type: ignore[arg-type]
     with pytest.raises(absint.SpecError, match="not int"):
         verify_module.verify_instances(g, [inst, 3], "box")  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("label", [0.5, "a", float("nan"), True])
+def test_verify_robustness_refuses_labels_that_are_not_class_indices(label) -> None:
+    """7.5 was silently truncated to 7 and "a" crashed with ValueError; whole floats (from data files) are fine."""
+    with pytest.raises(absint.SpecError, match="whole number"):
+        absint.verify_robustness(_net(), np.array([[0.8, 0.8]]), [label], 0.05, analysis="box")
+    ok = absint.verify_robustness(_net(), np.array([[0.8, 0.8]]), [np.float32(0.0)], 0.05, analysis="box", attack=False)
+    assert ok[0].verdict == absint.Verdict.VERIFIED
