@@ -22,13 +22,18 @@ Output: one JSON line per (network, image, configuration) at ``--out`` (default 
 (``--resume`` skips what a previous run of the same file finished), a summary JSON beside it
 (``.summary.json``: the command, ``uptime`` at start and end, each configuration's resolved
 options), and a markdown table: per network and configuration, certified, unknown, time-outs,
-median and total CPU and wall per image, PGD contradictions.
+median and total CPU and wall per image, PGD contradictions. Each row also carries ``stages``: the
+``multineuron`` stage's seconds/groups/rows and the branch and bound's status, seconds, sub-problems
+bounded and proved share (:data:`STAGE_FIELDS`), so an A/B of BaB options compares work, not only
+verdicts.
 
 Triage: ``give_up_below`` is an option like any other; issue 14 wants it reported separately,
 so put it in its own run (``--opt give_up_below=0.0 ...``), never in the default grid.
 
 Long runs: ``--shard I/N`` analyses every N-th image starting at I (one process per core, each
 with its own ``--out``); ``--summarize FILE...`` prints the table of several result files.
+``--images 164,144,100-109`` analyses chosen images instead of ``--start``/``--n`` (A/B runs on the
+hard cases of an earlier run).
 
 Quiet-machine command (example grid; about configs × correct images × mean seconds per image)::
 
@@ -99,6 +104,41 @@ def cpu_seconds() -> float:
     return time.process_time() + ch.ru_utime + ch.ru_stime
 
 
+#: stage records copied into each result row (numbers only): where the time went, how far BaB got
+STAGE_FIELDS = {"multineuron": ("seconds", "groups", "rows"), "bab": ("status", "seconds", "bounded", "proved")}
+
+
+def stage_stats(details: Any) -> dict[str, dict[str, Any]]:
+    """The :data:`STAGE_FIELDS` of the refinement stages found anywhere in a result's details."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(d: Any) -> None:
+        if isinstance(d, dict):
+            for key, value in d.items():
+                if key in STAGE_FIELDS and isinstance(value, dict) and key not in found:
+                    found[key] = {f: value[f] for f in STAGE_FIELDS[key] if f in value}
+                else:
+                    walk(value)
+        elif isinstance(d, (list, tuple)):
+            for v in d:
+                walk(v)
+
+    walk(details)
+    return found
+
+
+def parse_images(text: str) -> list[int]:
+    """``"3,10-12"`` → ``[3, 10, 11, 12]``."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out += list(range(int(a), int(b or a) + 1))
+    except ValueError:
+        raise BenchError(f"--images {text!r}: write it as comma-separated indices or ranges, e.g. 3,10-12") from None
+    return out
+
+
 def run_one(graph: absint.Graph, an: absint.Analysis, image: np.ndarray, label: int, eps: float,
             timeout: float | None, attack: bool) -> dict[str, Any]:
     n_out = int(np.prod(graph.output_shape))
@@ -107,7 +147,7 @@ def run_one(graph: absint.Graph, an: absint.Analysis, image: np.ndarray, label: 
     res = absint.verify_instance(graph, inst, an, timeout=timeout, attack=attack)
     return {"verdict": res.verdict.value if hasattr(res.verdict, "value") else str(res.verdict),
             "margin": res.margin, "reason": res.reason, "cpu_s": cpu_seconds() - c0,
-            "wall_s": time.perf_counter() - w0}
+            "wall_s": time.perf_counter() - w0, "stages": stage_stats(res.details)}
 
 
 def run_network(net: NetSpec, X: np.ndarray, Y: np.ndarray, indices: list[int], name: str,
@@ -203,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=str(ERAN / "mnist_test_1000.npz"))
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--images", default=None, metavar="LIST",
+                    help="these image indices instead of --start/--n, e.g. 3,10-12 (A/B runs on chosen images)")
     ap.add_argument("--shard", default="0/1", help="I/N: every N-th image from position I (default 0/1)")
     ap.add_argument("--attack", action="store_true", help="let verify_instance attack first (off: the analysis alone)")
     ap.add_argument("--no-pgd", dest="pgd", action="store_false", help="skip the PGD re-attack of verified images")
@@ -235,9 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     analyses = build_analyses(args.analysis, configs)  # validates every option before any work
     nets = [parse_net(t) for t in args.nets]
     X, Y = load_npz(args.data)
-    indices = list(range(args.start, min(args.start + args.n, len(X))))[shard_i::shard_n]
+    chosen = parse_images(args.images) if args.images else list(range(args.start, min(args.start + args.n, len(X))))
+    if any(not 0 <= i < len(X) for i in chosen):
+        raise BenchError(f"image indices must lie in [0, {len(X)})")
+    indices = chosen[shard_i::shard_n]
     if not indices:
-        raise BenchError(f"no images in [{args.start}, {args.start + args.n}) for shard {args.shard}")
+        raise BenchError(f"no images to analyse for shard {args.shard}")
     out_path = default_out(f"kpoly_ablation_{args.analysis}", args.record, args.out, ".jsonl")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done: set[tuple] = set()

@@ -140,6 +140,27 @@ def test_kpoly_ablation_grid_and_validation(tmp_path):
     assert all(s["pgd_contradictions"] == 0 for s in summary["summary"])
     assert ka.main(args + ["--resume"]) == 0  # nothing left to do
     assert len(out.read_text().splitlines()) == len(rows)
+    assert all(isinstance(r["stages"], dict) for r in rows)  # empty here: DeepPoly proves these easy images
+    details = {"regions": [{"stats": {"multineuron": {"seconds": 1.5, "groups": 4, "rows": 40, "tighten_s": 1.0},
+                                      "bab": {"status": "timeout", "bounded": 77, "proved": 0.5, "seconds": 2.0}}}]}
+    assert ka.stage_stats(details) == {"multineuron": {"seconds": 1.5, "groups": 4, "rows": 40},
+                                       "bab": {"status": "timeout", "seconds": 2.0, "bounded": 77, "proved": 0.5}}
+
+
+def test_kpoly_ablation_chosen_images(tmp_path):
+    ka = _script("kpoly_ablation")
+    assert ka.parse_images("3,10-12") == [3, 10, 11, 12]
+    with pytest.raises(ka.BenchError, match="--images"):
+        ka.parse_images("3,x")
+    out = tmp_path / "chosen.jsonl"
+    with pytest.raises(ka.BenchError, match="must lie in"):
+        ka.main(["--analysis", "deeppoly", "--nets", f"{DIGITS}:0.01", "--data", str(DIGITS_DATA),
+                 "--images", "0,100000", "--out", str(out)])
+    assert ka.main(["--analysis", "deeppoly", "--nets", f"{DIGITS}:0.01", "--data", str(DIGITS_DATA),
+                    "--images", "2,5-6", "--no-pgd", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and {r["image"] for r in rows} <= {2, 5, 6}
+    assert all(r["stages"] == {} for r in rows)  # deeppoly has no refinement stages
 
 
 def test_engine_regression_same_revision_is_identical(tmp_path):
