@@ -220,7 +220,7 @@ def _decide_one(graph: Graph, inst: Instance, name: str, analysis: Analysis, bou
                   details=stats)
 
 
-def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: str | Analysis, *,
+def verify_instances(graph: Any, instances: Sequence[Instance], analysis: str | Analysis, *,
                      threads: int | None = DEFAULT_THREADS,
                      timeout: float | None = None, attack: bool = True, attack_first: bool = True,
                      attack_options: AttackOptions = AttackOptions(), attack_budget: float | None = None,
@@ -248,7 +248,10 @@ def verify_instances(graph: Graph, instances: Sequence[Instance], analysis: str 
     anything :func:`load_network` takes, ``analysis`` a name or an :class:`Analysis`.
     """
     graph, analysis = _resolve(graph, analysis)
-    instances = list(instances) if not isinstance(instances, Instance) else [instances]
+    try:
+        instances = list(instances) if not isinstance(instances, Instance) else [instances]
+    except TypeError:
+        raise SpecError(f"instances: a sequence of absint.specs.Instance, not {type(instances).__name__}") from None
     for inst in instances:
         if not isinstance(inst, Instance):
             raise SpecError(f"an instance is an absint.specs.Instance (region and property), not {type(inst).__name__}")
@@ -361,7 +364,7 @@ def _resolve(graph: Any, analysis: str | Analysis) -> tuple[Graph, Analysis]:
     return load_network(graph), get_analysis(analysis)
 
 
-def verify_instance(graph: Graph, instance: Instance, analysis: str | Analysis, *, timeout: float | None = None,
+def verify_instance(graph: Any, instance: Instance, analysis: str | Analysis, *, timeout: float | None = None,
                     attack: bool = True, attack_options: AttackOptions = AttackOptions(),
                     tolerance: float = 0.0, name: str | None = None,
                     attack_budget: float | None = None, progress: Progress | None = None,

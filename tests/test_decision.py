@@ -173,6 +173,8 @@ def test_verify_instance_takes_a_name_or_source_and_refuses_bad_arguments_clearl
         absint.verify_instance(g, "x0 > 1", "box")  # type: ignore[arg-type]
     with pytest.raises(absint.SpecError, match="not int"):
         verify_module.verify_instances(g, [inst, 3], "box")  # type: ignore[list-item]
+    with pytest.raises(absint.SpecError, match="a sequence of absint.specs.Instance"):
+        verify_module.verify_instances(g, 3, "box")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("label", [0.5, "a", float("nan"), True])
