@@ -253,8 +253,7 @@ def verify_instances(graph: Any, instances: Sequence[Instance], analysis: str | 
     except TypeError:
         raise SpecError(f"instances: a sequence of absint.specs.Instance, not {type(instances).__name__}") from None
     for inst in instances:
-        if not isinstance(inst, Instance):
-            raise SpecError(f"an instance is an absint.specs.Instance (region and property), not {type(inst).__name__}")
+        _require_instance(inst)
     instances = list(_check_compatible(graph, Spec(tuple(instances))).instances)  # shapes (regions reshaped)
     with torch_threads(threads):
         return _verify_instances(graph, instances, analysis, timeout=timeout, attack=attack,
@@ -364,6 +363,11 @@ def _resolve(graph: Any, analysis: str | Analysis) -> tuple[Graph, Analysis]:
     return load_network(graph), get_analysis(analysis)
 
 
+def _require_instance(value: Any) -> None:
+    if not isinstance(value, Instance):
+        raise SpecError(f"an instance is an absint.specs.Instance (region and property), not {type(value).__name__}")
+
+
 def verify_instance(graph: Any, instance: Instance, analysis: str | Analysis, *, timeout: float | None = None,
                     attack: bool = True, attack_options: AttackOptions = AttackOptions(),
                     tolerance: float = 0.0, name: str | None = None,
@@ -372,8 +376,7 @@ def verify_instance(graph: Any, instance: Instance, analysis: str | Analysis, *,
     """Decide one (region, property) instance (:func:`verify_instances` with one instance) within
     ``timeout`` seconds (or ``progress``'s limit), the backstop included; ``threads`` as there."""
     graph, analysis = _resolve(graph, analysis)
-    if not isinstance(instance, Instance):
-        raise SpecError(f"an instance is an absint.specs.Instance (region and property), not {type(instance).__name__}")
+    _require_instance(instance)
     progress = progress if progress is not None else Progress(check_limit(timeout))
     name = name or instance.name or "instance"
     with hard_limit(progress.hard_deadline) as stop:

@@ -409,7 +409,7 @@ class _Lowering:
                              f"{x.shape[1]} channels")
         pads = self._symmetric_pads(a, x.shape[2:], w.shape[2:], a.get("strides", [1, 1]), a.get("dilations", [1, 1]))
         op = ConvOperator(_t(w), x.ir_shape, tuple(a.get("strides", [1, 1])), pads,
-                          tuple(a.get("dilations", [1, 1])), int(a.get("group", 1)))
+                          tuple(a.get("dilations", [1, 1])), group)
         bias = None
         if len(node.input) > 2 and node.input[2]:
             bias = _t(np.asarray(self.const(node.input[2]), dtype=np.float64).reshape(-1, 1, 1))
