@@ -210,3 +210,89 @@ def test_impossible_window_attributes_are_malformed_nodes(attrs, why):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], **a), helper.make_node("Flatten", ["c"], ["y"])]
     with pytest.raises(UnsupportedOpError, match=why):
         load_onnx(_model(nodes, [_init("w", w)], [1, 1, 5, 5], [1, 18]).SerializeToString())
+
+
+# -- lowerings that must not change what the network computes (found by differential fuzzing) ------
+def test_cast_of_the_input_to_an_integer_type_is_refused_not_dropped():
+    """``float(int32(x))`` truncates: lowering it as the identity proved false properties."""
+    nodes = [helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT32, name="to_int"),
+             helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]
+    with pytest.raises(UnsupportedOpError, match="INT32") as exc:
+        load_onnx(_model(nodes, [], [1, 3], [1, 3]).SerializeToString())
+    assert {name for name, _, _ in exc.value.unsupported} == {"to_int"}
+    keep = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
+            helper.make_node("Cast", ["d"], ["y"], to=TensorProto.FLOAT)]
+    _compare(_model(keep, [], [1, 3], [1, 3]), np.random.default_rng(3).normal(size=(4, 3)))
+
+
+@pytest.mark.parametrize("perm, shape", [([1, 0, 3, 2], [1, 1, 2, 3]), ([2, 1, 0, 3], [1, 2, 1, 3]),
+                                         ([1, 0, 2, 3], [1, 1, 2, 3]), ([0, 2, 1, 3], [1, 2, 1, 3])])
+def test_transpose_that_moves_a_unit_batch_axis_keeps_the_other_permutation(perm, shape):
+    """``perm=[1, 0, 3, 2]`` on ``[1, 1, 2, 3]`` swaps the unit axes *and* the last two: it was lowered
+    as a plain reshape, dropping the swap of the last two axes."""
+    out_shape = [shape[p] for p in perm]
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=perm),
+             helper.make_node("Flatten", ["t"], ["y"])]
+    x = np.random.default_rng(4).normal(size=(3, *shape[1:]))
+    _compare(_model(nodes, [], shape, [1, int(np.prod(out_shape))]), x)
+
+
+@pytest.mark.parametrize("axis, opset, shape, ok", [
+    (-1, 13, [1, 4], True), (1, 13, [1, 4], True), (0, 13, [1, 4], False), (2, 13, [1, 2, 2], False),
+    (1, 11, [1, 2, 2], True), (0, 11, [1, 4], True), (2, 11, [1, 2, 2], False)])
+def test_a_final_softmax_is_dropped_only_over_all_outputs(axis, opset, shape, ok):
+    """Dropping a Softmax keeps comparisons between outputs only inside one normalised group: over
+    the batch axis every output is 1, and over one axis of ``[1, 2, 2]`` each row is normalised alone."""
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=0 if len(shape) == 2 else 1),
+             helper.make_node("Reshape", ["f", "s"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["y"], axis=axis)]
+    inits = [numpy_helper.from_array(np.array(shape, dtype=np.int64), "s")]
+    data = _model(nodes, inits, [1, int(np.prod(shape))], shape, opset=opset).SerializeToString()
+    if ok:
+        assert load_onnx(data).meta["output_softmax"]
+    else:
+        with pytest.raises(UnsupportedOpError, match="Softmax"):
+            load_onnx(data)
+
+
+def test_dropout_in_training_mode_is_refused_and_in_inference_mode_dropped():
+    ratio = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "ratio")
+    for mode, ok in ((True, False), (False, True)):
+        nodes = [helper.make_node("Dropout", ["x", "ratio", "mode"], ["y"], name="drop")]
+        inits = [ratio, numpy_helper.from_array(np.array(mode), "mode")]
+        data = _model(nodes, inits, [1, 3], [1, 3]).SerializeToString()
+        if ok:
+            _compare(_model(nodes, inits, [1, 3], [1, 3]), np.random.default_rng(5).normal(size=(2, 3)))
+        else:
+            with pytest.raises(UnsupportedOpError, match="training mode"):
+                load_onnx(data)
+
+
+def test_avgpool_padding_beyond_half_the_kernel():
+    """Pads above half the kernel once leaked torch's RuntimeError; they are valid ONNX while every
+    window still holds a real element, and refused (division by zero) once a window holds none."""
+    nodes = [helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[3, 3], pads=[2, 2, 2, 2],
+                              count_include_pad=0), helper.make_node("Flatten", ["a"], ["y"])]
+    _compare(_model(nodes, [], [1, 1, 4, 4], [1, 36]), np.random.default_rng(6).normal(size=(3, 1, 4, 4)))
+    nodes[0] = helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[2, 2], pads=[2, 2, 2, 2],
+                                count_include_pad=0, name="pool")
+    with pytest.raises(UnsupportedOpError, match="only padding"):
+        load_onnx(_model(nodes, [], [1, 1, 4, 4], [1, 49]).SerializeToString())
+
+
+@pytest.mark.parametrize("opset", [6, 26])
+def test_opsets_outside_the_supported_range_are_refused(opset):
+    """Opset 6's ``Add(broadcast=1, axis=1)`` aligns the constant with axis 1: read with numpy
+    broadcasting it was another function, analysed without a word."""
+    nodes = [helper.make_node("Add", ["x", "c"], ["y"], **({"broadcast": 1, "axis": 1} if opset < 7 else {}))]
+    m = _model(nodes, [_init("c", np.array([10.0, 20.0]))], [1, 2, 2], [1, 2, 2], opset=opset)
+    with pytest.raises(ModelError, match=f"opset is {opset}"):
+        load_onnx(m.SerializeToString())
+
+
+def test_ops_of_a_custom_domain_are_not_read_as_standard_ops():
+    nodes = [helper.make_node("Relu", ["x"], ["y"], domain="com.example", name="custom")]
+    m = _model(nodes, [], [1, 3], [1, 3])
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(UnsupportedOpError, match="custom domain"):
+        load_onnx(m.SerializeToString())

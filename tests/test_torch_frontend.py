@@ -48,3 +48,43 @@ def test_unsupported_layer_is_named():
     with pytest.raises(UnsupportedOpError) as exc:
         load_torch(model, (3,))
     assert {op for _, op, _ in exc.value.unsupported} == {"GELU", "LayerNorm"}
+
+
+def test_float64_model_loads_and_is_left_as_given():
+    """A float64 Sequential once failed the shape probe (float32 zeros); the model's dtype and
+    training flag must not change by loading it."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double().train()
+    graph = load_torch(model, (3,))
+    x = torch.rand(5, 3, dtype=torch.float64)
+    assert torch.allclose(graph.forward(x), model(x), atol=1e-12)
+    assert model[0].weight.dtype == torch.float64 and model.training
+    other = nn.Sequential(nn.Linear(3, 2)).train()
+    load_torch(other, (3,))
+    assert other[0].weight.dtype == torch.float32 and other.training
+
+
+def test_bad_input_shape_and_batch_statistics_are_clear_errors():
+    from absint.errors import ModelError
+
+    with pytest.raises(ModelError, match="input_shape"):
+        load_torch(nn.Sequential(nn.Linear(3, 2)), (4,))
+    for bn in (nn.BatchNorm1d(2, track_running_stats=False),):
+        with pytest.raises(UnsupportedOpError, match="running statistics"):
+            load_torch(nn.Sequential(nn.Linear(3, 2), bn), (3,))
+    with pytest.raises(UnsupportedOpError, match="running statistics"):
+        load_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Flatten()),
+                   (1, 5, 5))
+
+
+@pytest.mark.parametrize("dim, ok", [(1, True), (-1, True), (None, True), (0, False)])
+def test_final_softmax_is_dropped_only_over_all_outputs(dim, ok):
+    """Over the batch axis every output is 1: dropping that Softmax once proved ``y0 > y1``."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=dim))
+    if ok:
+        assert load_torch(model, (3,)).meta["output_softmax"]
+    else:
+        with pytest.raises(UnsupportedOpError, match="Softmax"):
+            load_torch(model, (3,))
+    with pytest.raises(UnsupportedOpError, match="several groups"):
+        load_torch(nn.Sequential(nn.Linear(3, 4), nn.Unflatten(1, (2, 2)), nn.Softmax(dim=-1)), (3,))

@@ -67,6 +67,8 @@ class _Lowering:
         self.softmax_outputs: set[str] = set()
         self.requested: set[str] = set()
         self._counter = 0
+        #: the default domain's opset (Softmax's axis semantics changed at 13)
+        self.opset = max([int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] or [OPSET_RANGE[1]])
 
     # -- helpers -----------------------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -140,9 +142,17 @@ class _Lowering:
             outputs = [o.name for o in self.graph.output]
         self.requested = set(outputs)
 
+        lo, hi = OPSET_RANGE
+        if not lo <= self.opset <= hi:
+            raise ModelError(f"{self.source}: the model's default-domain opset is {self.opset}; absint reads opsets "
+                             f"{lo} to {hi} (ops such as Add and Softmax mean other things outside them)")
         handlers = self.handlers()
         for node in self.graph.node:
             name = node.name or (node.output[0] if node.output else node.op_type)
+            if node.domain not in ("", "ai.onnx"):
+                self.problems.append((name, f"{node.domain}.{node.op_type}", "op of a custom domain"))
+                self.poisoned.update(node.output)
+                continue
             if node.op_type not in handlers:
                 self.problems.append((name, node.op_type, "op type not supported"))
                 self.poisoned.update(node.output)
@@ -183,6 +193,10 @@ class _Lowering:
         shapes = []
         for inp in graph_inputs:
             dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+            free = [d.dim_param or "?" for d in list(inp.type.tensor_type.shape.dim)[1:] if not d.HasField("dim_value")]
+            if free:
+                raise ModelError(f"{self.source}: input {inp.name!r} has symbolic dimensions {free} beyond the batch "
+                                 "axis; absint needs a fixed input shape")
             if not dims:
                 raise ModelError(f"{self.source}: input {inp.name!r} has no shape")
             if dims[0] != 1 or any(d <= 0 for d in dims):
@@ -276,7 +290,25 @@ class _Lowering:
             to = _attrs(node)["to"]
             self.consts[node.output[0]] = self.consts[src].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
         else:
+            import onnx
+
+            to = _attrs(node).get("to")
+            if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+                name_of = onnx.TensorProto.DataType.Name(to) if to in onnx.TensorProto.DataType.values() else to
+                raise _Unsupported(f"Cast of a tensor that depends on the input to {name_of} (only casts to "
+                                   "float or double, which keep the values, are supported)")
             self.vars[node.output[0]] = self.vars[src]
+
+    def op_dropout(self, node, name) -> None:
+        """Dropout in inference mode is the identity; in training mode (opset ≥ 12: a third input
+        that is not a constant false) it zeroes random elements and is refused."""
+        if len(node.input) > 2 and node.input[2]:
+            mode = node.input[2]
+            if not self.is_const(mode) or bool(np.asarray(self.consts[mode]).reshape(-1)[0]):
+                raise _Unsupported("Dropout in training mode (random, not a function of the input)")
+        if not _attrs(node).get("is_test", 1):  # opset ≤ 6
+            raise _Unsupported("Dropout with is_test=0 (training mode)")
+        self.op_identity(node, name)
 
     def op_shape(self, node, name) -> None:
         src = node.input[0]
@@ -488,6 +520,10 @@ class _Lowering:
         target = [int(v) for v in self.const(node.input[1]).reshape(-1)]
         shape = self.consts[src].shape if self.is_const(src) else self.vars[src].shape
         allowzero = _attrs(node).get("allowzero", 0)
+        if target.count(-1) > 1 or any(v < -1 for v in target):
+            raise ValueError(f"shape {target}: at most one -1 and no other negative entry")
+        if not allowzero and any(v == 0 and i >= len(shape) for i, v in enumerate(target)):
+            raise ValueError(f"shape {target}: a 0 (copy the input's dimension) beyond the input's rank {len(shape)}")
         target = [shape[i] if (v == 0 and not allowzero) else v for i, v in enumerate(target)]
         if -1 in target:
             known = int(np.prod([v for v in target if v != -1]))
@@ -527,14 +563,18 @@ class _Lowering:
             return
         x = self.vars[src]
         perm = list(perm) if perm is not None else list(reversed(range(len(x.shape))))
-        if perm[0] != 0:
-            if x.shape[perm[0]] == 1 and x.shape[0] == 1:
-                pass  # swapping two unit axes with the batch axis is a pure reshape
-            else:
-                raise _Unsupported(f"transpose {perm} moves the batch axis")
+        if sorted(perm) != list(range(len(x.shape))):
+            raise ValueError(f"perm {perm} is not a permutation of the {len(x.shape)} axes")
         new_shape = tuple(x.shape[p] for p in perm)
-        inner = [p - 1 for p in perm[1:]] if perm[0] == 0 else None
-        if inner is None or inner == sorted(inner):
+        if perm[0] != 0:
+            if x.shape[perm[0]] != 1 or x.shape[0] != 1:
+                raise _Unsupported(f"transpose {perm} moves the batch axis")
+            # the batch axis and axis perm[0] both have size 1: exchanging their roles changes no
+            # element's position, so the permutation of the other axes is what remains
+            j = perm.index(0)
+            perm = [0] + [perm[0] if i == j else p for i, p in enumerate(perm)][1:]
+        inner = [p - 1 for p in perm[1:]]
+        if [p for p in inner if x.shape[p + 1] != 1] == sorted(p for p in inner if x.shape[p + 1] != 1):
             self._reshape_var(x, new_shape, node.output[0], name)
             return
         op = PermuteOperator(tuple(inner), x.ir_shape)
@@ -591,11 +631,12 @@ class _Lowering:
             return
         op = ConvOperator(_t(ones), x.ir_shape, strides, pads, (1, 1), c)
         summed = self.affine(x, op, None, node.output[0] + "#sum", (1, *op.out_shape), name + "/sum")
-        counts = torch.nn.functional.avg_pool2d(torch.ones(1, 1, h, w, dtype=torch.float64), kernel, strides,
-                                                pads, count_include_pad=False)
-        counts_sum = torch.nn.functional.avg_pool2d(torch.ones(1, 1, h, w, dtype=torch.float64), kernel, strides,
-                                                    pads, count_include_pad=True) * (kernel[0] * kernel[1])
-        scale = (counts / counts_sum)[0]  # 1 / number of real (non-pad) elements per window
+        real = torch.nn.functional.pad(torch.ones(1, 1, h, w, dtype=torch.float64), (pads[1], pads[1], pads[0], pads[0]))
+        counts = torch.nn.functional.conv2d(real, torch.ones(1, 1, *kernel, dtype=torch.float64), stride=strides)[0]
+        if bool((counts == 0).any()):
+            raise _Unsupported(f"AveragePool with pads {list(pads)} ≥ the kernel {list(kernel)}: windows that hold "
+                               "only padding divide by zero")
+        scale = 1.0 / counts  # 1 / number of real (non-pad) elements per window
         self.affine(summed, DiagonalOperator(scale, op.out_shape), None, node.output[0], (1, *op.out_shape), name)
 
     def op_batchnorm(self, node, name) -> None:
@@ -612,6 +653,18 @@ class _Lowering:
     def op_softmax(self, node, name) -> None:
         if node.output[0] not in self.requested:
             raise _Unsupported("Softmax is supported only as the last op (it is dropped: argmax is unchanged)")
+        x = self.vars[node.input[0]]
+        axis = _attrs(node).get("axis", -1 if self.opset >= 13 else 1)
+        rank = len(x.shape)
+        if not -rank <= axis < rank:
+            raise ValueError(f"axis {axis} out of range for a tensor of rank {rank}")
+        axis %= rank
+        # opset ≥ 13 normalises along one axis, earlier opsets over all axes from `axis` on; dropping
+        # it keeps comparisons between outputs only if every element lies in the one normalised group
+        group = [axis] if self.opset >= 13 else list(range(axis, rank))
+        if any(d != 1 for i, d in enumerate(x.shape) if i not in group):
+            raise _Unsupported(f"Softmax over axis {axis} of a tensor of shape {list(x.shape)} normalises several "
+                               "groups of outputs separately (only a Softmax over all outputs can be dropped)")
         self.softmax_outputs.add(node.output[0])
         self.vars[node.output[0]] = self.vars[node.input[0]]
 
@@ -621,7 +674,7 @@ class _Lowering:
 #: only in common forms (e.g. Concat/Gather/Shape on constants, Softmax as the last op); they say
 #: why when they refuse a node.
 OP_HANDLERS: dict[str, str] = {
-    "Constant": "op_constant", "Identity": "op_identity", "Dropout": "op_identity", "Cast": "op_cast",
+    "Constant": "op_constant", "Identity": "op_identity", "Dropout": "op_dropout", "Cast": "op_cast",
     "Gemm": "op_gemm", "MatMul": "op_matmul", "Add": "op_add", "Sub": "op_sub", "Mul": "op_mul", "Div": "op_div",
     "Neg": "op_neg", "Conv": "op_conv", "Relu": "op_act", "Sigmoid": "op_act", "Tanh": "op_act",
     "Flatten": "op_flatten", "Reshape": "op_reshape", "Squeeze": "op_squeeze", "Unsqueeze": "op_squeeze",

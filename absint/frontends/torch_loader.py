@@ -7,6 +7,7 @@ ONNX frontend, so the same IR and the same unsupported-op report apply.
 """
 from __future__ import annotations
 
+import copy
 import io
 import logging
 
@@ -43,15 +44,24 @@ def _lower_sequential(model: nn.Sequential, input_shape: tuple[int, ...]) -> Gra
     bad = [(n, type(m).__name__, "layer type not supported natively") for n, m in layers if not isinstance(m, _SIMPLE)]
     if bad:
         raise UnsupportedOpError(bad, "torch module")
+    no_stats = [(n, type(m).__name__, "batch normalisation without running statistics (its output depends on "
+                                      "the batch)") for n, m in layers
+                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_var is None]
+    if no_stats:
+        raise UnsupportedOpError(no_stats, "torch module")
     f64 = lambda t: t.detach().to(torch.float64).cpu()  # noqa: E731
     nodes: list[Op] = [Input("input", (), tuple(input_shape))]
     shape = tuple(input_shape)
-    x = torch.zeros(1, *input_shape)
+    x = torch.zeros(1, *input_shape, dtype=_param_dtype(model))
     softmax_seen = False
     for idx, (name, m) in enumerate(layers):
         prev = nodes[-1].name
-        with torch.no_grad():
-            x = m.eval()(x)
+        try:
+            with torch.no_grad():
+                x = m(x)
+        except RuntimeError as exc:
+            raise ModelError(f"torch module: layer {name} ({type(m).__name__}) does not accept the output of the "
+                             f"layers before it for input_shape {tuple(input_shape)}: {exc}") from exc
         out_shape = tuple(x.shape[1:])
         if softmax_seen:
             raise UnsupportedOpError([(name, type(m).__name__, "layers after Softmax")], "torch module")
@@ -91,6 +101,13 @@ def _lower_sequential(model: nn.Sequential, input_shape: tuple[int, ...]) -> Gra
         elif isinstance(m, nn.Softmax):
             if idx != len(layers) - 1:
                 raise UnsupportedOpError([(name, "Softmax", "Softmax only as the last layer")], "torch module")
+            dim = m.dim if m.dim is not None else (0 if x.dim() in (0, 1, 3) else 1)  # torch's implicit dim
+            if any(d != 1 for i, d in enumerate(x.shape) if i != dim % x.dim()):
+                # dropping it keeps comparisons between outputs only inside one normalised group
+                raise UnsupportedOpError([(name, "Softmax", f"Softmax over dim {m.dim} of outputs of shape "
+                                                            f"{list(x.shape)} normalises several groups separately "
+                                                            "(only a Softmax over all outputs can be dropped)")],
+                                         "torch module")
             softmax_seen = True
         shape = out_shape
     graph = Graph(tuple(nodes), nodes[-1].name, type(model).__name__, {"output_softmax": softmax_seen,
@@ -98,9 +115,20 @@ def _lower_sequential(model: nn.Sequential, input_shape: tuple[int, ...]) -> Gra
     return normalize(graph)
 
 
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    """The floating-point type of the module's first parameter (``float32`` without any)."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def load_torch(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
-    """Lower a torch module to the IR; ``input_shape`` excludes the batch axis."""
-    model = model.eval()
+    """Lower a torch module to the IR; ``input_shape`` excludes the batch axis.
+
+    The module is analysed in eval mode and is left as it was given (training flag and dtype):
+    the lowering and its reference check work on a copy."""
+    model = copy.deepcopy(model).eval()
     if isinstance(model, nn.Sequential):
         graph = _lower_sequential(model, tuple(input_shape))
     else:
@@ -119,7 +147,11 @@ def load_torch(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
         graph = load_onnx(buf.getvalue())
     with torch.no_grad():
         x = torch.rand(4, *input_shape)
-        ref = model.double()(x.double()) if isinstance(model, nn.Sequential) else model.float()(x).double()
+        try:
+            ref = model.double()(x.double()) if isinstance(model, nn.Sequential) else model.float()(x).double()
+        except RuntimeError as exc:
+            raise ModelError(f"{type(model).__name__} does not run on inputs of shape {tuple(input_shape)}: "
+                             f"{exc}") from exc
         if graph.meta.get("output_softmax"):
             ref = None  # the graph has the softmax dropped
         if ref is not None:
@@ -127,5 +159,4 @@ def load_torch(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
             if not torch.allclose(got.reshape(ref.shape), ref, atol=1e-4, rtol=1e-4):
                 raise ModelError(f"lowering of {type(model).__name__} does not reproduce its outputs "
                                  f"(max diff {(got.reshape(ref.shape) - ref).abs().max():.3g})")
-    model.float()
     return graph
