@@ -109,6 +109,8 @@ class Clause:
             raise SpecError(f"clause has {A.shape[0]} rows but {b.shape[0]} constants")
         if not (np.isfinite(A).all() and np.isfinite(b).all()):
             raise SpecError("output constraint coefficients must be finite numbers (found NaN or inf)")
+        if A.shape[0] == 0:  # the empty conjunction is true: stored as the one row 0·y + 0 ≥ 0
+            A, b = np.zeros((1, A.shape[1])), np.zeros(1)
         object.__setattr__(self, "A", A)
         object.__setattr__(self, "b", b)
 

@@ -421,8 +421,10 @@ def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", ti
     ``threads``: torch CPU threads while deciding (default :data:`DEFAULT_THREADS`; None: torch's
     current setting), restored afterwards (:func:`torch_threads`).
     """
-    progress = Progress(check_limit(timeout))
+    # the analysis is built before the clock starts: building it may load what it uses lazily
+    # (torch's optimiser imports, once per process), which is start-up, not time spent deciding
     an = get_analysis(analysis, device=device, **analysis_options)
+    progress = Progress(check_limit(timeout))
     label = name or (Path(spec).stem if isinstance(spec, (str, Path)) else None)
     parts: list[Result] = []
     with hard_limit(progress.hard_deadline) as stop:

@@ -101,3 +101,20 @@ def test_clause_validation():
         Clause(np.zeros((2, 3)), np.zeros(3))
     with pytest.raises(SpecError):
         OutputProperty((Clause(np.zeros((1, 3)), np.zeros(1)),), 4)
+
+
+def test_an_empty_clause_is_true_so_every_input_violates_the_property():
+    """A clause of no rows (the empty conjunction) once crashed the attack with an IndexError."""
+    import absint
+    from absint.ir import Affine, Graph, Input
+    from absint.linear import DenseOperator
+    import torch
+
+    (c,) = OutputProperty((Clause(np.zeros((0, 2)), np.zeros(0)),), 2).clauses
+    assert c.satisfied_by(np.array([-5.0, 7.0]))
+    g = Graph((Input("x", (), (3,)), Affine("y", ("x",), (2,), DenseOperator(torch.ones(2, 3, dtype=torch.float64)),
+                                            torch.zeros(2, dtype=torch.float64))), "y", "lin")
+    prop = OutputProperty((Clause(np.zeros((0, 2)), np.zeros(0)),), 2)
+    for attack in (True, False):
+        r = absint.verify(g, (InputBox(np.zeros(3), np.ones(3)), prop), analysis="deeppoly", attack=attack)
+        assert r.verdict == "falsified"

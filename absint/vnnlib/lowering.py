@@ -281,6 +281,12 @@ def lower_query(query: Query, deadline: float | None = None) -> LoweredQuery:
 def spec_without_network(query: Query, deadline: float | None = None) -> Spec:
     """The spec of a query the plain network answers as it is (trivial layout), e.g. every
     VNN-LIB 1.0 file; anything that needs a composed graph is a :class:`SpecError` saying so."""
+    declared = {v.dtype for v in query.variables}
+    if declared != {"real"} and declared:
+        odd = next(v for v in query.variables if v.dtype != "real")
+        raise SpecError(f"{query.source} declares {odd.name} as {odd.dtype}; absint's analyses are sound in real "
+                        f"arithmetic on the model's weights, not for {odd.dtype} execution. Declare every variable "
+                        "'real' to consent to real-arithmetic analysis (VNN-LIB 2.0, sections 4.1.6 and 5.3.2)")
     lowered = lower_query(query, deadline)
     if not lowered.layout.trivial:
         raise _needs_composition(query, lowered.layout)
