@@ -238,3 +238,16 @@ def _env() -> dict:
     import os
 
     return dict(os.environ)
+
+
+def test_parse_vnnlib_refuses_non_real_types_as_the_solver_does(tmp_path):
+    """``absint verify --vnnlib`` (``parse_vnnlib``) once accepted a float32 query the solver refuses."""
+    from absint.errors import SpecError
+    from absint.vnnlib import parse_vnnlib
+
+    decl = "(declare-network f (declare-input X float32 [1,2]) (declare-output Y float32 [1,1]))\n"
+    q = query(tmp_path, BOX + "(assert (>= Y[0,0] 5.0))", decl=decl)
+    with pytest.raises(SpecError, match="as float32"):
+        parse_vnnlib(q)
+    ok = query(tmp_path, BOX + "(assert (>= Y[0,0] 5.0))", decl=decl.replace("float32", "real"))
+    assert len(parse_vnnlib(ok).instances) == 1
