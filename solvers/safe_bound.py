@@ -41,9 +41,12 @@ MILP bounds cannot be certified this cheaply: :func:`mip_lower_bound` takes
 the solver's best (dual) bound and widens it by the MIP gap tolerances and the
 rounding of the bound itself — it is only as trustworthy as the MIP solver's
 branch and bound (node LPs solved in floating point within its tolerances).
-That is the one place where absint trusts a solver rather than checking it;
-a MILP without integer variables left (every binary fixed by its bounds) is
-bounded as an LP, rigorously.
+That is the one place where absint trusts a solver rather than checking it,
+and only on models within the scales the solvers' absolute tolerances are made
+for (:func:`mip_scale_problem`: no continuous variable narrower than
+``MIP_MIN_WIDTH``, no bound beyond ``MIP_MAX_MAGNITUDE``; elsewhere the MILP
+proves nothing). A MILP without integer variables left (every binary fixed by
+its bounds) is bounded as an LP, rigorously.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ __all__ = [
     "lp_proved_bound",
     "mip_lower_bound",
     "mip_proved_bound",
+    "mip_scale_problem",
+    "MIP_MIN_WIDTH",
+    "MIP_MAX_MAGNITUDE",
     "implied_bounds",
 ]
 
@@ -288,6 +294,35 @@ def lp_proved_bound(model: LinearModel, row_duals_min: np.ndarray | None) -> flo
     return sign * low
 
 
+#: A MILP's dual bound is trusted only on a model whose numbers its solver resolves: MILP solvers
+#: work to absolute tolerances (feasibility 1e-6 to 1e-7, integrality 1e-5 to 1e-6) and their
+#: presolve rounds what lies below them, so a neuron whose whole range is a few 1e-9 can be read as
+#: 0 and, amplified by the layers after it, a false property "proved" (found by differential
+#: fuzzing: weights of 2^-23, or a box 2^-41 wide, verified a property violated at a corner).
+#: Every continuous variable of positive finite width must be at least ``MIP_MIN_WIDTH`` wide, and
+#: every finite variable bound at most ``MIP_MAX_MAGNITUDE`` in absolute value (big-M rows with
+#: larger constants lose the tolerances in rounding); otherwise the MILP proves nothing and the
+#: sound LP/domain bounds stand. A guard, not a proof: it keeps the solver in the range its
+#: tolerances are made for.
+MIP_MIN_WIDTH = 1e-5
+MIP_MAX_MAGNITUDE = 1e7
+
+
+def mip_scale_problem(model: LinearModel) -> str | None:
+    """Why ``model`` is outside the numbers a MILP solver's tolerances are made for, or None."""
+    lb, ub = model.known_bounds
+    width = ub - lb
+    cont = ~np.asarray(model.integrality, dtype=bool)
+    small = cont & np.isfinite(width) & (width > 0) & (width < MIP_MIN_WIDTH)
+    if small.any():
+        return (f"{int(small.sum())} continuous variable(s) narrower than {MIP_MIN_WIDTH:g} "
+                f"(narrowest {float(width[small].min()):.3g})")
+    mags = np.abs(np.concatenate([lb[np.isfinite(lb)], ub[np.isfinite(ub)]]))
+    if mags.size and float(mags.max()) > MIP_MAX_MAGNITUDE:
+        return f"a variable bound of magnitude {float(mags.max()):.3g} > {MIP_MAX_MAGNITUDE:g}"
+    return None
+
+
 def mip_lower_bound(dual_bound: float | None, rel_gap: float, abs_gap: float) -> float | None:
     """Widen a MIP solver's dual bound (minimisation) by its gap tolerances."""
     if dual_bound is None or not math.isfinite(dual_bound):
@@ -300,6 +335,11 @@ def mip_lower_bound(dual_bound: float | None, rel_gap: float, abs_gap: float) ->
 def mip_proved_bound(
     model: LinearModel, dual_bound_min: float | None, rel_gap: float, abs_gap: float
 ) -> float | None:
-    """Like :func:`mip_lower_bound` but returned in the model's sense."""
+    """Like :func:`mip_lower_bound` but returned in the model's sense; None (nothing proved) for a
+    model outside the scales MILP solvers resolve (:func:`mip_scale_problem`)."""
+    why = mip_scale_problem(model)
+    if why is not None:
+        logger.info("MILP bound not used: %s", why)
+        return None
     low = mip_lower_bound(dual_bound_min, rel_gap, abs_gap)
     return None if low is None else model.sense.sign * low

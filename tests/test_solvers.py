@@ -454,3 +454,58 @@ def test_known_bounds_certify_free_variables_without_reaching_the_solver() -> No
     assert lp_proved_bound(m, np.zeros(1)) == pytest.approx(-0.5)  # y = 0: the known box bound
     res = get_backend().solve(m)
     assert res.proved_bound is not None and res.proved_bound <= 0.0 + 1e-12
+
+
+# -- MILP bounds only on models whose numbers the solvers resolve (found by differential fuzzing) ------
+def _tiny_range_net(scale: float):
+    """``y = 3072·relu(2048·relu(scale·(x0 + 2 x1 + 3 x2)))``: the first ReLU's whole range is ~1e-9."""
+    import torch
+    from absint.ir import Affine, Graph, Input, Relu
+    from absint.linear import DenseOperator
+
+    def dense(name, parent, w):
+        w = torch.tensor(w, dtype=torch.float64)
+        return Affine(name, (parent,), (w.shape[0],), DenseOperator(w), torch.zeros(w.shape[0], dtype=torch.float64))
+    nodes = (Input("x", (), (3,)), dense("a", "x", [[scale, 2 * scale, 3 * scale]]), Relu("r", ("a",), (1,)),
+             dense("b", "r", [[2048.0]]), Relu("s", ("b",), (1,)), dense("y", "s", [[3072.0]]))
+    return Graph(nodes, "y", "tiny")
+
+
+@pytest.mark.parametrize("backend", ["highs", "gurobi"])
+@pytest.mark.parametrize("analysis", ["milp", "refinezono"])
+def test_milp_bounds_are_not_trusted_below_the_solver_tolerances(backend, analysis):
+    """Weights of 2^-23 on a 2^-8-wide box put the first ReLU's range near 1e-9, below MILP
+    feasibility tolerances; Gurobi's presolve read it as 0 and "proved" ``y < y(hi)``, which the
+    corner ``hi`` violates."""
+    if backend == "gurobi" and not HAS_GUROBI:
+        pytest.skip("gurobipy not installed")
+    import absint
+    from absint.specs import Clause, InputBox, OutputProperty
+
+    g = _tiny_range_net(2.0 ** -23)
+    u = 2.0 ** -10
+    lo = np.array([-4.0, -1.0, 0.0]) * u
+    hi = lo + 4 * u
+    y_hi = 3072.0 * 2048.0 * 2.0 ** -23 * float(hi @ np.array([1.0, 2.0, 3.0]))
+    assert y_hi > 0
+    prop = OutputProperty((Clause(np.array([[1.0]]), np.array([-y_hi])),), 1)  # violated where y >= y(hi): at hi
+    r = absint.verify(g, (InputBox(lo, hi), prop), analysis=analysis, attack=False, backend=backend)
+    assert not r.verified and (r.margin is None or r.margin <= 0)
+
+
+def test_mip_scale_problem_names_narrow_variables_and_huge_bounds():
+    from absint.solvers.safe_bound import MIP_MIN_WIDTH, mip_proved_bound, mip_scale_problem
+
+    m = LinearModel()
+    m.add_vars(0.0, 1.0, size=2)
+    m.add_binary_vars(1)
+    assert mip_scale_problem(m) is None
+    m.add_vars(0.0, MIP_MIN_WIDTH / 10, size=1)
+    assert "narrower" in mip_scale_problem(m)
+    assert mip_proved_bound(m, 1.0, 0.0, 0.0) is None
+    big = LinearModel()
+    big.add_vars(-1e9, 1.0, size=1)
+    assert "magnitude" in mip_scale_problem(big)
+    fixed = LinearModel()
+    fixed.add_vars(0.5, 0.5, size=1)  # a fixed variable (width 0) is fine
+    assert mip_scale_problem(fixed) is None
