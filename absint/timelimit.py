@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import numpy as np
+
 from absint.errors import InvalidArgumentError
 
 
@@ -39,16 +41,21 @@ class InvalidTimeLimit(InvalidArgumentError):
     """A time limit that is not a finite number of seconds > 0."""
 
 
+#: limits beyond this many seconds (~31 years) mean "no limit": the clocks and timers that enforce
+#: a limit overflow long before (``threading`` waits past ``time_t``: 1e11 s crashed them)
+NO_LIMIT_BEYOND = 1e9
+
+
 def check_limit(seconds: float | None, what: str = "timeout") -> float | None:
-    """``seconds`` as a float if it is a usable time limit (finite, > 0), ``None`` for no limit;
-    anything else raises :class:`InvalidTimeLimit`."""
+    """``seconds`` as a float if it is a usable time limit (finite, > 0), ``None`` for no limit
+    (also for limits beyond :data:`NO_LIMIT_BEYOND`); anything else raises :class:`InvalidTimeLimit`."""
     if seconds is None:
         return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-            or seconds <= 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(seconds) or seconds <= 0:
         raise InvalidTimeLimit(f"{what} must be a finite number of seconds > 0 (or None for no limit), "
                                f"got {seconds!r}")
-    return float(seconds)
+    return None if seconds > NO_LIMIT_BEYOND else float(seconds)
 
 
 class HardTimeLimit(BaseException):

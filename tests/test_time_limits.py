@@ -224,3 +224,16 @@ def test_vnncomp_limit_covers_loading_and_parsing(tmp_path):
     word, result, _ = run_instance(NET, spec, tmp_path / "r.txt", timeout=1e-6, analysis="box")
     assert word == "timeout" and "time-out" in result.reason
     assert "network loaded" in result.reason or "loading the network" in result.reason
+
+
+def test_huge_limits_mean_no_limit_instead_of_crashing_the_timers(digits):
+    """``timeout=1e11`` once crashed verify with OverflowError (a threading wait past time_t)."""
+    from absint.timelimit import NO_LIMIT_BEYOND, check_limit
+
+    assert check_limit(1e11) is None and check_limit(np.float64(5.0)) == 5.0
+    assert check_limit(NO_LIMIT_BEYOND) == NO_LIMIT_BEYOND
+    with pytest.raises(InvalidTimeLimit):
+        check_limit(float("inf"))
+    net, images, labels = digits
+    r = absint.verify(net, _instance(images, labels, eps=0.0), timeout=1e11)
+    assert r.verdict in ("verified", "falsified")
