@@ -80,8 +80,9 @@ def unit_samples(n: int, shape: tuple[int, ...], rng: np.random.Generator) -> np
 
 def linf_ball(center: np.ndarray, eps: float, clip: tuple[float, float] | None = (0.0, 1.0)) -> InputBox:
     """The L∞ ball of radius ``eps`` around ``center``, intersected with the valid range ``clip``."""
-    if not np.isfinite(eps) or eps < 0:
-        raise SpecError(f"eps must be a finite non-negative number, got {eps}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(eps) or eps < 0:
+        raise SpecError(f"eps must be a finite non-negative number, got {eps!r}")
     c = np.asarray(center, dtype=np.float64)
     lo, hi = c - eps, c + eps
     if clip is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -492,7 +493,12 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
         raise InvalidArgumentError(f"batch_size must be a whole number ≥ 1, got {batch_size!r}")
     graph = load_network(network, device=device)
     an = get_analysis(analysis, device=device, **analysis_options)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(eps) or eps < 0:
+        raise SpecError(f"eps must be one finite number ≥ 0 (the radius for every image), got {eps!r}")
     images = np.asarray(images, dtype=np.float64)
+    if np.ndim(labels) == 0:
+        raise SpecError(f"labels must be a sequence with one label per image, got {labels!r}")
     labels = _whole_labels(labels)
     if len(images) != len(labels):
         raise SpecError(f"{len(images)} images but {len(labels)} labels")
@@ -500,6 +506,8 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
         return []
     n_classes = numel(graph.output_shape)
     names = list(names) if names is not None else [f"input_{i}" for i in range(len(images))]
+    if len(names) != len(images):
+        raise SpecError(f"{len(names)} names for {len(images)} images")
     if len(images) and images[0].size == numel(graph.input_shape):
         images = images.reshape(len(images), *graph.input_shape)
     if images.shape[1:] != tuple(graph.input_shape):

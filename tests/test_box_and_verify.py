@@ -164,3 +164,18 @@ def test_unknown_analysis_and_timeout():
     r = absint.verify(graph, inst, analysis="box", timeout=1e-9, attack=False)
     assert r.verdict is Verdict.UNKNOWN and r.reason.startswith("time-out"), r
     assert absint.verify(graph, inst, analysis="box", attack=False).verified  # with time, box proves a point
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eps": "0.1"}, "eps must be one finite number"), ({"eps": None}, "eps must be one finite number"),
+    ({"eps": np.array([0.01, 0.02, 0.03])}, "eps must be one finite number"),
+    ({"labels": 3}, "one label per image"), ({"names": ["a"]}, "1 names for 3 images")])
+def test_verify_robustness_names_a_wrong_argument(kwargs, message):
+    """Wrong-typed arguments once leaked TypeError / ValueError / IndexError from numpy."""
+    from absint.errors import SpecError
+
+    net = absint.load_network(absint.bundled("digits_mlp_2x64.onnx"))
+    images, labels = absint.load_images(absint.bundled("digits_test.npz"), net.input_shape)
+    call = {"eps": 0.01, "labels": labels[:3], **kwargs}
+    with pytest.raises(SpecError, match=message):
+        absint.verify_robustness(net, images[:3], call.pop("labels"), call.pop("eps"), **call)
