@@ -18,13 +18,14 @@ container type only), classes (``isinstance``) and ``Any`` (no check).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from absint.errors import OptionError
 
-__all__ = ["Options", "NoAnalysisOptions", "build_options", "check_types"]
+__all__ = ["Options", "NoAnalysisOptions", "build_options", "check_types", "check_conventional_ranges"]
 
 O = TypeVar("O", bound="Options")
 
@@ -44,6 +45,7 @@ class Options:
 
     def __post_init__(self) -> None:
         check_types(self)
+        check_conventional_ranges(self)
         self.check()
 
     def check(self) -> None:
@@ -125,6 +127,28 @@ def check_types(obj: Any) -> None:
                               f"got {value!r} ({type(value).__name__})")
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(obj, f.name, float(value))
+
+
+def check_conventional_ranges(obj: Any) -> None:
+    """Ranges every options class shares by its field names (before its own :meth:`Options.check`):
+    no float is NaN; iteration counts (``*iters``) and ``seed`` are ≥ 0; ``workers`` and integer
+    ``max_*`` caps are ≥ 1; learning rates (``lr*``) and float ``max_*`` caps are finite and > 0.
+    Values outside them once reached the analyses and failed there (a numpy traceback, a stage
+    that failed with ``range() arg 3 must not be zero``, NaN slopes)."""
+    for f in dataclasses.fields(obj):
+        v, name = getattr(obj, f.name), f.name
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        where = f"{type(obj).__name__}.{name}"
+        if isinstance(v, float) and math.isnan(v):
+            raise OptionError(f"{where}: expected a number, got NaN")
+        if isinstance(v, int) and (name.endswith("iters") or name == "seed") and v < 0:
+            raise OptionError(f"{where}: expected a whole number ≥ 0, got {v!r}")
+        if isinstance(v, int) and (name == "workers" or name.startswith("max_")) and v < 1:
+            raise OptionError(f"{where}: expected a whole number ≥ 1, got {v!r}")
+        if isinstance(v, float) and (name.startswith("lr") or name.startswith("max_")) \
+                and not (math.isfinite(v) and v > 0):
+            raise OptionError(f"{where}: expected a finite number > 0, got {v!r}")
 
 
 def _matches(value: Any, hint: Any) -> bool:

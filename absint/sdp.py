@@ -209,6 +209,11 @@ class SDPOptions(Options):
     def check(self) -> None:
         if not self.tol > 0 or self.exact_max_size < 0 or (self.max_iters is not None and self.max_iters < 1):
             raise OptionError("sdp: tol must be > 0, exact_max_size ≥ 0 and max_iters ≥ 1")
+        from absint.solvers.sdp_exact import EXACT_BACKENDS
+
+        if self.backend != "auto" and self.backend not in EXACT_BACKENDS:
+            raise OptionError(f"sdp: backend must be 'auto' or one of {', '.join(EXACT_BACKENDS)}, "
+                              f"got {self.backend!r}")
         if self.fo_options is not None and not isinstance(self.fo_options, dict):
             from absint.solvers.sdp_fo import FOOptions
 

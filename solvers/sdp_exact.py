@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from absint.errors import SolverError
 from absint.solvers.sdp_problem import SDPProblem, certify, interval_multipliers
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ EXACT_BACKENDS = ("mosek", "scs", "clarabel")
 CLARABEL_AUTO_MAX_N = 80
 
 
-class SDPBackendUnavailable(RuntimeError):
+class SDPBackendUnavailable(SolverError, RuntimeError):
     """The requested cvxpy backend is not installed or not licensed."""
 
 

@@ -202,3 +202,18 @@ def test_option_error_is_a_type_and_value_error() -> None:
 def test_analysis_names_need_no_import() -> None:
     names = analysis_names()
     assert {"box", "deeppoly", "bab", "refinepoly", "sdp-fo"} <= set(names)
+
+
+@pytest.mark.parametrize("name, opts, message", [
+    ("bab", {"seed": -1}, "≥ 0"), ("refinezono", {"tighten.max_neurons": 0}, "≥ 1"),
+    ("kpoly", {"multineuron.final_iters": -1}, "≥ 0"), ("kpoly", {"multineuron.lr_alpha": float("nan")}, "NaN"),
+    ("alphapoly", {"lr": float("inf")}, "finite number > 0"), ("refinepoly", {"slopes.iters": -1}, "≥ 0"),
+    ("sdp-exact", {"backend": "x"}, "backend must be"), ("bab", {"workers": 0}, "≥ 1")])
+def test_option_values_out_of_range_are_refused_when_built(name, opts, message):
+    """Found by fuzzing: these were accepted and failed inside the run (a numpy traceback, a stage
+    failing with ``range() arg 3 must not be zero``, NaN slopes, an SDP backend error)."""
+    from absint.analyses import get_analysis
+    from absint.errors import OptionError
+
+    with pytest.raises(OptionError, match=message):
+        get_analysis(name, **opts)
