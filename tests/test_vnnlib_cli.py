@@ -251,3 +251,15 @@ def test_parse_vnnlib_refuses_non_real_types_as_the_solver_does(tmp_path):
         parse_vnnlib(q)
     ok = query(tmp_path, BOX + "(assert (>= Y[0,0] 5.0))", decl=decl.replace("float32", "real"))
     assert len(parse_vnnlib(ok).instances) == 1
+
+
+def test_assignments_alias_and_empty_query_path(capsysbinary, tmp_path, net):
+    """The reference solver double accepts ``--assignments`` (the standard's usage block) and refuses
+    an empty query path; absint-vnnlib rejected the first and blamed a directory for the second."""
+    q = query(tmp_path, BOX + "(assert (>= Y[0,0] 1.9))")
+    folder = tmp_path / "alias"
+    code, out, _ = run(capsysbinary, "verify", q, "--network", f"f={net}", "--assignments", str(folder),
+                       "--analysis", "deeppoly")
+    assert (code, out) == (0, "sat\n") and (folder / "X.pb").exists()
+    code, out, err = run(capsysbinary, "verify", "", "--network", f"f={net}")
+    assert (code, out) == (2, "") and "must not be empty" in err

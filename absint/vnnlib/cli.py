@@ -121,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the ONNX model of a declared network (once per network not declared equal-to another)")
     verify.add_argument("--timeout", metavar="<seconds>", type=int, default=None,
                         help="whole seconds for everything: reading, loading, analysis")
-    verify.add_argument("--serialise-assignments", metavar="<folder>", default=None,
-                        help="write a sat assignment as ONNX TensorProto files NAME.pb into this folder")
+    verify.add_argument("--serialise-assignments", "--assignments", metavar="<folder>", default=None,
+                        dest="serialise_assignments",
+                        help="write a sat assignment as ONNX TensorProto files NAME.pb into this folder "
+                             "(--assignments: the spelling of the standard's usage block)")
     verify.add_argument("--analysis", default=DEFAULT_ANALYSIS,
                         help=f"absint analysis to run (default {DEFAULT_ANALYSIS}; see `absint list`)")
     verify.add_argument("--no-attack", action="store_true", help="skip the PGD counterexample search")
@@ -191,6 +193,8 @@ def _verify(args: argparse.Namespace, start: float) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), stream=sys.stderr,
                         format=f"{PROGRAM}: %(levelname)s %(name)s: %(message)s")
     try:
+        if not args.query:
+            raise _Usage("the <filepath> argument must not be empty: verify needs the path to a query file")
         networks = _networks(args.network)
         if args.timeout is not None and args.timeout < 0:
             raise _Usage(f"--timeout must be zero or more whole seconds, not {args.timeout}")
