@@ -25,7 +25,7 @@ import torch
 
 from absint import registry
 from absint.domains.base import Domain, default_device
-from absint.errors import OptionError, UnknownAnalysisError, UnknownNameError, UnsupportedOpError
+from absint.errors import DomainError, OptionError, UnknownAnalysisError, UnknownNameError, UnsupportedOpError
 from absint.interpreter import propagate
 from absint.ir import Graph, Input, Op
 from absint.options import NoAnalysisOptions, Options, build_options
@@ -152,10 +152,26 @@ class DomainAnalysis(Analysis):
     def bound(self, graph, lower, upper, C, d, *, deadline=None) -> BoundResult:
         g = graph.to(self.device, self.domain.dtype)
         t0 = time.perf_counter()
-        prop = propagate(g, self.domain, lower.to(self.device), upper.to(self.device), deadline=deadline)
-        out = self.domain.linear_bounds(prop.output, C.to(self.device, self.domain.dtype),
-                                        d.to(self.device, self.domain.dtype))
+        try:
+            prop = propagate(g, self.domain, lower.to(self.device), upper.to(self.device), deadline=deadline)
+            out = self.domain.linear_bounds(prop.output, C.to(self.device, self.domain.dtype),
+                                            d.to(self.device, self.domain.dtype))
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(C.shape[:2]):
+                raise ValueError(f"linear_bounds returned {type(out).__name__} of shape "
+                                 f"{tuple(getattr(out, 'shape', ()))}, expected a tensor {tuple(C.shape[:2])}")
+        except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            if _builtin(type(self.domain)):
+                raise
+            # a plugin domain returned something the engine cannot use: say which, not where it broke
+            raise DomainError(f"domain {self.domain.name!r} ({type(self.domain).__module__}."
+                              f"{type(self.domain).__qualname__}) failed: {type(exc).__name__}: {exc}. "
+                              "absint.testing.check_domain names the method and what it returned") from exc
         return BoundResult(out.detach().cpu().numpy(), stats={"seconds": time.perf_counter() - t0})
+
+
+def _builtin(cls: type) -> bool:
+    """Whether ``cls`` is one of absint's own domains (their failures are bugs to surface as they are)."""
+    return cls.__module__.startswith(("absint.", "domains."))
 
 
 _DOMAIN_ANALYSES: dict[type, type[DomainAnalysis]] = {}

@@ -427,3 +427,26 @@ def test_example_plugin_from_source_registers_and_verifies(reg) -> None:
     sym = absint.verify(_tiny_net(), (region, prop), analysis="symint", attack=False)
     box = absint.verify(_tiny_net(), (region, prop), analysis="box", attack=False)
     assert sym.verified and sym.margin >= box.margin
+
+
+class _FlatBounds(BoxDomain):
+    """A buggy plugin: ``bounds`` drops the batch axis (check_domain flags it)."""
+
+    name = "t_flat_bounds"
+
+    def bounds(self, x):
+        lo, hi = super().bounds(x)
+        return lo.reshape(-1), hi.reshape(-1)
+
+
+def test_a_plugin_domain_that_returns_wrong_shapes_is_a_domain_error(reg) -> None:
+    """It once surfaced as a RuntimeError/AttributeError from absint's internals."""
+    from absint.errors import DomainError
+
+    register_domain(_FlatBounds)
+    try:
+        region = InputBox(np.array([0.1, 0.1]), np.array([0.2, 0.2]))
+        with pytest.raises(DomainError, match="t_flat_bounds"):
+            absint.verify(_tiny_net(), (region, robustness_property(0, 3)), analysis="t_flat_bounds", attack=False)
+    finally:
+        unregister_domain("t_flat_bounds")
