@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from typing import Any, ClassVar, Literal, TypeVar, Union
@@ -129,6 +130,10 @@ def check_types(obj: Any) -> None:
             object.__setattr__(obj, f.name, float(value))
 
 
+#: the most worker processes an option may ask for (each is a process: 10**6 is a fork bomb)
+MAX_WORKERS = max(64, 4 * (os.cpu_count() or 1))
+
+
 def check_conventional_ranges(obj: Any) -> None:
     """Ranges every options class shares by its field names (before its own :meth:`Options.check`):
     no float is NaN; iteration counts (``*iters``) and ``seed`` are ≥ 0; ``workers`` and integer
@@ -146,6 +151,8 @@ def check_conventional_ranges(obj: Any) -> None:
             raise OptionError(f"{where}: expected a whole number ≥ 0, got {v!r}")
         if isinstance(v, int) and (name == "workers" or name.startswith("max_")) and v < 1:
             raise OptionError(f"{where}: expected a whole number ≥ 1, got {v!r}")
+        if name == "workers" and isinstance(v, int) and v > MAX_WORKERS:
+            raise OptionError(f"{where}: at most {MAX_WORKERS} worker processes, got {v!r}")
         if isinstance(v, float) and (name.startswith("lr") or name.startswith("max_")) \
                 and not (math.isfinite(v) and v > 0):
             raise OptionError(f"{where}: expected a finite number > 0, got {v!r}")

@@ -208,7 +208,8 @@ def test_analysis_names_need_no_import() -> None:
     ("bab", {"seed": -1}, "≥ 0"), ("refinezono", {"tighten.max_neurons": 0}, "≥ 1"),
     ("kpoly", {"multineuron.final_iters": -1}, "≥ 0"), ("kpoly", {"multineuron.lr_alpha": float("nan")}, "NaN"),
     ("alphapoly", {"lr": float("inf")}, "finite number > 0"), ("refinepoly", {"slopes.iters": -1}, "≥ 0"),
-    ("sdp-exact", {"backend": "x"}, "backend must be"), ("bab", {"workers": 0}, "≥ 1")])
+    ("sdp-exact", {"backend": "x"}, "backend must be"), ("bab", {"workers": 0}, "≥ 1"),
+    ("lp", {"workers": 10**6}, "at most")])
 def test_option_values_out_of_range_are_refused_when_built(name, opts, message):
     """Found by fuzzing: these were accepted and failed inside the run (a numpy traceback, a stage
     failing with ``range() arg 3 must not be zero``, NaN slopes, an SDP backend error)."""

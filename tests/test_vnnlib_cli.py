@@ -263,3 +263,11 @@ def test_assignments_alias_and_empty_query_path(capsysbinary, tmp_path, net):
     assert (code, out) == (0, "sat\n") and (folder / "X.pb").exists()
     code, out, err = run(capsysbinary, "verify", "", "--network", f"f={net}")
     assert (code, out) == (2, "") and "must not be empty" in err
+
+
+def test_a_timeout_beyond_1e9_seconds_means_no_limit(capsysbinary, tmp_path, net):
+    """``--timeout 99999999999`` once killed the watchdog thread with OverflowError (time_t)."""
+    q = query(tmp_path, BOX + "(assert (>= Y[0,0] 1.9))")
+    code, out, err = run(capsysbinary, "verify", q, "--network", f"f={net}", "--timeout", "99999999999",
+                         "--analysis", "deeppoly")
+    assert code == 0 and out.startswith("sat\n") and "Traceback" not in err and "OverflowError" not in err

@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any, NoReturn, Sequence
 
+from absint.timelimit import NO_LIMIT_BEYOND
+
 PROGRAM = "absint-vnnlib"
 NAME = "absint (abstract-interpretation verifier of neural networks)"
 EXIT_ANSWER, EXIT_INTERNAL, EXIT_ERROR = 0, 1, 2
@@ -203,7 +205,7 @@ def _verify(args: argparse.Namespace, start: float) -> int:
         return EXIT_ERROR
     out = _Stdout()
     watchdog = None
-    if args.timeout is not None:
+    if args.timeout is not None and args.timeout <= NO_LIMIT_BEYOND:  # beyond: no limit (time_t overflows)
         def fire() -> None:
             if out.write("timed-out\n"):
                 sys.stderr.write(f"{PROGRAM}: the time limit ({args.timeout} s) passed; stopped\n")
