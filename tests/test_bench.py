@@ -76,6 +76,12 @@ timeout = 60
     ({"workers": 0, "experiment": [{"name": "a", "instances": "i.csv"}]}, "workers"),
     ({"backend": "dask", "experiment": [{"name": "a", "instances": "i.csv"}]}, "backend"),
     ({"experiment": [{"name": "a", "instances": "i.csv"}, {"name": "a", "instances": "j.csv"}]}, "duplicate"),
+    # found by fuzzing: "false" (a string) ran the attack; clip [1, 0] errored on every row with exit 0;
+    # a listed-twice analysis wrote duplicate rows; a name with folders wrote outside the results folder
+    ({"attack": "false", "experiment": [{"name": "a", "instances": "i.csv"}]}, "true or false"),
+    ({"experiment": [{"name": "a", "network": "n.onnx", "data": "d.npz", "eps": 0.1, "clip": [1, 0]}]}, "lo ≤ hi"),
+    ({"analyses": ["box", "box"], "experiment": [{"name": "a", "instances": "i.csv"}]}, "listed twice"),
+    ({"name": "../../evil", "experiment": [{"name": "a", "instances": "i.csv"}]}, "plain name"),
 ])
 def test_config_errors(tmp_path: Path, bad: dict, match: str) -> None:
     with pytest.raises(BenchConfigError, match=match):

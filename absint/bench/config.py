@@ -204,10 +204,29 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
 
 def _as_tuple_str(v: Any, where: str) -> tuple[str, ...]:
     if isinstance(v, str):
-        return (v,)
+        v = [v]
     if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise BenchConfigError(f"{where}: {dup} listed twice (each name is one column)")
         return tuple(v)
     raise BenchConfigError(f"{where}: expected a string or a list of strings, got {v!r}")
+
+
+def _as_bool(v: Any, where: str) -> bool:
+    """A TOML boolean (``true``/``false``); a string such as ``"false"`` is an error, not true."""
+    if not isinstance(v, bool):
+        raise BenchConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
+
+
+def _file_name(v: Any, where: str) -> str:
+    """A configuration name used as a file name: no folders in it."""
+    name = str(v)
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise BenchConfigError(f"{where}: name {name!r} must be a plain name (it names the results file), "
+                               "without folders; give `results = ...` to choose a path")
+    return name
 
 
 def _as_eps(v: Any, where: str) -> tuple[float, ...]:
@@ -264,10 +283,10 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
     if not root.is_absolute():
         root = (default_root(source) / root) if source is not None else root.resolve()
     resolve = PathResolver(root, str(data.get("bench_root", DEFAULT_BENCH_ROOT)), bench_root)
-    name = str(data.get("name") or (source.stem if source else "bench"))
+    name = _file_name(data.get("name") or (source.stem if source else "bench"), f"{where}: name")
     analyses = _as_tuple_str(data.get("analyses", ["box"]), f"{where}: analyses")
     timeout = _positive(data.get("timeout"), f"{where}: timeout")
-    attack = bool(data.get("attack", True))
+    attack = _as_bool(data.get("attack", True), f"{where}: attack")
     attack_budget = data.get("attack_budget")
     batch = _positive(data.get("batch_size", 1), f"{where}: batch_size", integer=True)
     tables = data.get("experiment", [])
@@ -289,7 +308,7 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
                       analyses=_as_tuple_str(t.get("analyses", list(analyses)), f"{ew}: analyses"),
                       timeout=_positive(t.get("timeout", timeout), f"{ew}: timeout"),
                       own_timeout=_positive(t.get("timeout"), f"{ew}: timeout"),
-                      attack=bool(t.get("attack", attack)),
+                      attack=_as_bool(t.get("attack", attack), f"{ew}: attack"),
                       attack_budget=_nonneg(t.get("attack_budget", attack_budget), f"{ew}: attack_budget"),
                       batch_size=_positive(t.get("batch_size", batch), f"{ew}: batch_size", integer=True))
         if "instances" in t:
@@ -302,8 +321,10 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
             if "data" not in t or "eps" not in t:
                 raise BenchConfigError(f"{ew}: an image experiment needs network, data and eps")
             clip = t.get("clip", [0.0, 1.0])
-            if clip is not False and not (isinstance(clip, list) and len(clip) == 2):
-                raise BenchConfigError(f"{ew}: clip must be [lo, hi] or false")
+            if clip is not False and not (isinstance(clip, list) and len(clip) == 2
+                                          and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                  and math.isfinite(c) for c in clip) and clip[0] <= clip[1]):
+                raise BenchConfigError(f"{ew}: clip must be [lo, hi] with finite lo ≤ hi, or false; got {clip!r}")
             start = t.get("start", 0)
             if isinstance(start, bool) or not isinstance(start, int) or start < 0:
                 raise BenchConfigError(f"{ew}: start must be a non-negative integer")
@@ -316,6 +337,8 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
             raise BenchConfigError(f"{ew}: give either `instances` (VNN-COMP list) or `network` + `data` + `eps`")
     res = Path(results) if results is not None else _in_results_dir(data.get("results", f"{name}.jsonl"),
                                                                       f"{where}: results")
+    if res.is_dir():
+        raise BenchConfigError(f"{where}: results {str(res)!r} is a folder; give a file path (rows are JSON lines)")
     backend = str(data.get("backend", "local"))
     if backend not in ("local", "ray"):
         raise BenchConfigError(f"{where}: backend must be 'local' or 'ray', got {backend!r}")
@@ -326,7 +349,7 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
         name=name, results=Path(res), experiments=tuple(experiments),
         workers=_positive(data.get("workers", 1), f"{where}: workers", integer=True),
         threads_per_worker=_positive(data.get("threads_per_worker", 1), f"{where}: threads_per_worker", integer=True),
-        backend=backend, address=data.get("address"), skip_unavailable=bool(data.get("skip_unavailable", False)),
+        backend=backend, address=data.get("address"), skip_unavailable=_as_bool(data.get("skip_unavailable", False), f"{where}: skip_unavailable"),
         source=source, description=str(data.get("description", "")))
 
 
@@ -336,10 +359,12 @@ def load_config(path: str | Path, *, root: Path | None = None, bench_root: Path 
     path = Path(path)
     if not path.exists():
         raise BenchConfigError(f"{path}: no such config file")
+    if path.is_dir():
+        raise BenchConfigError(f"{path}: is a folder, not a config file")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BenchConfigError(f"{path}: invalid TOML: {exc}") from exc
     return parse_config(data, source=path, root=root, bench_root=bench_root, results=results)
 
