@@ -251,3 +251,14 @@ def _write_toml(path: Path, data: dict) -> Path:
         lines += ["[[experiment]]"] + [f"{k} = {val(v)}" for k, v in e.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "nan", "inf"])
+def test_instances_file_with_an_unusable_time_limit_is_a_config_error(tmp_path: Path, limit: str) -> None:
+    """Such limits once passed parsing and every row became an error with exit 0."""
+    from absint.bench.plan import read_instances
+
+    f = tmp_path / "instances.csv"
+    f.write_text(f"net.onnx,prop.vnnlib,{limit}\n")
+    with pytest.raises(BenchConfigError, match="bad timeout"):
+        read_instances(f)

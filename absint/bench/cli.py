@@ -101,7 +101,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     for e in cfg.experiments:
         kw = {}
         if args.analysis:
-            kw["analyses"] = tuple(args.analysis)
+            kw["analyses"] = tuple(dict.fromkeys(args.analysis))  # one column per name, in the order given
         if args.timeout is not None:
             kw["timeout"] = kw["own_timeout"] = args.timeout
         if args.batch_size is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,8 @@ def read_instances(path: Path) -> list[tuple[str, str, float | None]]:
                 t = float(row[2]) if len(row) > 2 and row[2] else None
             except ValueError as exc:
                 raise BenchConfigError(f"{path}:{i}: bad timeout {row[2]!r}") from exc
+            if t is not None and not (math.isfinite(t) and t > 0):
+                raise BenchConfigError(f"{path}:{i}: bad timeout {row[2]!r} (a number of seconds > 0)")
             out.append((row[0], row[1], t))
     return out
 
