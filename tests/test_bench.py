@@ -82,6 +82,8 @@ timeout = 60
     ({"experiment": [{"name": "a", "network": "n.onnx", "data": "d.npz", "eps": 0.1, "clip": [1, 0]}]}, "lo ≤ hi"),
     ({"analyses": ["box", "box"], "experiment": [{"name": "a", "instances": "i.csv"}]}, "listed twice"),
     ({"name": "../../evil", "experiment": [{"name": "a", "instances": "i.csv"}]}, "plain name"),
+    ({"timeout": float("inf"), "experiment": [{"name": "a", "instances": "i.csv"}]}, "positive finite"),
+    ({"root": 5, "experiment": [{"name": "a", "instances": "i.csv"}]}, "root must be a folder path"),
 ])
 def test_config_errors(tmp_path: Path, bad: dict, match: str) -> None:
     with pytest.raises(BenchConfigError, match=match):

@@ -244,9 +244,10 @@ def _as_eps(v: Any, where: str) -> tuple[float, ...]:
 def _positive(v: Any, where: str, *, integer: bool = False, allow_none: bool = True) -> Any:
     if v is None and allow_none:
         return None
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
     if isinstance(v, bool) or not ok or v <= 0:
-        raise BenchConfigError(f"{where}: expected a positive {'integer' if integer else 'number'}, got {v!r}")
+        raise BenchConfigError(f"{where}: expected a positive finite {'integer' if integer else 'number'}, "
+                               f"got {v!r}")
     return v
 
 
@@ -278,6 +279,10 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
     """Build a :class:`BenchConfig` from a parsed TOML table (see the module docstring)."""
     where = str(source) if source else "config"
     _check_keys(data, _TOP_KEYS, where)
+    if "root" in data and not isinstance(data["root"], str):
+        raise BenchConfigError(f"{where}: root must be a folder path (a string), got {data['root']!r}")
+    if "bench_root" in data and not isinstance(data["bench_root"], str):
+        raise BenchConfigError(f"{where}: bench_root must be a folder path (a string), got {data['bench_root']!r}")
     root = Path(root) if root is not None else (
         Path(data["root"]) if "root" in data else default_root(source))
     if not root.is_absolute():
@@ -380,7 +385,8 @@ def check_analyses(config: BenchConfig, available: set[str] | None = None) -> Be
     for e in config.experiments:
         missing = [a for a in e.analyses if config.spec(a).base not in available]
         if missing and not config.skip_unavailable:
-            raise BenchConfigError(f"experiment {e.name!r}: analysis {missing} not available here "
+            named = [a if config.spec(a).base == a else f"{a} (base = {config.spec(a).base!r})" for a in missing]
+            raise BenchConfigError(f"experiment {e.name!r}: analysis {named} not available here "
                                    f"(available: {sorted(available)}); set skip_unavailable = true to skip")
         if missing:
             log.warning("experiment %r: skipping unavailable analyses %s", e.name, missing)
