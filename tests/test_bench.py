@@ -264,3 +264,20 @@ def test_instances_file_with_an_unusable_time_limit_is_a_config_error(tmp_path: 
     f.write_text(f"net.onnx,prop.vnnlib,{limit}\n")
     with pytest.raises(BenchConfigError, match="bad timeout"):
         read_instances(f)
+
+
+def test_dropping_rows_keeps_a_csv_results_file_a_csv(tmp_path: Path) -> None:
+    """``--rerun`` on a ``.csv`` file once rewrote the kept rows as JSON lines (its temporary file had
+    the suffix ``.tmp``), after which the file could not be read or appended to."""
+    from absint.bench.store import row_key
+
+    path = tmp_path / "r.csv"
+    rows = [{"benchmark": "b", "network": "n", "input": str(i), "eps": 0.01, "analysis": "box",
+             "verdict": "verified", "margin": 0.5} for i in range(3)]
+    with ResultStore(path) as s:
+        s.write_many(rows)
+    assert ResultStore(path).drop({row_key(read_rows(path)[0])}) == 1
+    assert path.read_text().startswith("benchmark,") and [r["input"] for r in read_rows(path)] == ["1", "2"]
+    with ResultStore(path) as s:  # still appendable
+        s.write(rows[0])
+    assert len(read_rows(path)) == 3

@@ -199,7 +199,7 @@ class ResultStore:
             return 0
         rows = read_rows(self.path)
         keep = [r for r in rows if row_key(r) not in keys]
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.stem}.tmp{self.path.suffix}")  # same suffix: same format
         tmp.unlink(missing_ok=True)
         with ResultStore(tmp) as s:
             s.write_many(keep)
