@@ -46,6 +46,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from absint.optim import Adam
 from absint.solvers.sdp_problem import (SDPProblem, certify, interval_bound, interval_multipliers, lagrangian_dense,
                                  lagrangian_matvec, lanczos_top)
 
@@ -222,7 +223,7 @@ def solve_fo(prob: SDPProblem, *, options: FOOptions = FOOptions(), device: torc
     th_x = kx_init.clamp(min=floor).log().requires_grad_(True)
     lr0 = options.lr * float(q[:, 1:].norm(dim=1).mean()) if N > 1 else options.lr
     lr0 = lr0 if lr0 > 0 else options.lr
-    opt = torch.optim.Adam([{"params": [th_a, th_m, th_r], "lr": lr0},
+    opt = Adam([{"params": [th_a, th_m, th_r], "lr": lr0},
                             {"params": [th_x], "lr": options.lr_log}])
     base_lr = [lr0, options.lr_log]
     T = max(1, options.iterations)

@@ -10,7 +10,7 @@ import nothing heavy (tests/test_registry.py checks what ``import absint`` loads
 The floors (docs/architecture.md):
 
 0. core: errors, rounding, linear, ir, specs, options, registry, results, data (and the bundled data),
-   timelimit, provenance;
+   timelimit, provenance, optim (Adam for the bound optimisers);
 1. domains, solvers, frontends, the VNN-LIB parser, the attacks and their re-check — each on the core only;
    domains and solvers never import each other, and solvers never import the network IR;
 2. the interpreter (walks a graph with a domain);
@@ -33,7 +33,7 @@ FOLDERS = {"absint": ROOT / "absint", "absint.domains": ROOT / "domains", "absin
 FLOORS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("absint.errors", "absint.rounding", "absint.linear", "absint.ir", "absint.specs", "absint.options",
          "absint.registry", "absint.results", "absint.data", "absint.networks", "absint.timelimit",
-         "absint.provenance")),
+         "absint.provenance", "absint.optim")),
     (1, ("absint.domains", "absint.solvers", "absint.frontends", "absint.vnnlib", "absint.attack",
          "absint.recheck")),
     (2, ("absint.interpreter",)),

@@ -38,6 +38,7 @@ from absint.domains.linear_bounds.graph import NONLINEAR
 from absint.domains.linear_bounds.optimize import SlopeOptimiser, SlopeOptions
 from absint.domains.linear_bounds.rows import RowLayout
 from absint.domains.relaxations import relu_lower_slope
+from absint.optim import Adam
 
 __all__ = ["BetaOptions", "BetaOut", "BetaBounder", "BetaReluSplitting"]
 
@@ -299,7 +300,7 @@ class BetaBounder:
                 groups.append({"params": list(betas.values()), "lr": self.opt.lr_beta})
             if mus:
                 groups.append({"params": list(mus.values()), "lr": self.opt.lr_mu})
-            adam = torch.optim.Adam(groups)
+            adam = Adam(groups)
             for it in range(iters):
                 if deadline is not None and time.perf_counter() > deadline:
                     break

@@ -58,10 +58,6 @@ class RefineAnalysis(Analysis):
         # the registered domain, or UnknownDomainError: never a silent substitute
         self.domain = registry.get_domain(self.options.domain)(device=self.device)
         self._contexts: dict[int, tuple[Graph, Context]] = {}
-        if any(s.key in ("slopes", "row_slopes", "tighten", "bab") for s in self.options.pipeline.stages):
-            from absint.refine.bounding import warm_up
-
-            warm_up()
 
     @classmethod
     def default_options(cls) -> RefineConfig:

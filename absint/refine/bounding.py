@@ -31,7 +31,7 @@ from absint.domains.linear_bounds.relax import safe_down
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SlopeBounder", "slope_bounder", "warm_up", "BabOutcome", "branch_and_bound"]
+__all__ = ["SlopeBounder", "slope_bounder", "BabOutcome", "branch_and_bound"]
 
 #: seconds per multiply-add of one back-substitution row (float64, one loaded core; measured ~2.2e-10
 #: on a 784-1024-1024 MLP at load 8) — with a factor 2 of safety; used only to keep calls in time
@@ -131,12 +131,6 @@ class SlopeBounder:
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().reshape(-1).cpu().double().numpy().copy()
-
-
-def warm_up() -> None:
-    """Load what the slope optimiser loads lazily on its first use (torch's Adam imports torch._dynamo:
-    3.4 s on a loaded machine), so that it is not paid inside an instance's time limit."""
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
 def slope_bounder(graph: Graph, iters: int = 30, final_iters: int = 60,

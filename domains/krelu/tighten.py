@@ -38,6 +38,7 @@ from absint.domains.krelu.constraints import GroupedConstraints
 from absint.domains.krelu.grouping import KReluOptions
 from absint.domains.krelu.layer import HullRows, layer_hull_rows
 from absint.domains.linear_bounds import Engine, GraphView, Node, NodeParams, Params
+from absint.optim import Adam, ExponentialDecay
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,8 @@ class MultiNeuronBounds:
         if not layers or iters <= 0:
             with torch.no_grad():
                 return eng.run_rows(start, lam, const, None, params=prm if layers else None)
-        adam = torch.optim.Adam(groups, foreach=True)
-        sched = torch.optim.lr_scheduler.ExponentialLR(adam, opt.decay)
+        adam = Adam(groups)
+        sched = ExponentialDecay(adam, opt.decay)
         best = torch.full((R,), -math.inf, dtype=lam.dtype, device=lam.device)
         self._last = (layers, mus)
         for it in range(iters):

@@ -38,6 +38,7 @@ from absint.domains.linear_bounds.params import NodeParams, Params
 from absint.domains.linear_bounds.relax import safe_down
 from absint.domains.relaxations import relu_lower_slope
 from absint.domains.linear_bounds.rows import RowLayout
+from absint.optim import Adam, ExponentialDecay
 
 __all__ = ["SlopeOptions", "SlopeOptimiser"]
 
@@ -211,7 +212,7 @@ class SlopeOptimiser:
                 a = st.layout.gather(ls.detach(), st.lam.shape[0]).clone().requires_grad_(True)
                 self.alpha[(id(st.node), id(r))] = a
                 params.append(a)
-            adam = torch.optim.Adam(params, lr=opt.lr) if params else None
+            adam = Adam(params, lr=opt.lr) if params else None
             for _ in range(opt.iters if adam is not None else 0):
                 if deadline is not None and time.perf_counter() > deadline:
                     break
@@ -265,8 +266,8 @@ class SlopeOptimiser:
                     st.node.cache["lower"], st.node.cache["upper"] = lo, hi
             if iters <= 0 or not params:
                 continue
-            adam = torch.optim.Adam(params, lr=opt.lr)
-            sched = torch.optim.lr_scheduler.ExponentialLR(adam, opt.decay)
+            adam = Adam(params, lr=opt.lr)
+            sched = ExponentialDecay(adam, opt.decay)
             for _ in range(iters):
                 if deadline is not None and time.perf_counter() > deadline:
                     break
