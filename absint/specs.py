@@ -15,6 +15,7 @@ class ``j``: ``y_j − y_t ≥ 0``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -78,11 +79,17 @@ def unit_samples(n: int, shape: tuple[int, ...], rng: np.random.Generator) -> np
     return np.where(corners, np.round(u), u)
 
 
-def linf_ball(center: np.ndarray, eps: float, clip: tuple[float, float] | None = (0.0, 1.0)) -> InputBox:
-    """The L∞ ball of radius ``eps`` around ``center``, intersected with the valid range ``clip``."""
+def check_radius(eps: Any) -> float:
+    """``eps`` as a float if it is one finite number ≥ 0 (an L∞ radius), else a :class:`SpecError`."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
             or not np.isfinite(eps) or eps < 0:
-        raise SpecError(f"eps must be a finite non-negative number, got {eps!r}")
+        raise SpecError(f"eps must be one finite number ≥ 0, got {eps!r}")
+    return float(eps)
+
+
+def linf_ball(center: np.ndarray, eps: float, clip: tuple[float, float] | None = (0.0, 1.0)) -> InputBox:
+    """The L∞ ball of radius ``eps`` around ``center``, intersected with the valid range ``clip``."""
+    eps = check_radius(eps)
     c = np.asarray(center, dtype=np.float64)
     lo, hi = c - eps, c + eps
     if clip is not None:

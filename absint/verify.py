@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from absint.ir import Graph
 from absint.linear import numel
 from absint.recheck import recheck
 from absint.results import Result, Verdict
-from absint.specs import Instance, InputBox, OutputProperty, Spec, linf_ball, robustness_property
+from absint.specs import Instance, InputBox, OutputProperty, Spec, check_radius, linf_ball, robustness_property
 from absint.timelimit import InvalidTimeLimit, Progress, allowed_overshoot, check_limit, hard_limit
 
 #: torch CPU threads used while an analysis runs (``threads`` of :func:`verify` and its relatives).
@@ -422,8 +421,8 @@ def verify(network: Any, spec: Any, *, analysis: str | Analysis = "deeppoly", ti
     ``threads``: torch CPU threads while deciding (default :data:`DEFAULT_THREADS`; None: torch's
     current setting), restored afterwards (:func:`torch_threads`).
     """
-    # the analysis is built before the clock starts: building it may load what it uses lazily
-    # (torch's optimiser imports, once per process), which is start-up, not time spent deciding
+    # the analysis is built before the clock starts: building it (and importing what it uses) is
+    # start-up, not time spent deciding
     an = get_analysis(analysis, device=device, **analysis_options)
     progress = Progress(check_limit(timeout))
     label = name or (Path(spec).stem if isinstance(spec, (str, Path)) else None)
@@ -493,9 +492,7 @@ def verify_robustness(network: Any, images: np.ndarray, labels: Iterable[int], e
         raise InvalidArgumentError(f"batch_size must be a whole number ≥ 1, got {batch_size!r}")
     graph = load_network(network, device=device)
     an = get_analysis(analysis, device=device, **analysis_options)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(eps) or eps < 0:
-        raise SpecError(f"eps must be one finite number ≥ 0 (the radius for every image), got {eps!r}")
+    eps = check_radius(eps)  # one radius for every image, checked before any image is built
     images = np.asarray(images, dtype=np.float64)
     if np.ndim(labels) == 0:
         raise SpecError(f"labels must be a sequence with one label per image, got {labels!r}")

@@ -279,10 +279,9 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, root: Path
     """Build a :class:`BenchConfig` from a parsed TOML table (see the module docstring)."""
     where = str(source) if source else "config"
     _check_keys(data, _TOP_KEYS, where)
-    if "root" in data and not isinstance(data["root"], str):
-        raise BenchConfigError(f"{where}: root must be a folder path (a string), got {data['root']!r}")
-    if "bench_root" in data and not isinstance(data["bench_root"], str):
-        raise BenchConfigError(f"{where}: bench_root must be a folder path (a string), got {data['bench_root']!r}")
+    for key in ("root", "bench_root"):
+        if key in data and not isinstance(data[key], str):
+            raise BenchConfigError(f"{where}: {key} must be a folder path (a string), got {data[key]!r}")
     root = Path(root) if root is not None else (
         Path(data["root"]) if "root" in data else default_root(source))
     if not root.is_absolute():

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from absint.errors import SpecError, VnnlibParseError
+from absint.errors import QueryContractError, SpecError, VnnlibParseError
 from absint.specs import Clause, InputBox, Instance, OutputProperty, Spec
 from absint.vnnlib.query import EQ, GE, GT, NE, INPUT, Query, Variable, to_dnf
 
@@ -278,15 +278,27 @@ def lower_query(query: Query, deadline: float | None = None) -> LoweredQuery:
     return LoweredQuery(query, layout, Spec(tuple(instances), path, {"vnnlib_version": query.version}))
 
 
+#: Element types absint analyses soundly. absint's analyses are sound in real arithmetic on the
+#: stored weights; they do not bound the rounding of a float32/float16 execution of the model, so
+#: only ``real`` is claimed (section 4.1.6: declaring ``real`` is the user's consent to that).
+SOUND_ELEMENT_TYPES = ("real",)
+
+
+def check_sound_types(query: Query) -> None:
+    """Error condition 3 of the verify command (VNN-LIB 2.0, section 5.3.2): a declared type absint
+    cannot analyse soundly is a :class:`~absint.errors.QueryContractError`."""
+    for v in query.variables:
+        if v.dtype not in SOUND_ELEMENT_TYPES:
+            raise QueryContractError(3, f"{query.source} declares {v.name} of network {v.network!r} as {v.dtype}; "
+                                        "absint's analyses are sound in real arithmetic on the model's weights, not for "
+                                        f"{v.dtype} execution. Declare every variable 'real' to consent to real-"
+                                        "arithmetic analysis (VNN-LIB 2.0, sections 4.1.6 and 5.3.2)")
+
+
 def spec_without_network(query: Query, deadline: float | None = None) -> Spec:
     """The spec of a query the plain network answers as it is (trivial layout), e.g. every
     VNN-LIB 1.0 file; anything that needs a composed graph is a :class:`SpecError` saying so."""
-    declared = {v.dtype for v in query.variables}
-    if declared != {"real"} and declared:
-        odd = next(v for v in query.variables if v.dtype != "real")
-        raise SpecError(f"{query.source} declares {odd.name} as {odd.dtype}; absint's analyses are sound in real "
-                        f"arithmetic on the model's weights, not for {odd.dtype} execution. Declare every variable "
-                        "'real' to consent to real-arithmetic analysis (VNN-LIB 2.0, sections 4.1.6 and 5.3.2)")
+    check_sound_types(query)
     lowered = lower_query(query, deadline)
     if not lowered.layout.trivial:
         raise _needs_composition(query, lowered.layout)

@@ -28,18 +28,13 @@ import torch
 from absint.errors import QueryContractError
 from absint.recheck import onnxruntime_outputs, torch_float32_outputs
 from absint.results import Result, Verdict
-from absint.vnnlib.lowering import LoweredQuery, lower_query
+from absint.vnnlib.lowering import SOUND_ELEMENT_TYPES, LoweredQuery, check_sound_types, lower_query
 from absint.vnnlib.product import BoundNetwork, bind_network, build_graph
 from absint.vnnlib.query import Query, Variable
 
 log = logging.getLogger(__name__)
 
 SAT, UNSAT, UNKNOWN, TIMED_OUT = "sat", "unsat", "unknown", "timed-out"
-
-#: Element types absint analyses soundly. absint's analyses are sound in real arithmetic on the
-#: stored weights; they do not bound the rounding of a float32/float16 execution of the model, so
-#: only ``real`` is claimed (section 4.1.6: declaring ``real`` is the user's consent to that).
-SOUND_ELEMENT_TYPES = ("real",)
 
 
 @dataclass
@@ -95,12 +90,7 @@ def check_element_types(query: Query, bound: Mapping[str, BoundNetwork]) -> None
             if v.dtype != "real" and model_type is not None and model_type != v.dtype:
                 raise QueryContractError(2, f"{query.source} declares {v.name} of network {net.name!r} as {v.dtype}, "
                                             f"but {b.path} has {model_type} for ONNX tensor {b.onnx_names[v.name]!r}")
-    for v in variables:
-        if v.dtype not in SOUND_ELEMENT_TYPES:
-            raise QueryContractError(3, f"{query.source} declares {v.name} of network {v.network!r} as {v.dtype}; "
-                                        "absint's analyses are sound in real arithmetic on the model's weights, not for "
-                                        f"{v.dtype} execution. Declare every variable 'real' to consent to real-"
-                                        "arithmetic analysis (VNN-LIB 2.0, sections 4.1.6 and 5.3.2)")
+    check_sound_types(query)
 
 
 def bind_all(query: Query, networks: Mapping[str, str | Path], deadline: float | None = None) \
