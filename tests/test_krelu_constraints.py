@@ -264,3 +264,31 @@ def test_branch_and_bound_with_hull_rows_is_sound(builder, seed, eps):
     assert (root < 0).all() and res.status == "verified"  # the rows alone do not prove it; BaB with them does
     assert (res.row_min <= (Cy + d).min(0) + 1e-8).all()
     assert (res.row_min >= root - 1e-6).all()
+
+
+def test_deadline_is_shared_by_every_layer(monkeypatch):
+    """Under a deadline, each ReLU layer is tightened with an equal part of the time left (the clock
+    is faked: no wall-clock assertion), so a deadline never leaves the deeper layers untightened."""
+    from absint.domains.krelu import tighten as T
+    from absint.domains.krelu.tighten import MultiNeuronBounds, TightenOptions
+    from absint.domains.linear_bounds import Engine, GraphView
+
+    g = random_mlp(3, (5, 12, 10, 8, 3))
+    eng = Engine()
+    view = GraphView.of(g, 1)
+    c = np.random.default_rng(3).normal(size=5)
+    eng.store(view.input, 2, torch.as_tensor(c - 0.6)[None], torch.as_tensor(c + 0.6)[None])
+    mb = MultiNeuronBounds(view, eng, OPT, TightenOptions(iters=2, final_iters=2))
+    assert len(mb.layers) == 3
+    clock = {"t": 100.0}
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock["t"])
+    seen: list[tuple[str, float | None]] = []
+    monkeypatch.setattr(mb, "_tighten", lambda pre, dl: seen.append((pre.name, dl)))
+    assert mb._layer_deadline(0, 130.0) == pytest.approx(110.0)
+    assert mb._layer_deadline(2, 130.0) == pytest.approx(130.0)
+    assert mb._layer_deadline(1, None) is None
+    st = mb.run(deadline=130.0)
+    # the first ReLU's input is an affine map of the box (exact already): only the two later ones are
+    # tightened, each given half of the 30 s left (the first layer's third passes on)
+    assert [dl for _, dl in seen] == [pytest.approx(115.0), pytest.approx(130.0)]
+    assert st.complete and len(st.unstable_after) == 3

@@ -47,11 +47,11 @@ __all__ = ["TightenOptions", "MultiNeuronBounds"]
 
 @dataclass(frozen=True)
 class TightenOptions:
-    """``iters`` Adam steps per tightened layer, ``final_iters`` for target rows; step sizes
+    """``iters`` Adam steps per tightened layer (fewer when a deadline's equal share per layer runs out), ``final_iters`` for target rows; step sizes
     ``lr_alpha`` / ``lr_mu`` decayed by ``decay`` per step; ``rows_from``: the first ReLU (index in
     topological order) that gets hull rows; ``query_rows``: rows per octahedral engine pass."""
 
-    iters: int = 30
+    iters: int = 70
     final_iters: int = 100
     lr_alpha: float = 0.1
     lr_mu: float = 0.05
@@ -198,6 +198,15 @@ class MultiNeuronBounds:
             self.stats.rows += rows.num_rows
 
     # -- the schedule ---------------------------------------------------------------------------
+    def _layer_deadline(self, i: int, deadline: float | None) -> float | None:
+        """Layer ``i``'s share of the time left: an equal part for it and each layer after it, so a
+        deadline never leaves the deeper layers with DeepPoly's bounds (what one layer does not use
+        passes on to the next ones)."""
+        if deadline is None:
+            return None
+        left = len(self.layers) - i
+        return time.perf_counter() + max(deadline - time.perf_counter(), 0.0) / max(left, 1)
+
     def run(self, deadline: float | None = None) -> TightenStats:
         """Tighten every ReLU input and build every ReLU's rows, in topological order (see module docstring).
 
@@ -212,7 +221,7 @@ class MultiNeuronBounds:
                 break
             t0 = time.perf_counter()
             if not (pre.parents and pre.parents[0].boxlike) and self._ancestors(pre):
-                self._tighten(pre, deadline)
+                self._tighten(pre, self._layer_deadline(i, deadline))
             lo, hi = self._bounds(pre)
             self.engine.store(L.relu, 2, lo.clamp(min=0).reshape(1, *L.relu.shape),
                               hi.clamp(min=0).reshape(1, *L.relu.shape))
