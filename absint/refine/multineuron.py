@@ -33,10 +33,11 @@ KPOLY_KRELU = KReluOptions(k=3, s=-2, sparse_n=10, cutoff=0.05, hull="auto")
 class MultiNeuron(Stage):
     """Layer-by-layer α + μ bounds with k-ReLU rows (see the module docstring).
 
-    ``krelu``: grouping and hull options (``k = 1``: α alone); ``iters`` Adam steps per layer (at most:
-    each layer gets an equal part of the stage's time left), ``final_iters`` for the rows; ``lr_alpha``/``lr_mu`` step sizes; ``rows_from``: the first ReLU
-    layer (topological index) that gets rows; ``share``/``max_seconds``: the part of the time left
-    this stage may use (the branch and bound after it gets the rest).
+    ``krelu``: grouping and hull options (``k = 1``: α alone); ``iters`` Adam steps per layer (at
+    most: each layer gets an equal part of the stage's time left), ``final_iters`` for the rows;
+    ``lr_alpha``/``lr_mu`` step sizes; ``rows_from``: the first ReLU layer (topological index) that
+    gets rows; ``share``/``max_seconds``: the part of the time left this stage may use (the branch
+    and bound after it gets the rest).
     """
 
     key: str = field(default="multineuron", init=False)

@@ -47,9 +47,10 @@ __all__ = ["TightenOptions", "MultiNeuronBounds"]
 
 @dataclass(frozen=True)
 class TightenOptions:
-    """``iters`` Adam steps per tightened layer (fewer when a deadline's equal share per layer runs out), ``final_iters`` for target rows; step sizes
-    ``lr_alpha`` / ``lr_mu`` decayed by ``decay`` per step; ``rows_from``: the first ReLU (index in
-    topological order) that gets hull rows; ``query_rows``: rows per octahedral engine pass."""
+    """``iters`` Adam steps per tightened layer (fewer when the layer's equal share of a deadline runs
+    out), ``final_iters`` for target rows; step sizes ``lr_alpha`` / ``lr_mu`` decayed by ``decay``
+    per step; ``rows_from``: the first ReLU (index in topological order) that gets hull rows;
+    ``query_rows``: rows per octahedral engine pass."""
 
     iters: int = 70
     final_iters: int = 100
@@ -204,8 +205,8 @@ class MultiNeuronBounds:
         passes on to the next ones)."""
         if deadline is None:
             return None
-        left = len(self.layers) - i
-        return time.perf_counter() + max(deadline - time.perf_counter(), 0.0) / max(left, 1)
+        now = time.perf_counter()
+        return now + max(deadline - now, 0.0) / max(len(self.layers) - i, 1)
 
     def run(self, deadline: float | None = None) -> TightenStats:
         """Tighten every ReLU input and build every ReLU's rows, in topological order (see module docstring).
