@@ -42,13 +42,12 @@ class MultiNeuron(Stage):
 
     key: str = field(default="multineuron", init=False)
     krelu: KReluOptions = field(default_factory=lambda: KPOLY_KRELU)
-    #: 70, not 30: on hard MNIST 6x100 images the root margins rose by 0.2–0.5 and branch and bound
-    #: proved more in less time (benchmarks/RESULTS.md, "More steps per layer in the multineuron stage")
-    iters: int = 70
-    final_iters: int = 100
-    lr_alpha: float = 0.1
-    lr_mu: float = 0.05
-    rows_from: int = 0
+    # the schedule's defaults are TightenOptions' (one place to change them)
+    iters: int = TightenOptions.iters
+    final_iters: int = TightenOptions.final_iters
+    lr_alpha: float = TightenOptions.lr_alpha
+    lr_mu: float = TightenOptions.lr_mu
+    rows_from: int = TightenOptions.rows_from
     share: float = 0.5
     max_seconds: float | None = None
 

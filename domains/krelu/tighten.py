@@ -52,6 +52,8 @@ class TightenOptions:
     per step; ``rows_from``: the first ReLU (index in topological order) that gets hull rows;
     ``query_rows``: rows per octahedral engine pass."""
 
+    #: 70, not 30: on hard MNIST 6x100 images the root margins rose by 0.2–0.5 and branch and bound
+    #: proved more in less time (benchmarks/RESULTS.md, "More steps per layer in the multineuron stage")
     iters: int = 70
     final_iters: int = 100
     lr_alpha: float = 0.1
