@@ -150,15 +150,26 @@ class DomainAnalysis(Analysis):
         self.domain = self.domain_class(dom_opts, device=self.device)
 
     def bound(self, graph, lower, upper, C, d, *, deadline=None) -> BoundResult:
+        builtin = _builtin(type(self.domain))
+        if self.domain.dtype != torch.float64:
+            raise DomainError(f"domain {self.domain.name!r} computes in {self.domain.dtype}; analyses need "
+                              "float64: casting the float64 network and region to it would round weights, "
+                              "biases and the region's bounds, so its bounds would hold for another network. "
+                              "Construct the domain with dtype=torch.float64")
         g = graph.to(self.device, self.domain.dtype)
         t0 = time.perf_counter()
         try:
-            prop = propagate(g, self.domain, lower.to(self.device), upper.to(self.device), deadline=deadline)
+            prop = propagate(g, self.domain, lower.to(self.device), upper.to(self.device), deadline=deadline,
+                             refine=None if builtin else _checked_bounds(self.domain))
             out = self.domain.linear_bounds(prop.output, C.to(self.device, self.domain.dtype),
                                             d.to(self.device, self.domain.dtype))
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(C.shape[:2]):
                 raise ValueError(f"linear_bounds returned {type(out).__name__} of shape "
                                  f"{tuple(getattr(out, 'shape', ()))}, expected a tensor {tuple(C.shape[:2])}")
+            if not builtin and out.dtype != torch.float64:
+                raise ValueError(f"linear_bounds returned {out.dtype}, not float64 (a rounded bound may be above the true one)")
+            if not builtin and torch.isnan(out).any():
+                raise ValueError("linear_bounds returned NaN")
         except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             if _builtin(type(self.domain)):
                 raise
@@ -167,6 +178,31 @@ class DomainAnalysis(Analysis):
                               f"{type(self.domain).__qualname__}) failed: {type(exc).__name__}: {exc}. "
                               "absint.testing.check_domain names the method and what it returned") from exc
         return BoundResult(out.detach().cpu().numpy(), stats={"seconds": time.perf_counter() - t0})
+
+
+def _checked_bounds(domain: Domain):
+    """A propagation hook for plugin domains: every node's bounds must be float64, free of NaN, and
+    ``lower ≤ upper`` (the region is not empty, so a sound element always contains a point; an inverted
+    box claims the set is empty and would "prove" anything)."""
+
+    def check(node: Op, element: Any) -> Any:
+        lo, hi = domain.bounds(element)
+        if not (isinstance(lo, torch.Tensor) and isinstance(hi, torch.Tensor)):
+            raise TypeError(f"bounds() at node {node.name!r} returned {type(lo).__name__}, {type(hi).__name__}, "
+                            "not tensors")
+        shape = (lo.shape[0], *node.shape) if lo.dim() else None
+        if tuple(lo.shape) != shape or tuple(hi.shape) != shape:
+            raise ValueError(f"bounds() at node {node.name!r} have shapes {tuple(lo.shape)}, {tuple(hi.shape)}; "
+                             f"expected [batch, {', '.join(map(str, node.shape))}]")
+        if lo.dtype != torch.float64 or hi.dtype != torch.float64:
+            raise ValueError(f"bounds() at node {node.name!r} are {lo.dtype}/{hi.dtype}, not float64")
+        if torch.isnan(lo).any() or torch.isnan(hi).any():
+            raise ValueError(f"bounds() at node {node.name!r} hold NaN")
+        if (lo > hi).any():
+            raise ValueError(f"bounds() at node {node.name!r} have lower > upper (an empty set: unsound)")
+        return element
+
+    return check
 
 
 def _builtin(cls: type) -> bool:

@@ -30,6 +30,7 @@ from .model import LinearModel, ObjectiveLike, Sense
 
 __all__ = [
     "Status", "SolveOptions", "SolveResult", "Backend", "Session", "ModelSession", "solve_empty",
+    "refuse_out_of_scale_mip",
 ]
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,22 @@ class ModelSession(Session):
 
     def solve(self, options: SolveOptions | None = None) -> SolveResult:
         return self.backend.solve(self._model, options or self.options)
+
+
+def refuse_out_of_scale_mip(model: LinearModel, relax: bool, backend: str) -> SolveResult | None:
+    """A MILP whose numbers lie outside what MILP tolerances resolve (:func:`~absint.solvers.safe_bound.
+    mip_scale_problem`) could prove nothing however it ended, so it is not solved: the result says why,
+    with no bound and no point (the sound LP or domain bounds stand). ``None`` for every other model."""
+    if relax:
+        return None
+    from .safe_bound import mip_scale_problem
+
+    why = mip_scale_problem(model)
+    if why is None:
+        return None
+    logger.info("MILP not solved: %s", why)
+    return SolveResult(Status.UNKNOWN, backend=backend, sense=model.sense, is_mip=True,
+                       message=f"MILP not solved: {why}; its solvers' tolerances cannot resolve it, so it proves nothing")
 
 
 def solve_empty(model: LinearModel, backend: str) -> SolveResult:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, SolveOptions, SolveResult, Status, solve_empty
+from .base import Backend, SolveOptions, SolveResult, Status, refuse_out_of_scale_mip, solve_empty
 from .errors import LinearModelError
 from .model import LinearModel
 from .safe_bound import lp_proved_bound, mip_proved_bound
@@ -167,6 +167,9 @@ class GurobiBackend(Backend):
         opts = options or SolveOptions()
         if model.num_vars == 0:
             return solve_empty(model, self.name)
+        refused = refuse_out_of_scale_mip(model, opts.relax_integrality or not model.is_mip, self.name)
+        if refused is not None:
+            return refused
         ok, limited, reason = licence_info()
         if not ok:
             return SolveResult(Status.ERROR, backend=self.name, sense=model.sense, message=reason)

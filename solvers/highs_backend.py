@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from .base import Backend, Session, SolveOptions, SolveResult, Status, solve_empty
+from .base import Backend, Session, SolveOptions, SolveResult, Status, refuse_out_of_scale_mip, solve_empty
 from .errors import LinearModelError
 from .model import LinearModel, ObjectiveLike, Sense
 from .safe_bound import lp_proved_bound, mip_proved_bound
@@ -172,6 +172,9 @@ class HighsSession(Session):
         opts = options or self.options
         model = self._model
         relax = opts.relax_integrality or not model.is_mip
+        refused = refuse_out_of_scale_mip(model, relax, HighsBackend.name)
+        if refused is not None:
+            return refused
         t0 = time.perf_counter()
         try:
             if self._h is None or self._relaxed != relax:

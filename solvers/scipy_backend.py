@@ -14,7 +14,7 @@ import numpy as np
 import scipy
 import scipy.sparse as sp
 
-from .base import Backend, SolveOptions, SolveResult, Status, solve_empty
+from .base import Backend, SolveOptions, SolveResult, Status, refuse_out_of_scale_mip, solve_empty
 from .errors import LinearModelError
 from .model import LinearModel
 from .safe_bound import lp_proved_bound, mip_proved_bound
@@ -61,6 +61,9 @@ class ScipyBackend(Backend):
             return solve_empty(model, self.name)
         t0 = time.perf_counter()
         relax = opts.relax_integrality or not model.is_mip
+        refused = refuse_out_of_scale_mip(model, relax, self.name)
+        if refused is not None:
+            return refused
         try:
             res = self._solve_lp(model, opts) if relax else self._solve_milp(model, opts)
         except LinearModelError:

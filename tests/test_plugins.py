@@ -450,3 +450,48 @@ def test_a_plugin_domain_that_returns_wrong_shapes_is_a_domain_error(reg) -> Non
             absint.verify(_tiny_net(), (region, robustness_property(0, 3)), analysis="t_flat_bounds", attack=False)
     finally:
         unregister_domain("t_flat_bounds")
+
+
+class _Float32Box(BoxDomain):
+    """A plugin that computes in float32: the float64 network would be rounded to reach it."""
+
+    name = "t_float32_box"
+
+    def __init__(self, options=None, *, device=None, dtype=torch.float32) -> None:
+        super().__init__(options, device=device, dtype=dtype)
+
+
+class _InvertedRelu(BoxDomain):
+    """A buggy plugin whose ReLU swaps its bounds: the output box claims an empty set."""
+
+    name = "t_inverted_relu"
+
+    def relu(self, x):
+        lo, hi = self.bounds(super().relu(x))
+        return self.from_box(hi + 1.0, lo)
+
+
+class _NanAffine(BoxDomain):
+    name = "t_nan_affine"
+
+    def affine(self, x, op, bias):
+        lo, hi = self.bounds(super().affine(x, op, bias))
+        return self.from_box(lo * float("nan"), hi)
+
+
+@pytest.mark.parametrize("cls,message", [(_Float32Box, "float64"), (_InvertedRelu, "lower > upper"),
+                                         (_NanAffine, "NaN")])
+def test_a_plugin_domain_with_unusable_bounds_is_a_domain_error_not_a_verdict(reg, cls, message) -> None:
+    """A float32 domain (its bounds hold for the rounded network), an inverted box (an empty set
+    "proves" every property) and NaN bounds were passed on to the decision unchecked. The property
+    holds here (the sampling check finds no counterexample), so only the bounds decide."""
+    from absint.errors import DomainError
+
+    register_domain(cls)
+    try:
+        region = InputBox(np.array([0.1, 0.1]), np.array([0.2, 0.2]))
+        prop = robustness_property(0, 3)  # Box proves it (test_register_domain_makes_an_analysis_usable_in_verify)
+        with pytest.raises(DomainError, match=message):
+            absint.verify(_tiny_net(), (region, prop), analysis=cls.name, attack=False)
+    finally:
+        unregister_domain(cls.name)

@@ -509,3 +509,34 @@ def test_mip_scale_problem_names_narrow_variables_and_huge_bounds():
     fixed = LinearModel()
     fixed.add_vars(0.5, 0.5, size=1)  # a fixed variable (width 0) is fine
     assert mip_scale_problem(fixed) is None
+
+
+@pytest.mark.parametrize("backend", ["highs", "scipy", "gurobi"])
+def test_an_out_of_scale_milp_is_not_solved(backend, monkeypatch):
+    """The scale guard once ran after the solve: a MILP that could prove nothing still used its whole
+    time limit. Now no backend is asked; the relaxed LP of the same model is still solved."""
+    if not AVAIL[backend][0]:
+        pytest.skip(f"{backend} not installed")
+    from absint.solvers.safe_bound import MIP_MIN_WIDTH
+
+    m = LinearModel()
+    x = m.add_vars(0.0, MIP_MIN_WIDTH / 10, size=1)
+    z = m.add_binary_vars(1)
+    m.add_constraints(sp.csr_matrix(np.array([[1.0, -MIP_MIN_WIDTH / 10]])), -np.inf, 0.0)  # x ≤ w·z
+    m.set_objective(np.array([-1.0, 0.0]), "min")
+    b = get_backend(backend)
+    entry = {"highs": ("absint.solvers.highs_backend", "HighsSession", "_load"),
+             "scipy": ("absint.solvers.scipy_backend", "ScipyBackend", "_solve_milp"),
+             "gurobi": ("absint.solvers.gurobi_backend", "GurobiBackend", "_solve")}[backend]
+    import importlib
+
+    cls = getattr(importlib.import_module(entry[0]), entry[1])
+    calls: list[int] = []
+    orig = getattr(cls, entry[2])
+    monkeypatch.setattr(cls, entry[2], lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+    res = b.solve(m)
+    assert res.status is Status.UNKNOWN and res.proved_bound is None and res.x is None
+    assert "not solved" in res.message and "narrower" in res.message and not calls
+    lp = b.solve(m, SolveOptions(relax_integrality=True))
+    assert calls or backend == "scipy"  # the LP goes to the solver (scipy's LP path is another method)
+    assert lp.status is Status.OPTIMAL and lp.proved_bound is not None and lp.proved_bound <= -MIP_MIN_WIDTH / 10 + 1e-12

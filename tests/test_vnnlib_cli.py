@@ -271,3 +271,31 @@ def test_a_timeout_beyond_1e9_seconds_means_no_limit(capsysbinary, tmp_path, net
     code, out, err = run(capsysbinary, "verify", q, "--network", f"f={net}", "--timeout", "99999999999",
                          "--analysis", "deeppoly")
     assert code == 0 and out.startswith("sat\n") and "Traceback" not in err and "OverflowError" not in err
+
+
+def test_the_time_limit_counts_from_the_process_start(capsysbinary, tmp_path, net):
+    """The console script's ``--timeout`` starts when the process started (interpreter start-up and
+    imports count, as for the harness that launched it): a start already ``--timeout`` seconds in the
+    past answers ``timed-out`` before any work; ``process_started`` lies before "now" by at least the
+    time the process has provably existed."""
+    import time
+
+    from absint.timelimit import process_started
+
+    q = query(tmp_path, BOX + "(assert (>= Y[0,0] 1.9))")
+    past = time.perf_counter() - 5.0
+    assert cli.main(["verify", q, "--network", f"f={net}", "--timeout", "5"], start=past) == 0
+    assert capsysbinary.readouterr().out == b"timed-out\n"
+    assert cli.main(["verify", q, "--network", f"f={net}", "--timeout", "60", "--analysis", "deeppoly"],
+                    start=time.perf_counter()) == 0
+    assert capsysbinary.readouterr().out.startswith(b"sat\n")
+    assert process_started() <= time.perf_counter()
+    script = ("import time\ntime.sleep(0.5)\nfrom absint.timelimit import process_started\n"
+              "print(time.perf_counter() - process_started())\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300,
+                          env={**_env(), "PYTHONPATH": str(ROOT)})
+    age = float(proc.stdout)
+    if sys.platform.startswith("linux"):
+        assert age >= 0.49  # slept 0.5 s after starting; /proc's clock ticks are 10 ms
+    else:
+        assert age >= 0.0

@@ -158,8 +158,10 @@ class _Usage(Exception):
     """A usage mistake found after argparse (exit 2)."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    start = time.perf_counter()
+def main(argv: Sequence[str] | None = None, *, start: float | None = None) -> int:
+    """Run one command. ``start`` (a :func:`time.perf_counter` value) is when ``--timeout`` starts to
+    count; default: now. The console script passes the moment the process started."""
+    start = time.perf_counter() if start is None else start
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is not None and (args.name or args.version):
@@ -256,8 +258,10 @@ def _answer(args: argparse.Namespace, networks: dict[str, str], start: float, ou
 
 
 def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point: the time limit counts from the process's start."""
+    from absint.timelimit import process_started
+
+    sys.exit(main(start=process_started()))
 
 
 if __name__ == "__main__":  # pragma: no cover
