@@ -39,6 +39,27 @@ class Adam:
             for p in g["params"]:
                 p.grad = None
 
+    def moments(self, p: torch.Tensor, rows: torch.Tensor | None = None):
+        """Adam's state of parameter ``p`` (its step count and moments, the ``rows`` of the first axis
+        only), or None before its first step: for :meth:`load_moments` of a new optimiser over a
+        part of ``p`` (optimisers that retire rows)."""
+        state = self._state.get(id(p))
+        if state is None:
+            return None
+        count, m, v = state
+        if rows is not None:
+            m, v = m[rows], v[rows]
+        return count[0], m.clone(), v.clone()
+
+    def load_moments(self, moments: dict) -> None:
+        """Start the parameters given as keys from the states of :meth:`moments` (values; None: fresh)."""
+        for p, st in moments.items():
+            if st is not None:
+                count, m, v = st
+                if m.shape != p.shape:
+                    raise ValueError(f"moments of shape {tuple(m.shape)} for a parameter of shape {tuple(p.shape)}")
+                self._state[id(p)] = ([count], m, v)
+
     @torch.no_grad()
     def step(self) -> None:
         """One Adam step on every parameter that has a gradient."""

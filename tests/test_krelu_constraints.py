@@ -292,3 +292,62 @@ def test_deadline_is_shared_by_every_layer(monkeypatch):
     # tightened, each given half of the 30 s left (the first layer's third passes on)
     assert [dl for _, dl in seen] == [pytest.approx(115.0), pytest.approx(130.0)]
     assert st.complete and len(st.unstable_after) == 3
+
+
+def test_retiring_settled_rows_leaves_the_other_rows_unchanged():
+    """Rows are independent problems (each has its own α and μ), so retiring the settled ones from
+    the optimisation must give the rows kept exactly the bounds of a run without retiring, and the
+    retired rows at least the bound they had when retired; the μ of every row stays available."""
+    from absint.domains.krelu.tighten import MultiNeuronBounds, TightenOptions
+    from absint.domains.linear_bounds import Engine, GraphView
+
+    g = random_mlp(11, (6, 14, 12, 10, 4))
+    c = np.random.default_rng(11).normal(size=6)
+    runs = []
+    for retire in (False, True):
+        eng = Engine()
+        view = GraphView.of(g, 1)
+        eng.store(view.input, 2, torch.as_tensor(c - 0.7)[None], torch.as_tensor(c + 0.7)[None])
+        mb = MultiNeuronBounds(view, eng, OPT, TightenOptions(iters=8, final_iters=25))
+        mb.run()
+        C = torch.as_tensor(np.random.default_rng(12).normal(size=(10, 4)))
+        calls = []
+
+        def settled(best, calls=calls):
+            calls.append(1)
+            out = torch.zeros_like(best, dtype=torch.bool)
+            if len(calls) >= 3:  # from the third step on, the first 4 rows are "settled"
+                out[:4] = True
+            return out
+
+        best = mb._optimise(view.output, C, 25, None, settled=settled if retire else None)
+        runs.append((best, mb._last[1]))
+    (plain, mu_plain), (retired, mu_retired) = runs
+    np.testing.assert_allclose(retired[4:].numpy(), plain[4:].numpy(), rtol=1e-12, atol=1e-12)
+    assert (retired[:4] <= plain[:4] + 1e-12).all() and torch.isfinite(retired).all()
+    for a, b in zip(mu_plain, mu_retired):
+        if a is not None:
+            assert a.shape == b.shape
+            np.testing.assert_allclose(b[4:].numpy(), a[4:].detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_adam_moments_carry_over_to_a_part_of_a_parameter():
+    from absint.optim import Adam
+
+    p = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], requires_grad=True)
+    adam = Adam([p], lr=0.1)
+    assert adam.moments(p) is None
+    for _ in range(3):
+        adam.zero_grad()
+        (p ** 2).sum().backward()
+        adam.step()
+    q = p.detach()[[0, 2]].clone().requires_grad_(True)
+    part = Adam([q], lr=0.1)
+    part.load_moments({q: adam.moments(p, torch.tensor([0, 2]))})
+    for opt, t in ((adam, p), (part, q)):
+        opt.zero_grad()
+        (t ** 2).sum().backward()
+        opt.step()
+    np.testing.assert_array_equal(q.detach().numpy(), p.detach()[[0, 2]].numpy())
+    with pytest.raises(ValueError, match="shape"):
+        part.load_moments({q: adam.moments(p)})

@@ -42,7 +42,11 @@ from absint.optim import Adam, ExponentialDecay
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TightenOptions", "MultiNeuronBounds"]
+__all__ = ["TightenOptions", "MultiNeuronBounds", "RETIRE_AT"]
+
+#: retire settled rows from the optimisation once at least this share of the rows still optimised
+#: has settled (each retirement copies the parameters and Adam's moments of the rows kept)
+RETIRE_AT = 0.125
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,14 @@ class MultiNeuronBounds:
         return prm
 
     def _optimise(self, start: Node, lam: torch.Tensor, iters: int, deadline: float | None,
-                  stop_above: float | None = None) -> torch.Tensor:
-        """Best proved lower bounds ``[R]`` of ``lam·start`` over ``iters`` Adam steps on (α, μ)."""
+                  stop_above: float | None = None, settled=None) -> torch.Tensor:
+        """Best proved lower bounds ``[R]`` of ``lam·start`` over ``iters`` Adam steps on (α, μ).
+
+        Every row has its own α and μ, so the rows are independent problems that share only the
+        backward passes: a row that ``settled(best)`` (``[R]`` → bool) says needs no more work, or
+        that passed ``stop_above``, is retired (its parameters and Adam state dropped from the later
+        steps; the other rows' steps are unchanged). Retiring happens once at least
+        :data:`RETIRE_AT` of the rows still optimised are settled, so each compaction pays off."""
         eng, opt = self.engine, self.opt
         R = lam.shape[0]
         layers = self._ancestors(start)
@@ -127,22 +137,21 @@ class MultiNeuronBounds:
         mus = [None if L.constraints is None else
                torch.zeros(R, L.constraints.num_rows, dtype=lam.dtype, device=lam.device, requires_grad=True)
                for L in layers]
-        groups = [{"params": alphas, "lr": opt.lr_alpha}]
-        if any(m is not None for m in mus):
-            groups.append({"params": [m for m in mus if m is not None], "lr": opt.lr_mu})
         prm = self._params(layers, alphas, mus)
+        self._last = (layers, mus)
         if not layers or iters <= 0:
             with torch.no_grad():
                 return eng.run_rows(start, lam, const, None, params=prm if layers else None)
-        adam = Adam(groups)
+        adam = self._adam(alphas, mus)
         sched = ExponentialDecay(adam, opt.decay)
         best = torch.full((R,), -math.inf, dtype=lam.dtype, device=lam.device)
-        self._last = (layers, mus)
+        live = torch.arange(R, device=lam.device)  # the rows still optimised (indices into best)
+        mus_out = [None if m is None else m.detach().clone() for m in mus]  # every row's last μ
         for it in range(iters):
             last = it == iters - 1 or (deadline is not None and time.perf_counter() > deadline)
             with torch.set_grad_enabled(not last):
                 val = eng.run_rows(start, lam, const, None, params=prm)
-            best = torch.maximum(best, val.detach())
+            best[live] = torch.maximum(best[live], val.detach())
             if last or (stop_above is not None and bool((best > stop_above).all())):
                 break
             adam.zero_grad()
@@ -155,7 +164,58 @@ class MultiNeuronBounds:
                 for m in mus:
                     if m is not None:
                         m.clamp_(min=0)
+            done = torch.zeros(R, dtype=torch.bool, device=lam.device)
+            if settled is not None:
+                done |= settled(best)
+            if stop_above is not None:
+                done |= best > stop_above
+            keep = ~done[live]
+            n_keep = int(keep.sum())
+            if n_keep == 0:
+                break
+            if n_keep <= (1.0 - RETIRE_AT) * live.numel():
+                with torch.no_grad():
+                    for out, m in zip(mus_out, mus):
+                        if m is not None:
+                            out[live] = m.detach()
+                sel = keep.nonzero().squeeze(1)
+                live, lam, const = live[sel], lam[sel], const[sel]
+                alphas, mus, moments = self._retire(adam, sel, alphas, mus)
+                prm = self._params(layers, alphas, mus)
+                adam = self._adam(alphas, mus, [g["lr"] for g in adam.param_groups], moments)
+                sched = ExponentialDecay(adam, opt.decay)
+        with torch.no_grad():
+            for out, m in zip(mus_out, mus):
+                if m is not None:
+                    out[live] = m.detach()
+        self._last = (layers, mus_out)
         return best
+
+    def _adam(self, alphas: list[torch.Tensor], mus: list[torch.Tensor | None], lrs: list[float] | None = None,
+              moments: dict | None = None) -> Adam:
+        """Adam over ``alphas`` and ``mus`` (two groups) at step sizes ``lrs`` (default: the options'),
+        starting from ``moments`` (Adam's per-parameter state, from :meth:`_retire`)."""
+        opt = self.opt
+        lrs = lrs or [opt.lr_alpha, opt.lr_mu]
+        groups = [{"params": alphas, "lr": lrs[0]}]
+        if any(m is not None for m in mus):
+            groups.append({"params": [m for m in mus if m is not None], "lr": lrs[-1]})
+        adam = Adam(groups)
+        if moments:
+            adam.load_moments(moments)
+        return adam
+
+    @staticmethod
+    def _retire(adam: Adam, sel: torch.Tensor, alphas: list[torch.Tensor], mus: list[torch.Tensor | None]):
+        """The rows ``sel`` of every parameter, as new leaves, and Adam's moments of those rows."""
+        moments: dict = {}
+
+        def take(p: torch.Tensor) -> torch.Tensor:
+            q = p.detach()[sel].clone().requires_grad_(True)
+            moments[q] = adam.moments(p, sel)
+            return q
+
+        return [take(a) for a in alphas], [None if m is None else take(m) for m in mus], moments
 
     def _tighten(self, pre: Node, deadline: float | None) -> None:
         lo, hi = self._bounds(pre)
@@ -167,7 +227,13 @@ class MultiNeuronBounds:
         r = torch.arange(k)
         lam[r, unstable] = 1.0
         lam[r + k, unstable] = -1.0
-        best = self._optimise(pre, lam, self.opt.iters, deadline)
+        def stable(best: torch.Tensor) -> torch.Tensor:
+            """Both rows of a neuron whose proved bounds make it stable (``l ≥ 0`` or ``u ≤ 0``): its
+            relaxation is exact whatever the other bound, so neither row needs more steps."""
+            s = (best[:k] >= 0) | (best[k:] >= 0)
+            return torch.cat([s, s])
+
+        best = self._optimise(pre, lam, self.opt.iters, deadline, settled=stable)
         nlo, nhi = lo.clone(), hi.clone()
         nlo[unstable] = torch.maximum(lo[unstable], best[:k])
         nhi[unstable] = torch.minimum(hi[unstable], -best[k:])
