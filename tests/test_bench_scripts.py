@@ -64,6 +64,9 @@ def test_engine_vs_autolirpa_absint_side(tmp_path):
     assert s["crown"]["absint_certified"] <= s["alpha"]["absint_certified"]
     b = res["batched"]
     assert b["images"] == len(recs) and b["absint_batched_certified"] == b["absint_single_certified"]
+    # the same verify_robustness call one image at a time decides the same images
+    assert b["absint_verify_single_certified"] == b["absint_batched_certified"]
+    assert b["speedup_verify_cpu"] > 0 and b["absint_batched_cold_cpu_s"] > 0
     assert (tmp_path / "evs.csv").read_text().count("\n") == len(recs) + 1
 
 
