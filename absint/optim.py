@@ -18,7 +18,13 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["Adam", "ExponentialDecay"]
+__all__ = ["Adam", "ExponentialDecay", "RETIRE_AT"]
+
+#: Optimisers whose rows are independent problems (per-row slopes and multipliers) retire the rows
+#: that need no more steps (proved, or settled otherwise) once at least this share of the rows still
+#: optimised has: each retirement copies the kept rows' parameters and moments (:meth:`Adam.moments`),
+#: so it is done in steps, not row by row.
+RETIRE_AT = 0.125
 
 
 class Adam:

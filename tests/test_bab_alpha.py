@@ -236,3 +236,32 @@ def test_relu_branch_and_bound_from_given_root_bounds_on_a_residual_net():
     # the minimiser lies on a face, not a vertex: without timed PGD rounds the leaves around it
     # stay open ("stuck"), which is an honest unknown; never "verified"
     assert bad.status in ("falsified", "stuck")
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_retiring_proved_rows_leaves_the_others_unchanged(seed):
+    """Each (sub-problem, row) has its own α, β and μ over fixed intermediate bounds, so retiring the
+    rows proved above ``stop_above`` from the later steps must give every other row exactly the bound,
+    slopes and candidate coefficients of a run that optimises all rows to the end."""
+    g, lo, hi, C, d = setup(seed)
+    bb = BetaBounder(g, lo, hi, C, d, BetaOptions(iters=12, root_iters=10, layer_iters=5))
+    n_relu = sum(bb.sizes)
+    unstable = torch.nonzero(torch.cat([(l < 0) & (u > 0) for l, u in zip(bb.root_lo, bb.root_hi)])).reshape(-1)
+    gen = torch.Generator().manual_seed(7 + seed)
+    splits = torch.zeros(16, n_relu, dtype=torch.int8)
+    for i in range(1, 16):
+        pick = unstable[torch.randperm(unstable.numel(), generator=gen)[: 1 + i % 4]]
+        splits[i, pick] = torch.where(torch.rand(pick.numel(), generator=gen) < 0.5, 1, -1).to(torch.int8)
+    full = bb.bound(splits, stop_above=None)
+    rows = full.rows[~full.infeasible]
+    threshold = float(rows.quantile(0.6))  # 40 % of the rows end above it: many retire on the way
+    part = bb.bound(splits, stop_above=threshold)
+    open_ = (full.rows <= threshold) & ~full.infeasible[:, None]
+    assert int(open_.sum()) >= 5 and int((~open_ & ~full.infeasible[:, None]).sum()) >= 5
+    if bool((part.rows > threshold).all()):
+        pytest.skip("every row passed the threshold: the run stopped before the end")
+    torch.testing.assert_close(part.rows[open_], full.rows[open_], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(part.alpha[open_], full.alpha[open_], rtol=0, atol=0)
+    torch.testing.assert_close(part.A[open_], full.A[open_], rtol=1e-12, atol=1e-12)
+    done = ~open_ & ~full.infeasible[:, None]
+    assert bool((part.rows[done] > threshold).all())

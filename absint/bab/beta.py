@@ -38,7 +38,7 @@ from absint.domains.linear_bounds.graph import NONLINEAR
 from absint.domains.linear_bounds.optimize import SlopeOptimiser, SlopeOptions
 from absint.domains.linear_bounds.rows import RowLayout
 from absint.domains.relaxations import relu_lower_slope
-from absint.optim import Adam
+from absint.optim import RETIRE_AT, Adam
 
 __all__ = ["BetaOptions", "BetaOut", "BetaBounder", "BetaReluSplitting"]
 
@@ -301,6 +301,11 @@ class BetaBounder:
             if mus:
                 groups.append({"params": list(mus.values()), "lr": self.opt.lr_mu})
             adam = Adam(groups)
+            # rows are independent problems (each has its own α, β and μ over fixed intermediate
+            # bounds), so a row proved above ``stop_above`` is retired from the later steps: the
+            # others' steps are unchanged. ``live``: the rows still optimised (None: all R).
+            live: torch.Tensor | None = None
+            R0 = R
             for it in range(iters):
                 if deadline is not None and time.perf_counter() > deadline:
                     break
@@ -310,13 +315,24 @@ class BetaBounder:
                 val = passes(True)
                 with torch.no_grad():
                     v = val.detach()
-                    better = v > best
-                    for j, a in alphas.items():
-                        best_alpha[j] = torch.where(better[:, None], a.detach(), best_alpha[j])
-                    for j, b in betas.items():
-                        best_beta[j] = torch.where(better[:, None], b.detach(), best_beta[j])
-                    best = torch.maximum(best, v)
-                    last_record = dict(record)
+                    if live is None:
+                        better = v > best
+                        for j, a in alphas.items():
+                            best_alpha[j] = torch.where(better[:, None], a.detach(), best_alpha[j])
+                        for j, b in betas.items():
+                            best_beta[j] = torch.where(better[:, None], b.detach(), best_beta[j])
+                        best = torch.maximum(best, v)
+                        last_record = dict(record)
+                    else:
+                        cur = best[live]
+                        better = v > cur
+                        for j, a in alphas.items():
+                            best_alpha[j][live] = torch.where(better[:, None], a.detach(), best_alpha[j][live])
+                        for j, b in betas.items():
+                            best_beta[j][live] = torch.where(better[:, None], b.detach(), best_beta[j][live])
+                        best[live] = torch.maximum(cur, v)
+                        for key, t in record.items():
+                            last_record[key][live] = t
                 adam.zero_grad()
                 (-val.sum()).backward()
                 adam.step()
@@ -327,6 +343,34 @@ class BetaBounder:
                         b.clamp_(min=0)
                     for mu in mus.values():
                         mu.clamp_(min=0)
+                if stop_above is None or it == iters - 1:
+                    continue
+                keep = best[live] <= stop_above if live is not None else best <= stop_above
+                n_keep = int(keep.sum())
+                if n_keep == 0 or n_keep > (1.0 - RETIRE_AT) * keep.numel():
+                    continue
+                sel = keep.nonzero().squeeze(1)
+                if live is None:
+                    live = torch.arange(R0)
+                    last_record = {key: t.clone() for key, t in last_record.items()}
+                live = live[sel]
+                lrs = [g["lr"] for g in adam.param_groups]
+                moments: dict = {}
+
+                def take(p: torch.Tensor) -> torch.Tensor:
+                    q = p.detach()[sel].clone().requires_grad_(True)
+                    moments[q] = adam.moments(p, sel)
+                    return q
+
+                alphas = {j: take(a) for j, a in alphas.items()}
+                betas = {j: take(b) for j, b in betas.items()}
+                mus = {j: take(mu) for j, mu in mus.items()}
+                layout, lam0, d, R = layout.keep(sel), lam0[sel], d[sel], int(sel.numel())
+                groups = [{"params": list(ps.values()), "lr": lr}
+                          for ps, lr in zip([ps for ps in (alphas, betas, mus) if ps], lrs)]
+                adam = Adam(groups)
+                adam.load_moments(moments)
+            R = R0
         if keep_alpha:
             for j, a in best_alpha.items():
                 self.root_alpha[j] = a.clone()  # root: one pair per row, in row order

@@ -38,15 +38,11 @@ from absint.domains.krelu.constraints import GroupedConstraints
 from absint.domains.krelu.grouping import KReluOptions
 from absint.domains.krelu.layer import HullRows, layer_hull_rows
 from absint.domains.linear_bounds import Engine, GraphView, Node, NodeParams, Params
-from absint.optim import Adam, ExponentialDecay
+from absint.optim import RETIRE_AT, Adam, ExponentialDecay
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TightenOptions", "MultiNeuronBounds", "RETIRE_AT"]
-
-#: retire settled rows from the optimisation once at least this share of the rows still optimised
-#: has settled (each retirement copies the parameters and Adam's moments of the rows kept)
-RETIRE_AT = 0.125
+__all__ = ["TightenOptions", "MultiNeuronBounds"]
 
 
 @dataclass(frozen=True)
