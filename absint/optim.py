@@ -22,7 +22,7 @@ __all__ = ["Adam", "ExponentialDecay", "RETIRE_AT"]
 
 #: Optimisers whose rows are independent problems (per-row slopes and multipliers) retire the rows
 #: that need no more steps (proved, or settled otherwise) once at least this share of the rows still
-#: optimised has: each retirement copies the kept rows' parameters and moments (:meth:`Adam.moments`),
+#: optimised has: each retirement copies the kept rows' parameters and moments (:meth:`Adam.keep_rows`),
 #: so it is done in steps, not row by row.
 RETIRE_AT = 0.125
 
@@ -45,26 +45,26 @@ class Adam:
             for p in g["params"]:
                 p.grad = None
 
-    def moments(self, p: torch.Tensor, rows: torch.Tensor | None = None):
-        """Adam's state of parameter ``p`` (its step count and moments, the ``rows`` of the first axis
-        only), or None before its first step: for :meth:`load_moments` of a new optimiser over a
-        part of ``p`` (optimisers that retire rows)."""
-        state = self._state.get(id(p))
-        if state is None:
-            return None
-        count, m, v = state
-        if rows is not None:
-            m, v = m[rows], v[rows]
-        return count[0], m.clone(), v.clone()
-
-    def load_moments(self, moments: dict) -> None:
-        """Start the parameters given as keys from the states of :meth:`moments` (values; None: fresh)."""
-        for p, st in moments.items():
-            if st is not None:
-                count, m, v = st
-                if m.shape != p.shape:
-                    raise ValueError(f"moments of shape {tuple(m.shape)} for a parameter of shape {tuple(p.shape)}")
-                self._state[id(p)] = ([count], m, v)
+    def keep_rows(self, rows: torch.Tensor) -> tuple["Adam", dict[int, torch.Tensor]]:
+        """A new optimiser over the ``rows`` (first axis) of every parameter, as new leaves, with the
+        same groups, step sizes and the moments of those rows (optimisers that retire rows: the rows
+        kept take exactly the steps they would have taken). Also returns ``id(old) → new``."""
+        new: dict[int, torch.Tensor] = {}
+        groups = []
+        for g in self.param_groups:
+            ps = []
+            for p in g["params"]:
+                q = new[id(p)] = p.detach()[rows].clone().requires_grad_(True)
+                ps.append(q)
+            groups.append({"params": ps, "lr": g["lr"]})
+        out = Adam(groups, betas=self.betas, eps=self.eps)
+        for g in self.param_groups:
+            for p in g["params"]:
+                state = self._state.get(id(p))
+                if state is not None:
+                    count, m, v = state
+                    out._state[id(new[id(p)])] = ([count[0]], m[rows].clone(), v[rows].clone())
+        return out, new
 
     @torch.no_grad()
     def step(self) -> None:

@@ -354,22 +354,11 @@ class BetaBounder:
                     live = torch.arange(R0)
                     last_record = {key: t.clone() for key, t in last_record.items()}
                 live = live[sel]
-                lrs = [g["lr"] for g in adam.param_groups]
-                moments: dict = {}
-
-                def take(p: torch.Tensor) -> torch.Tensor:
-                    q = p.detach()[sel].clone().requires_grad_(True)
-                    moments[q] = adam.moments(p, sel)
-                    return q
-
-                alphas = {j: take(a) for j, a in alphas.items()}
-                betas = {j: take(b) for j, b in betas.items()}
-                mus = {j: take(mu) for j, mu in mus.items()}
+                adam, new = adam.keep_rows(sel)
+                alphas = {j: new[id(a)] for j, a in alphas.items()}
+                betas = {j: new[id(b)] for j, b in betas.items()}
+                mus = {j: new[id(mu)] for j, mu in mus.items()}
                 layout, lam0, d, R = layout.keep(sel), lam0[sel], d[sel], int(sel.numel())
-                groups = [{"params": list(ps.values()), "lr": lr}
-                          for ps, lr in zip([ps for ps in (alphas, betas, mus) if ps], lrs)]
-                adam = Adam(groups)
-                adam.load_moments(moments)
             R = R0
         if keep_alpha:
             for j, a in best_alpha.items():

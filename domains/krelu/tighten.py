@@ -138,7 +138,10 @@ class MultiNeuronBounds:
         if not layers or iters <= 0:
             with torch.no_grad():
                 return eng.run_rows(start, lam, const, None, params=prm if layers else None)
-        adam = self._adam(alphas, mus)
+        groups = [{"params": alphas, "lr": opt.lr_alpha}]
+        if any(m is not None for m in mus):
+            groups.append({"params": [m for m in mus if m is not None], "lr": opt.lr_mu})
+        adam = Adam(groups)
         sched = ExponentialDecay(adam, opt.decay)
         best = torch.full((R,), -math.inf, dtype=lam.dtype, device=lam.device)
         live = torch.arange(R, device=lam.device)  # the rows still optimised (indices into best)
@@ -176,9 +179,10 @@ class MultiNeuronBounds:
                             out[live] = m.detach()
                 sel = keep.nonzero().squeeze(1)
                 live, lam, const = live[sel], lam[sel], const[sel]
-                alphas, mus, moments = self._retire(adam, sel, alphas, mus)
+                adam, new = adam.keep_rows(sel)
+                alphas = [new[id(a)] for a in alphas]
+                mus = [None if m is None else new[id(m)] for m in mus]
                 prm = self._params(layers, alphas, mus)
-                adam = self._adam(alphas, mus, [g["lr"] for g in adam.param_groups], moments)
                 sched = ExponentialDecay(adam, opt.decay)
         with torch.no_grad():
             for out, m in zip(mus_out, mus):
@@ -186,32 +190,6 @@ class MultiNeuronBounds:
                     out[live] = m.detach()
         self._last = (layers, mus_out)
         return best
-
-    def _adam(self, alphas: list[torch.Tensor], mus: list[torch.Tensor | None], lrs: list[float] | None = None,
-              moments: dict | None = None) -> Adam:
-        """Adam over ``alphas`` and ``mus`` (two groups) at step sizes ``lrs`` (default: the options'),
-        starting from ``moments`` (Adam's per-parameter state, from :meth:`_retire`)."""
-        opt = self.opt
-        lrs = lrs or [opt.lr_alpha, opt.lr_mu]
-        groups = [{"params": alphas, "lr": lrs[0]}]
-        if any(m is not None for m in mus):
-            groups.append({"params": [m for m in mus if m is not None], "lr": lrs[-1]})
-        adam = Adam(groups)
-        if moments:
-            adam.load_moments(moments)
-        return adam
-
-    @staticmethod
-    def _retire(adam: Adam, sel: torch.Tensor, alphas: list[torch.Tensor], mus: list[torch.Tensor | None]):
-        """The rows ``sel`` of every parameter, as new leaves, and Adam's moments of those rows."""
-        moments: dict = {}
-
-        def take(p: torch.Tensor) -> torch.Tensor:
-            q = p.detach()[sel].clone().requires_grad_(True)
-            moments[q] = adam.moments(p, sel)
-            return q
-
-        return [take(a) for a in alphas], [None if m is None else take(m) for m in mus], moments
 
     def _tighten(self, pre: Node, deadline: float | None) -> None:
         lo, hi = self._bounds(pre)
