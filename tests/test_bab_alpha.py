@@ -57,12 +57,13 @@ def samples(g: Graph, lo, hi, n=40000, seed=0):
     return x, y, torch.cat(pre, 1)
 
 
-@pytest.mark.parametrize("tighten", [False, True])
+@pytest.mark.parametrize("tighten", [False, True, 1])  # 1: re-bound only the layer after the split
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_sound_on_random_split_subproblems(seed, tighten):
     torch.manual_seed(seed)
     g, lo, hi, C, d = setup(seed)
-    bb = BetaBounder(g, lo, hi, C, d, BetaOptions(iters=15, root_iters=30, layer_iters=10))
+    depth = tighten if not isinstance(tighten, bool) else None
+    bb = BetaBounder(g, lo, hi, C, d, BetaOptions(iters=15, root_iters=30, layer_iters=10, tighten_depth=depth))
     x, y, pre = samples(g, lo, hi, seed=seed)
     vals = y @ C.T + d  # [n, m]
     n_relu = pre.shape[1]
@@ -102,6 +103,35 @@ def test_sound_on_random_split_subproblems(seed, tighten):
     # β must help on some split sub-problem compared with α alone (iters but no β): not required
     # for soundness; only check that the bounds are finite
     assert torch.isfinite(out.rows[~out.infeasible]).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tighten_depth_rebounds_only_the_layers_after_the_split(seed):
+    """``tighten_depth=1``: the layer right after a split gets the same re-bounded intermediate
+    bounds as with every layer re-bounded, and the later layers keep the clamped root bounds."""
+    g, lo, hi, C, d = setup(seed)
+    opts = dict(iters=0, root_iters=10, layer_iters=5)
+    full = BetaBounder(g, lo, hi, C, d, BetaOptions(**opts))
+    one = BetaBounder(g, lo, hi, C, d, BetaOptions(**opts, tighten_depth=1))
+    none = BetaBounder(g, lo, hi, C, d, BetaOptions(**opts, tighten=False))
+    first = torch.nonzero((full.root_lo[0] < 0) & (full.root_hi[0] > 0)).reshape(-1)
+    assert first.numel() >= 2
+    splits = torch.zeros(4, sum(full.sizes), dtype=torch.int8)
+    splits[0, first[0]], splits[1, first[0]], splits[2, first[1]], splits[3, first[1]] = 1, -1, 1, -1
+    from_layer = torch.ones(4, dtype=torch.int32)  # the split is in ReLU layer 0
+    outs = {name: b.bound(splits, from_layer=from_layer) for name, b in
+            (("full", full), ("one", one), ("none", none))}
+    o1, o2 = full.offsets[1], full.offsets[2]
+    for side in ("pre_lo", "pre_hi"):
+        f, o, n = (getattr(outs[k], side) for k in ("full", "one", "none"))
+        assert torch.equal(o[:, :o1], n[:, :o1])  # before the split's next layer: untouched
+        assert torch.allclose(o[:, o1:o2], f[:, o1:o2], rtol=0, atol=1e-12)  # the next layer: re-bounded
+        assert torch.equal(o[:, o2:], n[:, o2:])  # beyond it: the clamped root bounds
+    # the full re-bounding does change the layers beyond (else this test could not tell them apart)
+    assert bool((outs["full"].pre_hi[:, o2:] < outs["none"].pre_hi[:, o2:] - 1e-9).any()
+                or (outs["full"].pre_lo[:, o2:] > outs["none"].pre_lo[:, o2:] + 1e-9).any())
+    with pytest.raises(ValueError, match="tighten_depth"):
+        BetaOptions(tighten_depth=0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
@@ -162,6 +192,19 @@ def test_bab_alpha_beta_decides_correctly(seed):
 def test_bounding_option_validated():
     with pytest.raises(ValueError):
         BabOptions(bounding="nope")
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="tighten_depth"):
+            BabOptions(tighten_depth=bad)
+
+
+@pytest.mark.parametrize("depth", [None, 2])
+def test_tighten_depth_reaches_the_sub_problem_bounder(depth):
+    from absint.bab import BabAnalysis
+
+    g, lo, hi, C, d = setup(0)
+    an = BabAnalysis(options=BabOptions(split="relu", tighten_depth=depth))
+    s = an.make_search(g, InputBox(lo.numpy(), hi.numpy()), C.numpy(), d.numpy(), np.arange(3))
+    assert s.s.beta_options.tighten_depth == depth
 
 
 @pytest.mark.parametrize("name", ["residual", "conv_pool"])

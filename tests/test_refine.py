@@ -226,6 +226,11 @@ def test_options_presets_and_overrides():
     for bad in ({"no_such_option": 1}, {"tighten.no_such": 1}, {"timeout_lp": 1.0}, {"bab.share": 0.5}):
         with pytest.raises(OptionError):
             make_config("lp", bad)  # lp has no tighten or bab stage: its options are errors, not no-ops
+    # kpoly's branch and bound re-bounds one layer after each split by default; the option reaches it
+    assert make_config("kpoly", {}).pipeline.stage("bab").tighten_depth == 1
+    assert make_config("kpoly", {"bab.tighten_depth": None}).pipeline.stage("bab").tighten_depth is None
+    with pytest.raises(OptionError, match="tighten_depth"):
+        make_config("kpoly", {"bab.tighten_depth": 0})
 
 
 def test_partial_milp_and_lazy_krelu_rows():

@@ -113,7 +113,8 @@ class BabAnalysis(Analysis):
             from absint.bab.beta import BetaOptions, BetaReluSplitting
 
             strat = BetaReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack,
-                                      BetaOptions(iters=o.beta_iters), root_bounds=root_bounds,
+                                      BetaOptions(iters=o.beta_iters, tighten_depth=o.tighten_depth),
+                                      root_bounds=root_bounds,
                                       constraints=constraints)
         else:
             strat = ReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack)

@@ -11,8 +11,9 @@ A sub-problem is the root input box plus a phase per ReLU (``+1``: ``z ≥ 0``, 
    sub-problem. Per sub-problem they are clamped by its splits (active: ``l = max(l, 0)``,
    inactive: ``u = min(u, 0)``) and by its parent's bounds; contradictory bounds (``l > u``) make
    it empty (*infeasible*, proved vacuously).
-2. With ``tighten``, the ReLU inputs of the layers after the newest split are re-bounded per
-   sub-problem by the engine (DeepPoly slopes over the clamped bounds; split ReLUs are exact).
+2. With ``tighten``, the ReLU inputs of the ``tighten_depth`` layers after the newest split (all
+   later layers when ``None``) are re-bounded per sub-problem by the engine (DeepPoly slopes over
+   the clamped bounds; split ReLUs are exact).
 3. Each safety row ``c·y + d`` is bounded by one backward pass per (sub-problem, open row) pair
    with per-row slopes ``α ∈ [0, 1]`` on the root-unstable neurons and split multipliers ``β ≥ 0``
    (:mod:`absint.domains.linear_bounds.params`): every value is sound, so both are optimised by
@@ -48,7 +49,8 @@ class BetaOptions:
     """``iters`` Adam steps per batch (``lr_alpha``, ``lr_beta``); ``root_iters`` for the root's
     rows; ``layer_iters`` for the root's slope-optimised intermediate bounds (0: DeepPoly's only);
     ``tighten``: re-bound the intermediate bounds of the layers after each new split per
-    sub-problem; ``leaf_iters`` for sub-problems with every ReLU decided; ``lr_mu``: step of the
+    sub-problem, at most ``tighten_depth`` layers of them (``None``: every later layer);
+    ``leaf_iters`` for sub-problems with every ReLU decided; ``lr_mu``: step of the
     multipliers of extra constraints (k-ReLU hull rows, when the bounder is given some)."""
 
     iters: int = 20
@@ -59,6 +61,11 @@ class BetaOptions:
     layer_iters: int = 30
     tighten: bool = True
     leaf_iters: int = 300
+    tighten_depth: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tighten_depth is not None and (isinstance(self.tighten_depth, bool) or self.tighten_depth < 1):
+            raise ValueError(f"tighten_depth must be None or a whole number ≥ 1, got {self.tighten_depth!r}")
 
 
 @dataclass
@@ -171,7 +178,10 @@ class BetaBounder:
                 if first is not None and j >= first and j > 0:
                     # re-bound the unstable, unsplit neurons of the sub-problems split before layer j
                     engine.store(node, 1, l.reshape(shape), u.reshape(shape))
-                    mask = (s == 0) & (from_layer <= j)[:, None] & ~infeasible[:, None]
+                    near = from_layer <= j
+                    if self.opt.tighten_depth is not None:
+                        near &= j < from_layer + self.opt.tighten_depth
+                    mask = (s == 0) & near[:, None] & ~infeasible[:, None]
                     lo, hi = engine.rebound(node, mask)
                     lo, hi = lo.reshape(k, -1), hi.reshape(k, -1)
                     infeasible |= (lo > hi).any(1)

@@ -10,6 +10,8 @@ from absint.options import Options
 SplitMode = Literal["input", "relu", "auto"]
 InputHeuristic = Literal["portfolio", "smear", "smear_worst", "width", "lookahead"]
 ReluHeuristic = Literal["babsr", "width"]
+#: Default ``tighten_depth`` (see :class:`BabOptions`).
+TIGHTEN_DEPTH: int | None = 1
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ class BabOptions(Options):
       optimised slopes + split multipliers (β-CROWN style, :mod:`absint.bab.beta`) over the
       root's α-optimised intermediate bounds (input splitting keeps ``domain``); the default,
       measured 58 vs 46 decided mnistfc instances at 30 s (``benchmarks/results/bab.md``).
-      ``beta_iters``: Adam iterations per batch of sub-problems.
+      ``beta_iters``: Adam iterations per batch of sub-problems. ``tighten_depth``: after a split,
+      the intermediate bounds of at most this many following ReLU layers are re-bounded per
+      sub-problem (``None``: every later layer; the deeper layers keep their parent's bounds).
     """
 
     domain: str | None = None
@@ -78,6 +82,7 @@ class BabOptions(Options):
     seed: int = 0
     bounding: Literal["domain", "alpha-beta"] = "alpha-beta"
     beta_iters: int = 20
+    tighten_depth: int | None = TIGHTEN_DEPTH
 
     def check(self) -> None:
         # the Literal fields (split, heuristics, bounding) are checked from their annotations
@@ -87,5 +92,8 @@ class BabOptions(Options):
             raise OptionError("bab: max_depth, beta_iters and auto_input_dims must be ≥ 0")
         if not (self.tolerance >= 0 and self.max_aspect >= 0 and self.attack_every >= 0):
             raise OptionError("bab: tolerance, max_aspect and attack_every must be ≥ 0")
+        if self.tighten_depth is not None and (isinstance(self.tighten_depth, bool) or not isinstance(
+                self.tighten_depth, int) or self.tighten_depth < 1):
+            raise OptionError(f"bab: tighten_depth must be None or a whole number ≥ 1, got {self.tighten_depth!r}")
         if self.max_nodes is not None and self.max_nodes < 1:
             raise OptionError(f"bab: max_nodes must be ≥ 1 or None, got {self.max_nodes!r}")

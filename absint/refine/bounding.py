@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from absint.refine.state import Bounds
 from absint.domains.linear_bounds.api import deeppoly_view
 from absint.domains.linear_bounds.optimize import SlopeOptimiser, SlopeOptions
 from absint.domains.linear_bounds.relax import safe_down
+
+if TYPE_CHECKING:
+    from absint.bab.options import BabOptions
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +157,11 @@ class BabOutcome:
 
 
 def branch_and_bound(graph: Graph, in_lo: np.ndarray, in_hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                     bounds: Bounds, deadline: float | None, constraints: Any = None) -> BabOutcome | None:
+                     bounds: Bounds, deadline: float | None, constraints: Any = None,
+                     options: BabOptions | None = None) -> BabOutcome | None:
     """ReLU-split BaB with α/β bounding over the root bounds ``bounds`` (None without ReLUs);
-    ``constraints``: k-ReLU rows with starting multipliers per ReLU node (:data:`absint.bab.beta.Constraints`)."""
+    ``constraints``: k-ReLU rows with starting multipliers per ReLU node (:data:`absint.bab.beta.Constraints`);
+    ``options``: :class:`absint.bab.BabOptions` (None: its defaults)."""
     from absint.bab import relu_branch_and_bound
     from absint.specs import InputBox
 
@@ -164,7 +169,8 @@ def branch_and_bound(graph: Graph, in_lo: np.ndarray, in_hi: np.ndarray, C: np.n
         return None
     t0 = time.perf_counter()
     region = InputBox(in_lo.reshape(graph.input_shape), in_hi.reshape(graph.input_shape))
-    res = relu_branch_and_bound(graph, region, C, d, root_bounds=bounds, constraints=constraints, deadline=deadline)
+    res = relu_branch_and_bound(graph, region, C, d, root_bounds=bounds, constraints=constraints,
+                                deadline=deadline, options=options)
     stats = {"status": res.status, "proved": res.proved, "seconds": time.perf_counter() - t0,
              "bounded": res.stats.get("bounded", 0)}
     cx = None if res.counterexample is None else np.asarray(res.counterexample).reshape(graph.input_shape)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from absint.bab.options import TIGHTEN_DEPTH, BabOptions
 from absint.ir import Sigmoid, Tanh
 from absint.refine.bounding import branch_and_bound
 from absint.refine.encoding import Encoding
@@ -113,12 +114,19 @@ class Bab(Stage):
     They tighten each node but make each node dearer, and at 30 s per image branch and bound without
     them certified more (ConvSmall 20 against 14 of 29, MNIST 6x100 11 against 10 of 30, never fewer
     on any image; benchmarks/RESULTS.md, "BaB with and without hull rows"), so they are off by default.
+    ``tighten_depth``: how many ReLU layers after each split are re-bounded per sub-problem
+    (:class:`absint.bab.BabOptions`).
     """
 
     key: str = field(default="bab", init=False)
     share: float = 0.6
     max_seconds: float | None = 30.0
     hull_rows: bool = False
+    tighten_depth: int | None = TIGHTEN_DEPTH
+
+    def check(self) -> None:
+        super().check()
+        BabOptions(tighten_depth=self.tighten_depth)  # the same rule, the same error
 
     def deadline(self, state: RefineState) -> float | None:
         return share_deadline(state, self.share, self.max_seconds)
@@ -130,7 +138,7 @@ class Bab(Stage):
             cons = {name: (rows, None if mu is None else mu[todo])
                     for name, (rows, mu) in state.hull_rows.items()} or None
         out = branch_and_bound(p.graph, p.in_lo, p.in_hi, p.C[todo], p.d[todo], state.bounds, deadline,
-                               constraints=cons)
+                               constraints=cons, options=BabOptions(tighten_depth=self.tighten_depth))
         if out is None:
             state.stats.setdefault("skipped", []).append("bab: needs a ReLU chain")
             return
