@@ -130,8 +130,9 @@ def test_tighten_depth_rebounds_only_the_layers_after_the_split(seed):
     # the full re-bounding does change the layers beyond (else this test could not tell them apart)
     assert bool((outs["full"].pre_hi[:, o2:] < outs["none"].pre_hi[:, o2:] - 1e-9).any()
                 or (outs["full"].pre_lo[:, o2:] > outs["none"].pre_lo[:, o2:] + 1e-9).any())
-    with pytest.raises(ValueError, match="tighten_depth"):
-        BetaOptions(tighten_depth=0)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="tighten_depth"):
+            BetaOptions(tighten_depth=bad)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])

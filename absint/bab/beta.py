@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 import torch
 
+from absint.bab.options import check_tighten_depth
 from absint.ir import Graph, Relu
 from absint.domains.linear_bounds import Engine, EngineOptions, GraphView, NodeParams, Params
 from absint.domains.linear_bounds.api import deeppoly_view
@@ -64,8 +65,7 @@ class BetaOptions:
     tighten_depth: int | None = None
 
     def __post_init__(self) -> None:
-        if self.tighten_depth is not None and (isinstance(self.tighten_depth, bool) or self.tighten_depth < 1):
-            raise ValueError(f"tighten_depth must be None or a whole number ≥ 1, got {self.tighten_depth!r}")
+        check_tighten_depth(self.tighten_depth, "BetaOptions")
 
 
 @dataclass

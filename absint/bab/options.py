@@ -14,6 +14,13 @@ ReluHeuristic = Literal["babsr", "width"]
 TIGHTEN_DEPTH: int | None = 1
 
 
+def check_tighten_depth(value: object, owner: str = "bab") -> None:
+    """Raise :class:`OptionError` unless ``value`` is None or a whole number ≥ 1 (one rule for
+    :class:`BabOptions`, :class:`absint.bab.beta.BetaOptions` and the refinement ``Bab`` stage)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise OptionError(f"{owner}: tighten_depth must be None or a whole number ≥ 1, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BabOptions(Options):
     """Settings of :class:`absint.bab.BabAnalysis`.
@@ -92,8 +99,6 @@ class BabOptions(Options):
             raise OptionError("bab: max_depth, beta_iters and auto_input_dims must be ≥ 0")
         if not (self.tolerance >= 0 and self.max_aspect >= 0 and self.attack_every >= 0):
             raise OptionError("bab: tolerance, max_aspect and attack_every must be ≥ 0")
-        if self.tighten_depth is not None and (isinstance(self.tighten_depth, bool) or not isinstance(
-                self.tighten_depth, int) or self.tighten_depth < 1):
-            raise OptionError(f"bab: tighten_depth must be None or a whole number ≥ 1, got {self.tighten_depth!r}")
+        check_tighten_depth(self.tighten_depth)
         if self.max_nodes is not None and self.max_nodes < 1:
             raise OptionError(f"bab: max_nodes must be ≥ 1 or None, got {self.max_nodes!r}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from absint.bab.options import TIGHTEN_DEPTH, BabOptions
+from absint.bab.options import TIGHTEN_DEPTH, BabOptions, check_tighten_depth
 from absint.ir import Sigmoid, Tanh
 from absint.refine.bounding import branch_and_bound
 from absint.refine.encoding import Encoding
@@ -126,7 +126,7 @@ class Bab(Stage):
 
     def check(self) -> None:
         super().check()
-        BabOptions(tighten_depth=self.tighten_depth)  # the same rule, the same error
+        check_tighten_depth(self.tighten_depth)
 
     def deadline(self, state: RefineState) -> float | None:
         return share_deadline(state, self.share, self.max_seconds)
