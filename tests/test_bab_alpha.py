@@ -165,8 +165,9 @@ def test_contradictory_split_is_infeasible():
         assert bool(out.infeasible[1])
 
 
+@pytest.mark.parametrize("heuristic", ["babsr", "fsb"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_bab_alpha_beta_decides_correctly(seed):
+def test_bab_alpha_beta_decides_correctly(seed, heuristic):
     g = mlp(seed, sizes=(2, 16, 16, 2))
     box = InputBox(np.array([-0.3, -0.3]), np.array([0.3, 0.3]))
     axes = [np.linspace(-0.3, 0.3, 201)] * 2
@@ -182,7 +183,8 @@ def test_bab_alpha_beta_decides_correctly(seed):
 
     # No wall clock (timeout None, no timed PGD rounds): a node budget ends the search, so a
     # loaded machine makes this slower but never different.
-    opts = BabOptions(split="relu", bounding="alpha-beta", batch_size=16, max_nodes=20_000, attack_every=0)
+    opts = BabOptions(split="relu", bounding="alpha-beta", batch_size=16, max_nodes=20_000, attack_every=0,
+                      relu_heuristic=heuristic)
     ok = verify_bab(g, Instance(box, prop(m - 0.02)), options=opts)
     assert ok.verified, ok.reason
     assert ok.details.get("domain") in (None, "alpha-beta")
@@ -309,3 +311,108 @@ def test_retiring_proved_rows_leaves_the_others_unchanged(seed):
     torch.testing.assert_close(part.A[open_], full.A[open_], rtol=1e-12, atol=1e-12)
     done = ~open_ & ~full.infeasible[:, None]
     assert bool((part.rows[done] > threshold).all())
+
+
+def _fsb_strategy(seed: int, candidates: int = 3):
+    """A ``fsb`` ReLU-splitting strategy on ``setup(seed)`` and a batch of open sub-problems two
+    splits deep (bounded, ready to branch), with their rows, extras and open clauses."""
+    from absint.bab import BabAnalysis
+
+    g, lo, hi, C, d = setup(seed)
+    an = BabAnalysis(options=BabOptions(split="relu", relu_heuristic="fsb", fsb_candidates=candidates,
+                                        beta_iters=5))
+    strat = an.make_search(g, InputBox(lo.numpy(), hi.numpy()), C.numpy(), d.numpy(), np.arange(3)).s
+    strat.beta_options = BetaOptions(iters=5, root_iters=20, layer_iters=5, tighten_depth=1)
+    batch = strat.root()
+    for _ in range(2):
+        rows, infeasible, extra = strat.bound(batch, None)
+        rows = torch.maximum(rows, batch["row_lb"])
+        keep = torch.nonzero(~infeasible & (rows <= 0).any(1)).flatten()
+        batch = {key: v[keep] for key, v in batch.items()}
+        rows, extra = rows[keep], strat.select_extra(extra, keep)
+        batch["row_lb"] = rows
+        open_clause = rows <= 0  # one row per clause here
+        children = strat.branch(batch, extra, rows, open_clause)
+        if _ == 0:
+            batch = children
+    return g, lo, hi, C, d, strat, batch, rows, extra, open_clause, children
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_fsb_look_ahead_bounds_are_sound_on_the_children(seed):
+    """The children of an ``fsb`` split keep the look-ahead's row bounds (so a child it proves is closed
+    unbounded): they must hold at every sampled point that satisfies the child's splits, and be at
+    least the parent's."""
+    g, lo, hi, C, d, strat, batch, rows, extra, open_clause, children = _fsb_strategy(seed)
+    k = batch["splits"].shape[0]
+    assert k >= 2
+    assert bool((children["row_lb"] >= torch.cat([rows, rows])).all())
+    assert bool((children["row_lb"] > torch.cat([rows, rows])).any()), "the look-ahead never tightened a row"
+    x, y, pre = samples(g, lo, hi, seed=seed)
+    vals = y @ C.T + d
+    checked = 0
+    for i in range(2 * k):
+        s = children["splits"][i].to(F64)
+        ok = ~(((s > 0)[None] & (pre < 0)) | ((s < 0)[None] & (pre > 0))).any(1)
+        if not bool(ok.any()):
+            continue
+        checked += 1
+        assert bool((children["row_lb"][i] <= vals[ok].min(0).values + 1e-9).all()), i
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_fsb_picks_the_candidate_with_the_best_worse_child(seed):
+    """On the parent's worst open clause, the split ``fsb`` picks has a worse child at least as good as
+    that of ``babsr``'s pick (the first candidate), both bounded the same way; and with one candidate
+    ``fsb`` splits where ``babsr`` does."""
+    g, lo, hi, C, d, strat, batch, rows, extra, open_clause, children = _fsb_strategy(seed)
+    k = batch["splits"].shape[0]
+    babsr = strat._scores(batch, extra, rows, open_clause).argmax(dim=1)
+    ar = torch.arange(k)
+    split_of = (children["splits"][:k] != batch["splits"]).to(torch.int8).argmax(dim=1)
+
+    def worse_child(j):
+        sp = torch.cat([batch["splits"], batch["splits"]])
+        sp[ar, j] = 1
+        sp[ar + k, j] = -1
+        idx = torch.cat([ar, ar])
+        out = strat.beta.bound(sp, iters=0, init_alpha=extra["alpha"][idx], init_beta=extra["beta"][idx],
+                               pre=(extra["pre_lo"][idx], extra["pre_hi"][idx]))
+        worst = rows.masked_fill(~open_clause, float("inf")).argmin(1)  # one row per clause here
+        v = torch.maximum(out.rows, rows[idx]).gather(1, worst[idx][:, None]).squeeze(1)
+        v = v.masked_fill(out.infeasible, float("inf"))
+        return torch.minimum(v[:k], v[k:])
+
+    assert bool((worse_child(split_of) >= worse_child(babsr) - 1e-9).all())
+    strat.fsb_candidates = 1
+    one = strat.branch(batch, extra, rows, open_clause)
+    assert torch.equal((one["splits"][:k] != batch["splits"]).to(torch.int8).argmax(dim=1), babsr)
+
+
+def test_fsb_options_validated():
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(ValueError, match="fsb_candidates"):
+            BabOptions(fsb_candidates=bad)
+    with pytest.raises(ValueError, match="relu_heuristic"):
+        BabOptions(relu_heuristic="nope")
+    with pytest.raises(ValueError, match="fsb_candidates"):
+        absint.get_analysis("kpoly", **{"bab.fsb_candidates": 0})
+    with pytest.raises(ValueError, match="relu_heuristic"):
+        absint.get_analysis("kpoly", **{"bab.relu_heuristic": "nope"})
+
+
+@pytest.mark.parametrize("sizes,expected", [((4, 12, 12, 10, 3), "fsb"), ((4, 8, 8, 8, 8, 3), "babsr")])
+def test_auto_heuristic_looks_ahead_only_on_shallow_networks(sizes, expected):
+    """``relu_heuristic="auto"`` (the default) is ``fsb`` with at most ``FSB_MAX_RELU_LAYERS`` ReLU
+    layers (3 here), ``babsr`` with more (4); an explicit choice is kept."""
+    from absint.bab import BabAnalysis
+    from absint.bab.options import FSB_MAX_RELU_LAYERS
+
+    assert FSB_MAX_RELU_LAYERS == 3
+    g = mlp(0, sizes=sizes)
+    lo, hi = -np.ones(4), np.ones(4)
+    C, d = np.array([[1.0, -1.0, 0.0]]), np.zeros(1)
+    for chosen, want in (("auto", expected), ("babsr", "babsr"), ("fsb", "fsb")):
+        an = BabAnalysis(options=BabOptions(split="relu", relu_heuristic=chosen))
+        assert an.make_search(g, InputBox(lo, hi), C, d, np.arange(1)).s.heuristic == want

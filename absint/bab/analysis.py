@@ -28,7 +28,7 @@ from absint.analyses import Analysis, BoundResult
 from absint.bab.bounding import Bounder
 from absint.bab.engine import Search, SearchResult, merge_results
 from absint.bab.input_split import InputSplitting
-from absint.bab.options import BabOptions
+from absint.bab.options import BabOptions, resolve_relu_heuristic
 from absint.bab.queue import Batch, batch_len, batch_select
 from absint.bab.relu_split import ReluSplitting
 from absint.ir import Graph, Relu
@@ -107,17 +107,18 @@ class BabAnalysis(Analysis):
         onehot = torch.zeros(len(owner), K, dtype=torch.bool)
         onehot[torch.arange(len(owner)), torch.as_tensor(owner)] = True
         mode = self.split_mode(graph)
+        relu_heuristic = resolve_relu_heuristic(o.relu_heuristic, len(bounder.sizes))
         if mode == "input":
             strat = InputSplitting(bounder, region, Ct, dt, onehot, heuristic, o.attack, o.max_aspect)
         elif o.bounding == "alpha-beta" and bounder.n_relu > 0:
             from absint.bab.beta import BetaOptions, BetaReluSplitting
 
-            strat = BetaReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack,
+            strat = BetaReluSplitting(bounder, region, Ct, dt, onehot, relu_heuristic, o.attack,
                                       BetaOptions(iters=o.beta_iters, tighten_depth=o.tighten_depth),
                                       root_bounds=root_bounds,
-                                      constraints=constraints)
+                                      constraints=constraints, fsb_candidates=o.fsb_candidates)
         else:
-            strat = ReluSplitting(bounder, region, Ct, dt, onehot, o.relu_heuristic, o.attack)
+            strat = ReluSplitting(bounder, region, Ct, dt, onehot, relu_heuristic, o.attack)
         g = graph.to(self.device, torch.float64)
         return Search(strat, C, d, owner, region, g, batch_size=o.batch_size, max_queue=o.max_queue,
                       tolerance=o.tolerance, attack=o.attack, attack_every=o.attack_every,

@@ -397,14 +397,20 @@ class BetaReluSplitting(ReluSplitting):
     ``max(−c_j, 0)·(−u l/(u − l))`` (the chord intercept the bound pays at neuron ``j``, Bunel et al.
     2020) plus a smaller term for the lower line on ``c_j > 0``."""
 
+    #: sub-problems per look-ahead call of :meth:`BetaBounder.bound` (bounds memory: its outputs
+    #: hold ``[k, m, n_in]`` input coefficients)
+    FSB_CHUNK = 512
+
     def __init__(self, bounder, region, C, d, onehot, heuristic: str = "babsr", attack: bool = True,
                  options: BetaOptions = BetaOptions(), root_bounds: RootBounds | None = None,
-                 constraints: Constraints | None = None) -> None:
+                 constraints: Constraints | None = None, fsb_candidates: int = 3) -> None:
         super().__init__(bounder, region, C, d, onehot, heuristic, attack)
         self.beta_options = options
         self.root_bounds = root_bounds
         self.constraints = constraints
+        self.fsb_candidates = fsb_candidates
         self.beta: BetaBounder | None = None
+        self._deadline: float | None = None
 
     def _ensure(self, deadline):
         if self.beta is None:
@@ -415,6 +421,7 @@ class BetaReluSplitting(ReluSplitting):
         return self.beta
 
     def bound(self, batch, deadline):
+        self._deadline = deadline  # the look-ahead of ``fsb`` branching honours it too
         bb = self._ensure(deadline)
         if deadline is not None and time.perf_counter() > deadline:
             raise TimeoutError("time limit reached before bounding the sub-problems")
@@ -448,8 +455,56 @@ class BetaReluSplitting(ReluSplitting):
                  "alpha": out.alpha, "beta": out.beta}
         return rows, out.infeasible, extra
 
+    def choose(self, batch, extra, rows, open_clause):
+        """``fsb``: filtered smart branching (De Palma et al., "Improved Branch and Bound for Neural
+        Network Verification via Lagrangian Decomposition", arXiv 2021; as in β-CROWN). The
+        ``fsb_candidates`` neurons with the best ``babsr`` scores are each split for a look-ahead:
+        both children are bounded in one batched pass with the parent's α, β and intermediate bounds
+        (no optimisation steps, no re-bounding: cheap, and sound like every engine pass), on the rows
+        of the parent's worst open clause only. The neuron whose worse child bounds that clause
+        highest wins (ties: the better ``babsr`` score). The winner's child bounds are returned, so
+        a child the look-ahead already proves is closed without being bounded again."""
+        if self.heuristic != "fsb" or extra is None or extra.get("alpha") is None or self.beta is None \
+                or (self._deadline is not None and time.perf_counter() > self._deadline):
+            return super().choose(batch, extra, rows, open_clause)
+        scores = self._scores(batch, extra, rows, open_clause)
+        k, n = scores.shape
+        K = min(self.fsb_candidates, n)
+        top_s, top_j = scores.topk(K, dim=1)  # sorted: column 0 is babsr's choice
+        splits = batch["splits"][:, None, None, :].repeat(1, K, 2, 1)  # [k, K, 2, n]
+        kk, cc = torch.meshgrid(torch.arange(k), torch.arange(K), indexing="ij")
+        splits[kk, cc, 0, top_j] = 1
+        splits[kk, cc, 1, top_j] = -1
+        splits = splits.reshape(k * K * 2, n)
+        parent = torch.arange(k).repeat_interleave(2 * K)
+        # only the rows of each parent's worst open clause are looked ahead (the one the split is for)
+        r = rows[:, :, None].expand(-1, -1, self.onehot.shape[1])
+        parent_clause = torch.where(self.onehot[None], r, torch.full_like(r, -float("inf"))).max(dim=1).values
+        worst_clause = parent_clause.masked_fill(~open_clause, float("inf")).argmin(dim=1)
+        open_rows = self.onehot[:, worst_clause].T  # [k, m]
+        child = torch.empty(k * K * 2, rows.shape[1], dtype=rows.dtype)
+        vacuous = torch.zeros(k * K * 2, dtype=torch.bool)
+        for s in range(0, splits.shape[0], self.FSB_CHUNK):
+            i = parent[s:s + self.FSB_CHUNK]
+            out = self.beta.bound(splits[s:s + self.FSB_CHUNK], iters=0, deadline=self._deadline,
+                                  init_alpha=extra["alpha"][i], init_beta=extra["beta"][i],
+                                  pre=(extra["pre_lo"][i], extra["pre_hi"][i]), open_rows=open_rows[i])
+            child[s:s + self.FSB_CHUNK] = torch.maximum(out.rows, rows[i])
+            vacuous[s:s + self.FSB_CHUNK] = out.infeasible
+        # each child's bound of the parent's worst open clause (+inf: the child is empty)
+        r = child[:, :, None].expand(-1, -1, self.onehot.shape[1])
+        clause_lb = torch.where(self.onehot[None], r, torch.full_like(r, -float("inf"))).max(dim=1).values
+        worst = clause_lb.gather(1, worst_clause[parent][:, None]).squeeze(1)
+        worst = worst.masked_fill(vacuous, float("inf")).reshape(k, K, 2)
+        value = worst.min(dim=2).values.masked_fill(top_s < 0, -float("inf"))  # top_s < 0: not splittable
+        pick = value.argmax(dim=1)  # first maximum: the better babsr score breaks ties
+        ar = torch.arange(k)
+        j = top_j[ar, pick]
+        child = child.reshape(k, K, 2, -1)[ar, pick]  # [k, 2, m]
+        return j, torch.cat([child[:, 0], child[:, 1]])
+
     def _scores(self, batch, extra, rows, open_clause):
-        if self.heuristic != "babsr":
+        if self.heuristic not in ("babsr", "fsb"):
             return super()._scores(batch, extra, rows, open_clause)
         l, u = extra["pre_lo"], extra["pre_hi"]
         unstable = self._unstable(batch, extra)

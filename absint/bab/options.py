@@ -9,9 +9,23 @@ from absint.options import Options
 
 SplitMode = Literal["input", "relu", "auto"]
 InputHeuristic = Literal["portfolio", "smear", "smear_worst", "width", "lookahead"]
-ReluHeuristic = Literal["babsr", "width"]
+ReluHeuristic = Literal["auto", "babsr", "width", "fsb"]
 #: Default ``tighten_depth`` (see :class:`BabOptions`).
 TIGHTEN_DEPTH: int | None = 1
+#: ``relu_heuristic="auto"`` picks ``fsb`` on networks with at most this many ReLU layers, else
+#: ``babsr``: the look-ahead does not re-bound the layers after the split, so it misses more of a
+#: split's effect the deeper the network. Measured (benchmarks/RESULTS.md, "Filtered smart
+#: branching"): fewer sub-problems and +1 verified on ConvSmall (3 ReLU layers), faster on mnistfc
+#: 256x2; mixed on 256x4; on 6x200 and 9x100 one verified image lost and lower proved shares.
+FSB_MAX_RELU_LAYERS = 3
+
+
+def resolve_relu_heuristic(heuristic: str, relu_layers: int) -> str:
+    """The heuristic ``relu_heuristic`` means on a network with ``relu_layers`` ReLU layers (``auto``
+    resolved by :data:`FSB_MAX_RELU_LAYERS`; the others are themselves)."""
+    if heuristic != "auto":
+        return heuristic
+    return "fsb" if relu_layers <= FSB_MAX_RELU_LAYERS else "babsr"
 
 
 def check_tighten_depth(value: object, owner: str = "bab") -> None:
@@ -43,7 +57,15 @@ class BabOptions(Options):
       relatively widest dimension instead when it is more than this many times wider than the
       heuristic's choice (0: never), so no dimension is starved.
     * ``relu_heuristic`` — ``babsr``: |gradient of the worst row w.r.t. the neuron| times the
-      triangle relaxation's intercept −u·l/(u−l) (a cheap BaBSR-like score); ``width``: u − l.
+      triangle relaxation's intercept −u·l/(u−l) (a cheap BaBSR-like score; with α/β bounding, the
+      chord intercept weighted by the backward pass's own coefficient); ``width``: u − l;
+      ``fsb``: filtered smart branching (De Palma et al., arXiv 2021, as in β-CROWN): the
+      ``fsb_candidates`` best ``babsr`` neurons are split for a look-ahead, both children of each
+      bounded in one cheap batched pass (parent's α/β, no steps, the worst open clause's rows),
+      and the neuron with the best worse child wins; the children keep those bounds. Only α/β
+      bounding looks ahead; with ``bounding="domain"`` ``fsb`` scores like ``babsr``. ``auto``
+      (default): ``fsb`` on networks with at most :data:`FSB_MAX_RELU_LAYERS` ReLU layers,
+      ``babsr`` on deeper ones.
     * ``batch_size`` — sub-problems bounded together in one domain call.
     * ``max_queue`` — at most this many open sub-problems are stored; past half of it, the
       search turns depth-first (deepest sub-problems first, which closes leaves and keeps the
@@ -77,7 +99,7 @@ class BabOptions(Options):
     auto_input_dims: int = 10
     input_heuristic: InputHeuristic = "portfolio"
     max_aspect: float = 200.0
-    relu_heuristic: ReluHeuristic = "babsr"
+    relu_heuristic: ReluHeuristic = "auto"
     batch_size: int = 256
     max_queue: int = 200_000
     workers: int = 1
@@ -90,6 +112,7 @@ class BabOptions(Options):
     bounding: Literal["domain", "alpha-beta"] = "alpha-beta"
     beta_iters: int = 20
     tighten_depth: int | None = TIGHTEN_DEPTH
+    fsb_candidates: int = 3
 
     def check(self) -> None:
         # the Literal fields (split, heuristics, bounding) are checked from their annotations
@@ -100,5 +123,7 @@ class BabOptions(Options):
         if not (self.tolerance >= 0 and self.max_aspect >= 0 and self.attack_every >= 0):
             raise OptionError("bab: tolerance, max_aspect and attack_every must be ≥ 0")
         check_tighten_depth(self.tighten_depth)
+        if isinstance(self.fsb_candidates, bool) or not isinstance(self.fsb_candidates, int) or self.fsb_candidates < 1:
+            raise OptionError(f"bab: fsb_candidates must be a whole number ≥ 1, got {self.fsb_candidates!r}")
         if self.max_nodes is not None and self.max_nodes < 1:
             raise OptionError(f"bab: max_nodes must be ≥ 1 or None, got {self.max_nodes!r}")

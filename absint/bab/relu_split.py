@@ -97,9 +97,15 @@ class ReluSplitting:
             score = g.abs() * intercept + 1e-6 * intercept  # ties: the larger relaxation gap
         return torch.where(unstable, score, torch.full_like(score, -1.0))
 
+    def choose(self, batch: Batch, extra: Any, rows: torch.Tensor,
+               open_clause: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The neuron to split in each sub-problem ``[k]`` (the best score), and proved row bounds of
+        its two children when the choice bounded them (``[2k, m]``, active children first; None here)."""
+        return self._scores(batch, extra, rows, open_clause).argmax(dim=1), None
+
     def branch(self, batch: Batch, extra: Any, rows: torch.Tensor, open_clause: torch.Tensor) -> Batch:
         k = rows.shape[0]
-        j = self._scores(batch, extra, rows, open_clause).argmax(dim=1)
+        j, child_rows = self.choose(batch, extra, rows, open_clause)
         ar = torch.arange(k)
         act, ina = batch["splits"].clone(), batch["splits"].clone()
         act[ar, j] = 1
@@ -107,5 +113,8 @@ class ReluSplitting:
         r = rows[:, :, None].expand(-1, -1, self.onehot.shape[1])
         clause_lb = torch.where(self.onehot[None], r, torch.full_like(r, -float("inf"))).max(dim=1).values
         prio = clause_lb.masked_fill(~open_clause, float("inf")).min(dim=1).values
-        return {"splits": torch.cat([act, ina]), "row_lb": torch.cat([rows, rows]),
+        both = torch.cat([rows, rows])
+        if child_rows is not None:  # a child is a subset of its parent: keep the better of the two
+            both = torch.maximum(both, child_rows)
+        return {"splits": torch.cat([act, ina]), "row_lb": both,
                 "depth": torch.cat([batch["depth"] + 1] * 2), "priority": torch.cat([prio, prio])}

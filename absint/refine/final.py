@@ -114,8 +114,9 @@ class Bab(Stage):
     They tighten each node but make each node dearer, and at 30 s per image branch and bound without
     them certified more (ConvSmall 20 against 14 of 29, MNIST 6x100 11 against 10 of 30, never fewer
     on any image; benchmarks/RESULTS.md, "BaB with and without hull rows"), so they are off by default.
-    ``tighten_depth``: how many ReLU layers after each split are re-bounded per sub-problem
-    (:class:`absint.bab.BabOptions`).
+    ``tighten_depth``: how many ReLU layers after each split are re-bounded per sub-problem;
+    ``relu_heuristic``, ``fsb_candidates``: how the neuron to split is chosen (all three as in
+    :class:`absint.bab.BabOptions`).
     """
 
     key: str = field(default="bab", init=False)
@@ -123,10 +124,18 @@ class Bab(Stage):
     max_seconds: float | None = 30.0
     hull_rows: bool = False
     tighten_depth: int | None = TIGHTEN_DEPTH
+    relu_heuristic: str = "auto"
+    fsb_candidates: int = 3
 
     def check(self) -> None:
         super().check()
         check_tighten_depth(self.tighten_depth)
+        self.bab_options()  # the heuristic and its candidates, checked by BabOptions
+
+    def bab_options(self) -> BabOptions:
+        """The branch and bound's options (validated: a bad value raises OptionError naming it)."""
+        return BabOptions(tighten_depth=self.tighten_depth, relu_heuristic=self.relu_heuristic,
+                          fsb_candidates=self.fsb_candidates)
 
     def deadline(self, state: RefineState) -> float | None:
         return share_deadline(state, self.share, self.max_seconds)
@@ -138,7 +147,7 @@ class Bab(Stage):
             cons = {name: (rows, None if mu is None else mu[todo])
                     for name, (rows, mu) in state.hull_rows.items()} or None
         out = branch_and_bound(p.graph, p.in_lo, p.in_hi, p.C[todo], p.d[todo], state.bounds, deadline,
-                               constraints=cons, options=BabOptions(tighten_depth=self.tighten_depth))
+                               constraints=cons, options=self.bab_options())
         if out is None:
             state.stats.setdefault("skipped", []).append("bab: needs a ReLU chain")
             return
