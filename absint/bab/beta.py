@@ -386,7 +386,7 @@ class BetaBounder:
 
 
 # -- the splitting strategy --------------------------------------------------------------------
-from absint.bab.common import worst_rows  # noqa: E402
+from absint.bab.common import clause_bounds, worst_rows  # noqa: E402
 from absint.bab.relu_split import ReluSplitting  # noqa: E402
 
 
@@ -427,8 +427,7 @@ class BetaReluSplitting(ReluSplitting):
             raise TimeoutError("time limit reached before bounding the sub-problems")
         # rows of clauses the parent already refuted keep the parent's bound (the engine takes the max)
         rl = batch["row_lb"]
-        r = rl[:, :, None].expand(-1, -1, self.onehot.shape[1])
-        clause_lb = torch.where(self.onehot[None], r, torch.full_like(r, -float("inf"))).max(dim=1).values
+        clause_lb = clause_bounds(rl, self.onehot)
         open_rows = ((clause_lb <= 1e-8)[:, None, :] & self.onehot[None]).any(-1)
         pre = (batch["pre_lo"], batch["pre_hi"]) if "pre_lo" in batch else None
         out = bb.bound(batch["splits"], deadline=deadline, stop_above=1e-6, open_rows=open_rows,
@@ -440,9 +439,7 @@ class BetaReluSplitting(ReluSplitting):
         # before the engine reports them stuck.
         leaf = ~((out.pre_lo < 0) & (out.pre_hi > 0) & (batch["splits"] == 0)).any(1) & ~out.infeasible
         rl_new = torch.maximum(rows, rl)
-        cl = torch.where(self.onehot[None], rl_new[:, :, None].expand(-1, -1, self.onehot.shape[1]),
-                         torch.full((rows.shape[0], rows.shape[1], self.onehot.shape[1]), -float("inf"),
-                                    dtype=rows.dtype)).max(dim=1).values
+        cl = clause_bounds(rl_new, self.onehot)
         leaf &= (cl <= 1e-8).any(1)
         if bool(leaf.any()) and (deadline is None or time.perf_counter() < deadline):
             idx = torch.nonzero(leaf).reshape(-1)
@@ -478,9 +475,7 @@ class BetaReluSplitting(ReluSplitting):
         splits = splits.reshape(k * K * 2, n)
         parent = torch.arange(k).repeat_interleave(2 * K)
         # only the rows of each parent's worst open clause are looked ahead (the one the split is for)
-        r = rows[:, :, None].expand(-1, -1, self.onehot.shape[1])
-        parent_clause = torch.where(self.onehot[None], r, torch.full_like(r, -float("inf"))).max(dim=1).values
-        worst_clause = parent_clause.masked_fill(~open_clause, float("inf")).argmin(dim=1)
+        worst_clause = clause_bounds(rows, self.onehot).masked_fill(~open_clause, float("inf")).argmin(dim=1)
         open_rows = self.onehot[:, worst_clause].T  # [k, m]
         child = torch.empty(k * K * 2, rows.shape[1], dtype=rows.dtype)
         vacuous = torch.zeros(k * K * 2, dtype=torch.bool)
@@ -492,9 +487,7 @@ class BetaReluSplitting(ReluSplitting):
             child[s:s + self.FSB_CHUNK] = torch.maximum(out.rows, rows[i])
             vacuous[s:s + self.FSB_CHUNK] = out.infeasible
         # each child's bound of the parent's worst open clause (+inf: the child is empty)
-        r = child[:, :, None].expand(-1, -1, self.onehot.shape[1])
-        clause_lb = torch.where(self.onehot[None], r, torch.full_like(r, -float("inf"))).max(dim=1).values
-        worst = clause_lb.gather(1, worst_clause[parent][:, None]).squeeze(1)
+        worst = clause_bounds(child, self.onehot).gather(1, worst_clause[parent][:, None]).squeeze(1)
         worst = worst.masked_fill(vacuous, float("inf")).reshape(k, K, 2)
         value = worst.min(dim=2).values.masked_fill(top_s < 0, -float("inf"))  # top_s < 0: not splittable
         pick = value.argmax(dim=1)  # first maximum: the better babsr score breaks ties

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from absint.attack import AttackOptions, check_counterexample, clause_tensors, clause_values, pgd_attack
+from absint.bab.common import clause_bounds
 from absint.bab.queue import Batch, SubproblemQueue, batch_cat, batch_len, batch_select
 from absint.specs import Clause, InputBox, OutputProperty
 
@@ -92,8 +93,7 @@ class Search:
 
     def clause_bounds(self, rows: torch.Tensor) -> torch.Tensor:
         """Per sub-problem and clause: max over the clause's rows of the proved row bound ``[k, K]``."""
-        r = rows[:, :, None].expand(-1, -1, self.K)
-        return torch.where(self.onehot[None], r, torch.full_like(r, -np.inf)).max(dim=1).values
+        return clause_bounds(rows, self.onehot)
 
     def _close(self, rows: torch.Tensor, clause_lb: torch.Tensor, measure: torch.Tensor) -> None:
         if rows.shape[0]:

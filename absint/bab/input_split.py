@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from absint.bab.bounding import Bounder
-from absint.bab.common import min_vertex, worst_rows
+from absint.bab.common import clause_bounds, min_vertex, worst_rows
 from absint.bab.queue import Batch
 from absint.specs import InputBox
 
@@ -120,7 +120,7 @@ class InputSplitting:
         los = torch.cat([lo_k, torch.where(eye, mid_k, lo_k)], 1).reshape(2 * k * n, n)
         his = torch.cat([torch.where(eye, mid_k, hi_k), hi_k], 1).reshape(2 * k * n, n)
         rows = self.b.bound(los, his, self.C, self.d).rows.reshape(k, 2, n, -1)
-        clb = _clause_lb(rows.reshape(2 * k * n, -1), self.onehot).reshape(k, 2, n, -1)
+        clb = clause_bounds(rows.reshape(2 * k * n, -1), self.onehot).reshape(k, 2, n, -1)
         clb = torch.where(open_clause[:, None, None, :], clb, torch.full_like(clb, float("inf")))
         score = clb.min(dim=3).values.clamp(max=0.0).sum(dim=1)
         score = torch.where(hi - lo > 0, score, torch.full_like(score, -float("inf")))
@@ -153,13 +153,9 @@ class InputSplitting:
         hi_left[ar, dim] = mid
         lo_right = lo.clone()
         lo_right[ar, dim] = mid
-        clause_lb = torch.where(open_clause, _clause_lb(rows, self.onehot), torch.full_like(open_clause, 0, dtype=rows.dtype) + float("inf"))
+        clause_lb = torch.where(open_clause, clause_bounds(rows, self.onehot), torch.full_like(open_clause, 0, dtype=rows.dtype) + float("inf"))
         prio = clause_lb.min(dim=1).values
         return {"lo": torch.cat([lo, lo_right]), "hi": torch.cat([hi_left, hi]),
                 "row_lb": torch.cat(child_rows), "depth": torch.cat([batch["depth"] + 1] * 2),
                 "priority": torch.cat([prio, prio])}
 
-
-def _clause_lb(rows: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    r = rows[:, :, None].expand(-1, -1, onehot.shape[1])
-    return torch.where(onehot[None], r, torch.full_like(r, -float("inf"))).max(dim=1).values

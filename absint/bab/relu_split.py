@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from absint.bab.bounding import Bounder
-from absint.bab.common import min_vertex, worst_rows
+from absint.bab.common import clause_bounds, min_vertex, worst_rows
 from absint.bab.queue import Batch
 from absint.specs import InputBox
 
@@ -110,9 +110,7 @@ class ReluSplitting:
         act, ina = batch["splits"].clone(), batch["splits"].clone()
         act[ar, j] = 1
         ina[ar, j] = -1
-        r = rows[:, :, None].expand(-1, -1, self.onehot.shape[1])
-        clause_lb = torch.where(self.onehot[None], r, torch.full_like(r, -float("inf"))).max(dim=1).values
-        prio = clause_lb.masked_fill(~open_clause, float("inf")).min(dim=1).values
+        prio = clause_bounds(rows, self.onehot).masked_fill(~open_clause, float("inf")).min(dim=1).values
         both = torch.cat([rows, rows])
         if child_rows is not None:  # a child is a subset of its parent: keep the better of the two
             both = torch.maximum(both, child_rows)

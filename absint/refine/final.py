@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from absint.bab.options import TIGHTEN_DEPTH, BabOptions, check_tighten_depth
+from absint.bab.options import TIGHTEN_DEPTH, BabOptions
 from absint.ir import Sigmoid, Tanh
 from absint.refine.bounding import branch_and_bound
 from absint.refine.encoding import Encoding
@@ -129,8 +129,7 @@ class Bab(Stage):
 
     def check(self) -> None:
         super().check()
-        check_tighten_depth(self.tighten_depth)
-        self.bab_options()  # the heuristic and its candidates, checked by BabOptions
+        self.bab_options()  # tighten_depth, the heuristic and its candidates, checked by BabOptions
 
     def bab_options(self) -> BabOptions:
         """The branch and bound's options (validated: a bad value raises OptionError naming it)."""
