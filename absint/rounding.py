@@ -29,6 +29,7 @@ __all__ = [
     "unit_roundoff", "tiny", "gamma", "dot_error", "round_down", "round_up",
     "sanitize_lower", "sanitize_upper", "safe_lower", "safe_upper", "inner_length",
     "sum_lower", "sum_upper", "LIBM_ULPS", "monotone_lower", "monotone_upper",
+    "to_lower", "to_upper",
 ]
 
 
@@ -158,3 +159,20 @@ def monotone_upper(f, x: torch.Tensor) -> torch.Tensor:
     """An upper bound of the real ``f(x)`` (see :func:`monotone_lower`)."""
     y = f(x)
     return round_up(sanitize_upper(y + _libm_error(y)))
+
+
+# -- changing precision -----------------------------------------------------------------------
+def to_lower(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, every entry rounded toward −∞ (a lower bound of ``x``; NaN stays NaN)."""
+    y = x.to(dtype)
+    if y.dtype == x.dtype or torch.finfo(dtype).bits >= torch.finfo(x.dtype).bits:
+        return y
+    return torch.where(y.to(x.dtype) > x, round_down(y), y)
+
+
+def to_upper(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, every entry rounded toward +∞."""
+    y = x.to(dtype)
+    if y.dtype == x.dtype or torch.finfo(dtype).bits >= torch.finfo(x.dtype).bits:
+        return y
+    return torch.where(y.to(x.dtype) < x, round_up(y), y)

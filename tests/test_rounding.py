@@ -98,3 +98,25 @@ def test_interval_affine_contains_the_exact_image_at_every_magnitude(seed, wexp,
     for (a, c), l_, u_ in zip(_exact_image(M, b, lo, hi), L.reshape(-1).tolist(), U.reshape(-1).tolist()):
         assert l_ == -math.inf or (math.isfinite(l_) and Fraction(l_) <= a), (l_, float(a))
         assert u_ == math.inf or (math.isfinite(u_) and Fraction(u_) >= c), (u_, float(c))
+
+
+def test_to_lower_and_to_upper_round_outward_into_a_narrower_dtype():
+    """Bounds proved in float64 stay bounds in float32: every entry moves toward −∞ / +∞ (never to
+    nearest), overflow goes to the infinity on the safe side, and a same-width conversion is exact."""
+    from absint.rounding import to_lower, to_upper
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(np.concatenate([rng.normal(size=2000) * 10.0 ** rng.integers(-30, 30, 2000),
+                                        [0.1, -0.1, 1 / 3, 1e300, -1e300, 0.0, 1e-46]]))
+    lo, hi = to_lower(x, torch.float32), to_upper(x, torch.float32)
+    assert lo.dtype == hi.dtype == torch.float32
+    assert bool((lo.double() <= x).all()) and bool((hi.double() >= x).all())
+    assert bool((lo.double() < x).any()) and bool((hi.double() > x).any())  # some rounding happened
+    # at most one float32 step away from round-to-nearest
+    near = x.to(torch.float32)
+    assert bool(((lo == near) | (lo == torch.nextafter(near, torch.tensor(-float("inf"))))).all())
+    big, small = -4, -3  # ±1e300: beyond float32
+    assert float(hi[big]) == float("inf") and float(lo[big]) == float(torch.finfo(torch.float32).max)
+    assert float(lo[small]) == float("-inf") and float(hi[small]) == -float(torch.finfo(torch.float32).max)
+    assert float(lo[-1]) == 0.0 and float(hi[-1]) > 0.0  # 1e-46: below the smallest float32 subnormal
+    assert torch.equal(to_lower(x, torch.float64), x) and torch.equal(to_upper(x.float(), torch.float64), x.float().double())

@@ -292,9 +292,9 @@ class BetaBounder:
                     beta = (s, torch.zeros(R, self.sizes[j], dtype=self.dtype).index_copy(1, idx, b))
                 mu = (self.cons[j][0], mus[j]) if j in mus else None
                 prm.set(node, NodeParams(alpha=ls, beta=beta, mu=mu))
-            v = engine.run_rows(view.output, lam0, lam0.new_zeros(R), layout.bidx, layout=layout, params=prm,
-                                record=record if with_record else None)
-            return v + d
+            # d enters as the pass's constant, so the rounding of adding it is accounted too
+            return engine.run_rows(view.output, lam0, d, layout.bidx, layout=layout, params=prm,
+                                   record=record if with_record else None)
 
         with torch.no_grad():
             best = passes(True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from absint.ir import Graph
+from absint.rounding import to_lower, to_upper
 from absint.domains.linear_bounds.engine import Engine, EngineOptions
 from absint.domains.linear_bounds.graph import NONLINEAR, GraphView, Node
 from absint.domains.linear_bounds.optimize import SlopeOptimiser, SlopeOptions
@@ -49,9 +51,17 @@ class GraphBounds:
         return out
 
 
+def _float(x: Any, device: torch.device) -> torch.Tensor:
+    """``x`` as a tensor on ``device``: tensors keep their dtype, anything else is read as float64."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device)
+
+
 def _as_bounds(node: Node, pair: tuple[Any, Any], engine: Engine) -> tuple[torch.Tensor, torch.Tensor]:
-    lo = torch.as_tensor(pair[0], dtype=engine.dtype, device=engine.device).reshape(node.batch, *node.shape)
-    hi = torch.as_tensor(pair[1], dtype=engine.dtype, device=engine.device).reshape(node.batch, *node.shape)
+    # outward rounding: bounds proved in float64 stay bounds in a narrower engine dtype
+    lo = to_lower(_float(pair[0], engine.device), engine.dtype).reshape(node.batch, *node.shape)
+    hi = to_upper(_float(pair[1], engine.device), engine.dtype).reshape(node.batch, *node.shape)
     return lo, hi
 
 
@@ -66,8 +76,8 @@ def deeppoly_view(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, *,
         dev = torch.device(device) if device is not None else graph.device
         engine = Engine(options, device=dev, dtype=dtype)
     g = graph.to(engine.device, engine.dtype)
-    lo = torch.as_tensor(lower, dtype=engine.dtype, device=engine.device)
-    hi = torch.as_tensor(upper, dtype=engine.dtype, device=engine.device)
+    lo = to_lower(_float(lower, engine.device), engine.dtype)
+    hi = to_upper(_float(upper, engine.device), engine.dtype)
     b = int(lo.shape[0])
     lo, hi = lo.reshape(b, *g.input_shape), hi.reshape(b, *g.input_shape)
     view = GraphView.of(g, b)
