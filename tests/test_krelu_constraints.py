@@ -184,6 +184,126 @@ def test_grouped_constraints_equal_dense_ones():
     np.testing.assert_allclose(grouped.post_term(-mu_g, lay).numpy(), 0.0)
 
 
+def _random_rows(seed: int, n: int = 40, k: int = 3) -> "HullRows":
+    """Random rows over ``n`` neurons: groups of 1..k neurons with 1..30 rows each (very unequal
+    counts), two groups without rows, and the rows in a shuffled order."""
+    from absint.domains.krelu.layer import HullRows
+
+    rng = np.random.default_rng(seed)
+    G = 25
+    groups = [tuple(sorted(rng.choice(n, size=int(rng.integers(1, k + 1)), replace=False).tolist()))
+              for _ in range(G)]
+    counts = rng.integers(1, 31, size=G)
+    counts[[3, 17]] = 0
+    group_of = np.repeat(np.arange(G), counts)
+    m = group_of.size
+    index = np.zeros((m, k), dtype=np.int64)
+    pre, post = rng.normal(size=(m, k)), rng.normal(size=(m, k))
+    for i, g in enumerate(group_of):
+        w = len(groups[g])
+        index[i, :w] = groups[g]
+        index[i, w:] = groups[g][0]
+        pre[i, w:] = post[i, w:] = 0.0
+    perm = rng.permutation(m)
+    return HullRows(index[perm], pre[perm], post[perm], rng.normal(size=m)[perm], n, tuple(groups), group_of[perm])
+
+
+class _Mag:
+    """The two methods of an engine and a node that ``err_term`` reads."""
+
+    def __init__(self, mag: torch.Tensor, parent: "_Mag | None" = None):
+        self.mag, self.parents = mag, [parent]
+
+    def magnitude(self, node: "_Mag", cols) -> torch.Tensor:
+        return node.mag
+
+
+@pytest.mark.parametrize("seed,max_buckets", [(0, 1), (1, 3), (2, 8)])
+def test_bucketed_constraints_equal_dense_ones(seed, max_buckets):
+    """Groups of unequal row counts, bucketed: the three terms equal the dense ones (μ A computed
+    densely) up to rounding, for any μ (negative entries count as 0), and so do the gradients; the
+    layout round-trips; the error term covers the dense one's."""
+    from absint.domains.krelu.constraints import GroupedConstraints
+    from absint.domains.linear_bounds.rows import RowLayout
+
+    rows = _random_rows(seed)
+    dense = to_layer_constraints(rows)
+    grouped = GroupedConstraints(rows, max_buckets=max_buckets)
+    counts = np.bincount(rows.group_of)
+    assert grouped.G == int((counts > 0).sum()) and len(grouped.buckets) <= max_buckets
+    assert rows.num_rows <= grouped.num_rows <= grouped.G * int(counts.max())
+    rng = np.random.default_rng(seed)
+    mu = torch.as_tensor(rng.exponential(size=(6, rows.num_rows)) * (rng.uniform(size=(6, rows.num_rows)) < 0.7))
+    mu[0, :5] = -1.0  # clamped to 0
+    mu_g = grouped.to_grouped(mu)
+    np.testing.assert_array_equal(grouped.from_grouped(mu_g).numpy(), mu.numpy())
+    assert int((mu_g != 0).sum()) == int((mu != 0).sum())  # padding columns hold zeros
+    lay = RowLayout.single()
+    mu_d, mu_g = mu.clone().requires_grad_(), mu_g.clone().requires_grad_()
+    w = torch.as_tensor(rng.normal(size=(3, 6, rows.numel)))
+    outs = []
+    for cons, m in ((dense, mu_d), (grouped, mu_g)):
+        terms = (cons.post_term(m, lay), cons.pre_term(m, lay), cons.const_term(m, lay))
+        ((terms[0] * w[0]).sum() + (terms[1] * w[1]).sum() + (terms[2] * w[2, :, 0]).sum()).backward()
+        outs.append(terms)
+    for a, b in zip(*outs):
+        scale = float(a.detach().abs().max())
+        np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(grouped.from_grouped(mu_g.grad).numpy(), mu_d.grad.numpy(), rtol=1e-12, atol=1e-12)
+    pad = torch.ones(grouped.num_rows, dtype=torch.bool)
+    pad[grouped.position] = False
+    assert (mu_g.grad[:, pad] == 0).all()
+    z = _Mag(torch.as_tensor(rng.uniform(size=(1, rows.numel))))
+    y = _Mag(torch.as_tensor(rng.uniform(size=(1, rows.numel))), z)
+    e_d = dense.err_term(mu, lay, y, y, 16)
+    e_g = grouped.err_term(mu_g.detach(), lay, y, y, 16)
+    assert (e_g >= e_d).all() and (e_g > 0).all()
+
+
+def test_grouped_terms_follow_the_multipliers():
+    """The terms are memoised per tensor version of μ: an in-place change, or a pass with gradients
+    after one without (branch and bound starts so), gives the new values and gradients."""
+    from absint.domains.krelu.constraints import GroupedConstraints
+    from absint.domains.linear_bounds.rows import RowLayout
+
+    rows = _random_rows(3)
+    grouped, lay = GroupedConstraints(rows), RowLayout.single()
+    mu = grouped.to_grouped(torch.as_tensor(np.random.default_rng(3).exponential(size=(2, rows.num_rows))))
+    mu.requires_grad_()
+    with torch.no_grad():
+        first = grouped.post_term(mu, lay).clone()
+    val = grouped.post_term(mu, lay).sum() + grouped.pre_term(mu, lay).sum() + grouped.const_term(mu, lay).sum()
+    val.backward()
+    assert mu.grad is not None and bool((mu.grad != 0).any())
+    np.testing.assert_array_equal(grouped.post_term(mu, lay).detach().numpy(), first.numpy())
+    with torch.no_grad():
+        pre = grouped.pre_term(mu, lay).clone()
+        mu.mul_(2.0)
+        np.testing.assert_allclose(grouped.pre_term(mu, lay).numpy(), 2 * pre.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(grouped.post_term(mu, lay).numpy(), 2 * first.numpy(), rtol=1e-12)
+
+
+def test_bucket_groups_is_optimal():
+    """The bucket split minimises the padded width plus the per-bucket cost (brute force, small cases)."""
+    from itertools import combinations
+
+    from absint.domains.krelu.constraints import bucket_groups
+
+    def cost_of(c, split, cost):
+        return sum((e - s) * c[e - 1] for s, e in split) + cost * len(split)
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        c = np.sort(rng.integers(1, 12, size=int(rng.integers(1, 9))))
+        B, cost = int(rng.integers(1, 5)), int(rng.integers(0, 10))
+        split = bucket_groups(c, B, cost)
+        assert split[0][0] == 0 and split[-1][1] == len(c) and len(split) <= B
+        assert all(s < e for s, e in split) and all(a[1] == b[0] for a, b in zip(split, split[1:]))
+        brute = min(cost_of(c, list(zip((0,) + cuts, cuts + (len(c),))), cost)
+                    for nb in range(1, min(B, len(c)) + 1) for cuts in combinations(range(1, len(c)), nb - 1))
+        assert cost_of(c, split, cost) == brute
+
+
 def test_active_rows_keep_the_bound():
     """The rows the root's multipliers use, with those multipliers, give the same bound (so branch and
     bound can carry only them); selecting rows renumbers the groups consistently."""
