@@ -30,13 +30,32 @@ def _quadratic_steps(make_opt, make_sched, steps: int = 25) -> list[torch.Tensor
     return [a.detach(), b.detach(), c.detach()]
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("decay", [None, 0.93])
-def test_adam_matches_torch_bit_for_bit(decay):
+def test_adam_matches_torch_bit_for_bit(decay, fused, monkeypatch):
+    """With torch's fused kernel the steps equal ``torch.optim.Adam(fused=True)``'s; without it (an
+    older torch, another device) the textbook update equals the plain ``torch.optim.Adam``'s."""
+    import absint.optim as optim
+
+    if not fused:
+        monkeypatch.setattr(optim, "_fused_step", lambda *a: False)
+    elif getattr(torch, "_fused_adam_", None) is None:
+        pytest.skip("this torch has no fused Adam kernel")
     ours = _quadratic_steps(Adam, (lambda o: ExponentialDecay(o, decay)) if decay else None)
-    ref = _quadratic_steps(torch.optim.Adam,
+    ref = _quadratic_steps(lambda groups: torch.optim.Adam(groups, fused=fused),
                            (lambda o: torch.optim.lr_scheduler.ExponentialLR(o, decay)) if decay else None)
     for x, y in zip(ours, ref):
         assert torch.equal(x, y)
+
+
+def test_fused_and_textbook_steps_agree_to_rounding(monkeypatch):
+    import absint.optim as optim
+
+    fused = _quadratic_steps(Adam, None, steps=60)
+    monkeypatch.setattr(optim, "_fused_step", lambda *a: False)
+    plain = _quadratic_steps(Adam, None, steps=60)
+    for x, y in zip(fused, plain):
+        assert torch.allclose(x, y, rtol=1e-12, atol=1e-12)
 
 
 def test_bound_optimisers_do_not_import_torch_dynamo():
