@@ -33,7 +33,8 @@ so put it in its own run (``--opt give_up_below=0.0 ...``), never in the default
 Long runs: ``--shard I/N`` analyses every N-th image starting at I (one process per core, each
 with its own ``--out``); ``--summarize FILE...`` prints the table of several result files.
 ``--images 164,144,100-109`` analyses chosen images instead of ``--start``/``--n`` (A/B runs on the
-hard cases of an earlier run).
+hard cases of an earlier run). ``--config`` (repeated) lists configurations one by one instead of a
+grid: ``--config defaults --config 'sparse_n=30 max_groups=150'`` (a paired A/B).
 
 Quiet-machine command (example grid; about configs × correct images × mean seconds per image)::
 
@@ -238,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--analysis", default="kpoly", help="analysis name (default kpoly)")
     ap.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis of the grid")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="an option of every configuration")
+    ap.add_argument("--config", action="append", default=[], metavar="'KEY=V KEY=V'",
+                    help="one configuration (space-separated options; 'defaults': none), instead of --grid: "
+                         "paired A/Bs such as --config defaults --config 'sparse_n=30 max_groups=150'")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per image (default 60; 0: none)")
     ap.add_argument("--nets", nargs="+", default=list(ERAN_SUITE), help="ERAN names or PATH.onnx:EPS")
     ap.add_argument("--data", default=str(ERAN / "mnist_test_1000.npz"))
@@ -273,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         assert 0 <= shard_i < shard_n
     except (ValueError, AssertionError):
         raise BenchError(f"--shard {args.shard!r}: write it as I/N with 0 <= I < N") from None
-    configs = configurations(parse_options(args.opt), parse_grid(args.grid))
+    if args.config and args.grid:
+        raise BenchError("--config and --grid: use one of them")
+    fixed = parse_options(args.opt)
+    configs = ([{**fixed, **parse_options([] if c.strip() == "defaults" else c.split())} for c in args.config]
+               if args.config else configurations(fixed, parse_grid(args.grid)))
     analyses = build_analyses(args.analysis, configs)  # validates every option before any work
     nets = [parse_net(t) for t in args.nets]
     X, Y = load_npz(args.data)

@@ -166,6 +166,22 @@ def test_kpoly_ablation_chosen_images(tmp_path):
     assert all(r["stages"] == {} for r in rows)  # deeppoly has no refinement stages
 
 
+def test_kpoly_ablation_paired_configurations(tmp_path):
+    """``--config`` lists configurations one by one (a paired A/B), ``defaults`` being none."""
+    ka = _script("kpoly_ablation")
+    out = tmp_path / "paired.jsonl"
+    base = ["--analysis", "kpoly", "--nets", f"{DIGITS}:0.01", "--data", str(DIGITS_DATA), "--images", "2",
+            "--no-pgd", "--out", str(out)]
+    with pytest.raises(ka.BenchError, match="--config and --grid"):
+        ka.main(base + ["--config", "defaults", "--grid", "k=1,3"])
+    with pytest.raises(ka.BenchError, match="no_such_option"):
+        ka.main(base + ["--config", "defaults", "--config", "k=3 no_such_option=1"])
+    assert ka.main(base + ["--opt", "final_bab_timeout=5", "--config", "defaults",
+                           "--config", "sparse_n=30 max_groups=150"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["config"] for r in rows) == ["final_bab_timeout=5", "final_bab_timeout=5 max_groups=150 sparse_n=30"]
+
+
 def test_engine_regression_same_revision_is_identical(tmp_path):
     """``engine_regression.py`` against HEAD (the same engine twice): every row compared, no deviation."""
     if not _git_worktree_possible():
