@@ -162,17 +162,24 @@ def monotone_upper(f, x: torch.Tensor) -> torch.Tensor:
 
 
 # -- changing precision -----------------------------------------------------------------------
+def _floating(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself if it is floating point, else in float64 (exact for integers below 2^53)."""
+    return x if x.is_floating_point() else x.to(torch.float64)
+
+
 def to_lower(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` in ``dtype``, every entry rounded toward −∞ (a lower bound of ``x``; NaN stays NaN)."""
+    x = _floating(x)
     y = x.to(dtype)
-    if y.dtype == x.dtype or torch.finfo(dtype).bits >= torch.finfo(x.dtype).bits:
+    if torch.finfo(dtype).bits >= torch.finfo(x.dtype).bits:
         return y
     return torch.where(y.to(x.dtype) > x, round_down(y), y)
 
 
 def to_upper(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` in ``dtype``, every entry rounded toward +∞."""
+    x = _floating(x)
     y = x.to(dtype)
-    if y.dtype == x.dtype or torch.finfo(dtype).bits >= torch.finfo(x.dtype).bits:
+    if torch.finfo(dtype).bits >= torch.finfo(x.dtype).bits:
         return y
     return torch.where(y.to(x.dtype) < x, round_up(y), y)

@@ -120,3 +120,6 @@ def test_to_lower_and_to_upper_round_outward_into_a_narrower_dtype():
     assert float(lo[small]) == float("-inf") and float(hi[small]) == -float(torch.finfo(torch.float32).max)
     assert float(lo[-1]) == 0.0 and float(hi[-1]) > 0.0  # 1e-46: below the smallest float32 subnormal
     assert torch.equal(to_lower(x, torch.float64), x) and torch.equal(to_upper(x.float(), torch.float64), x.float().double())
+    ints = torch.tensor([3, -(2 ** 40) - 1])  # integer bounds: exact in float64, rounded outward in float32
+    assert to_lower(ints, torch.float64).tolist() == [3.0, -(2.0 ** 40) - 1]
+    assert to_lower(ints, torch.float32).double()[1] <= -(2 ** 40) - 1 <= to_upper(ints, torch.float32).double()[1]

@@ -116,6 +116,13 @@ class _BucketProduct(torch.autograd.Function):
         return out, None
 
 
+def _version_key(mu: torch.Tensor) -> tuple[int, int, bool]:
+    """What a value computed from ``mu`` depends on: the tensor, its in-place version and whether
+    autograd records (a product computed without gradient must not serve a pass that needs one).
+    The caches keep ``mu`` itself beside the key, so its ``id`` cannot be reused meanwhile."""
+    return id(mu), mu._version, torch.is_grad_enabled()
+
+
 class GroupedConstraints:
     """:class:`HullRows` in the engine's multiplier-slot protocol, stored group by group.
 
@@ -162,7 +169,7 @@ class GroupedConstraints:
         A[position, k:2 * k] = rows.pre
         A[position, 2 * k] = rows.rhs
         A_t = torch.as_tensor(A, dtype=dtype, device=device)
-        self.G, self.r, self.k, self.n = len(order), int(counts.max()), k, n
+        self.G, self.k, self.n = len(order), k, n  # stored groups, neurons per group, layer width
         self._width = width
         #: column of each row of ``rows`` in the grouped layout
         self.position = torch.as_tensor(position, device=device)
@@ -192,7 +199,7 @@ class GroupedConstraints:
 
     def _mu(self, mu: torch.Tensor) -> torch.Tensor:
         """``max(μ, 0)``, once per tensor version (and grad mode)."""
-        key = (id(mu), mu._version, torch.is_grad_enabled())
+        key = _version_key(mu)
         if self._clamped is None or self._clamped[0] != key:
             neg = mu.numel() > 0 and bool(mu.min() < 0)
             self._clamped = (key, mu, mu.clamp(min=0) if neg else mu)
@@ -205,11 +212,11 @@ class GroupedConstraints:
         flat = t[:, :, :2 * k].transpose(0, 1).reshape(R, self.G * 2 * k)
         lam = mu.new_zeros(R, 2 * n).index_add(1, self._index2, flat)
         terms = (lam[:, :n], lam[:, n:], t[:, :, 2 * k].sum(0))
-        self._terms = ((id(mu), mu._version, torch.is_grad_enabled()), mu, terms)
+        self._terms = (_version_key(mu), mu, terms)
         return terms
 
     def _memo(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = (id(mu), mu._version, torch.is_grad_enabled())
+        key = _version_key(mu)
         return self._terms[2] if self._terms is not None and self._terms[0] == key else self._compute(mu)
 
     def post_term(self, mu: torch.Tensor, rows) -> torch.Tensor:
