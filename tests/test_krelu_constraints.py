@@ -403,7 +403,7 @@ def test_deadline_is_shared_by_every_layer(monkeypatch):
     clock = {"t": 100.0}
     monkeypatch.setattr(T.time, "perf_counter", lambda: clock["t"])
     seen: list[tuple[str, float | None]] = []
-    monkeypatch.setattr(mb, "_tighten", lambda pre, dl: seen.append((pre.name, dl)))
+    monkeypatch.setattr(mb, "_tighten", lambda pre, dl, more=None: seen.append((pre.name, dl)))
     assert mb._layer_deadline(0, 130.0) == pytest.approx(110.0)
     assert mb._layer_deadline(2, 130.0) == pytest.approx(130.0)
     assert mb._layer_deadline(1, None) is None
@@ -412,6 +412,66 @@ def test_deadline_is_shared_by_every_layer(monkeypatch):
     # tightened, each given half of the 30 s left (the first layer's third passes on)
     assert [dl for _, dl in seen] == [pytest.approx(115.0), pytest.approx(130.0)]
     assert st.complete and len(st.unstable_after) == 3
+
+
+def _tightened_mlp(seed: int, opts):
+    from absint.domains.krelu.tighten import MultiNeuronBounds
+    from absint.domains.linear_bounds import Engine, GraphView
+
+    g = random_mlp(seed, (5, 12, 10, 8, 3))
+    eng = Engine()
+    view = GraphView.of(g, 1)
+    c = np.random.default_rng(seed).normal(size=5)
+    lo, hi = torch.as_tensor(c - 0.6)[None], torch.as_tensor(c + 0.6)[None]
+    eng.store(view.input, 2, lo, hi)
+    return g, MultiNeuronBounds(view, eng, OPT, opts), lo, hi
+
+
+def test_extra_steps_only_when_the_time_left_covers_the_later_layers(monkeypatch):
+    """``max_iters``: a layer runs past ``iters`` steps only while the time left covers the later
+    layers' projected cost (fake clock: no wall-clock assertion); never without a deadline."""
+    from absint.domains.krelu import tighten as T
+    from absint.domains.krelu.tighten import TightenOptions
+
+    _, mb, _, _ = _tightened_mlp(3, TightenOptions(iters=10, max_iters=30, final_iters=2))
+    assert mb._more_steps(1, 0.0, None) is None
+    w = mb._cost_weights()
+    assert len(w) == 3 and w[1] > 0
+    later = sum(w[2:]) / w[1]
+    clock = {"t": 1.0}
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock["t"])
+    mb.stats.rows_s, mb.stats.tighten_s = 0.5, 0.0  # rows took half as long as this layer so far
+    # 10 steps in 1 s: the later layers' reserve is 0.1 s x 10 steps x (later + 1 for the target
+    # rows) x (1 + 0.5 / 1 for their hull rows)
+    reserve = 0.1 * 10 * (later + 1.0) * 1.5
+    assert mb._more_steps(1, 0.0, 1.0 + 0.1 + reserve + 1e-6)(10)
+    assert not mb._more_steps(1, 0.0, 1.0 + 0.1 + reserve - 1e-6)(10)
+    # reserve_factor scales the projection
+    _, mb3, _, _ = _tightened_mlp(3, TightenOptions(iters=10, max_iters=30, final_iters=2, reserve_factor=2.0))
+    mb3.stats.rows_s, mb3.stats.tighten_s = 0.5, 0.0
+    assert mb3._more_steps(1, 0.0, 1.0 + 0.1 + 2 * reserve + 1e-6)(10)
+    assert not mb3._more_steps(1, 0.0, 1.0 + 0.1 + 2 * reserve - 1e-6)(10)
+    # max_iters <= iters: never more steps
+    _, mb2, _, _ = _tightened_mlp(3, TightenOptions(iters=10, max_iters=10, final_iters=2))
+    assert mb2._more_steps(1, 0.0, 1e9) is None
+
+
+def test_extra_steps_are_taken_with_time_to_spare_and_stay_sound():
+    """With a deadline far away every tightened layer takes ``max_iters`` steps (without one,
+    ``iters``), and the bounds still hold at sampled inputs."""
+    import time as _time
+
+    from absint.domains.krelu.tighten import TightenOptions
+
+    g, short, lo, hi = _tightened_mlp(4, TightenOptions(iters=4, max_iters=12, final_iters=2))
+    assert short.run().steps == [4, 4]
+    g, long, lo, hi = _tightened_mlp(4, TightenOptions(iters=4, max_iters=12, final_iters=2))
+    st = long.run(deadline=_time.perf_counter() + 3600.0)
+    assert st.steps == [12, 12] and st.complete
+    values = _sample(g, lo, hi, np.random.default_rng(4))
+    for name, (plo, phi) in long.preactivation_bounds().items():
+        v = values[name].reshape(values[name].shape[0], -1).numpy()
+        assert (v >= plo - 1e-9).all() and (v <= phi + 1e-9).all()
 
 
 def test_retiring_settled_rows_leaves_the_other_rows_unchanged():

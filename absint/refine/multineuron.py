@@ -37,7 +37,8 @@ class MultiNeuron(Stage):
     """Layer-by-layer α + μ bounds with k-ReLU rows (see the module docstring).
 
     ``krelu``: grouping and hull options (``k = 1``: α alone); ``iters`` Adam steps per layer (at
-    most: each layer gets an equal part of the stage's time left), ``final_iters`` for the rows;
+    most: each layer gets an equal part of the stage's time left), up to ``max_iters`` where the
+    time left covers the later layers' projected cost (times ``reserve_factor``); ``final_iters`` for the rows;
     ``lr_alpha``/``lr_mu`` step sizes; ``rows_from``: the first ReLU layer (topological index) that
     gets rows; ``share``/``max_seconds``: the part of the time left this stage may use (the branch
     and bound after it gets the rest).
@@ -47,6 +48,8 @@ class MultiNeuron(Stage):
     krelu: KReluOptions = field(default_factory=lambda: KPOLY_KRELU)
     # the schedule's defaults are TightenOptions' (one place to change them)
     iters: int = TightenOptions.iters
+    max_iters: int = TightenOptions.max_iters
+    reserve_factor: float = TightenOptions.reserve_factor
     final_iters: int = TightenOptions.final_iters
     lr_alpha: float = TightenOptions.lr_alpha
     lr_mu: float = TightenOptions.lr_mu
@@ -73,7 +76,8 @@ class MultiNeuron(Stage):
                              torch.as_tensor(hi, dtype=engine.dtype).reshape(1, *node.shape))
         t0 = time.perf_counter()
         mb = MultiNeuronBounds(view, engine, self.krelu if self.krelu.k >= 2 else None,
-                               TightenOptions(iters=self.iters, final_iters=self.final_iters, lr_alpha=self.lr_alpha,
+                               TightenOptions(iters=self.iters, max_iters=self.max_iters, reserve_factor=self.reserve_factor,
+                                              final_iters=self.final_iters, lr_alpha=self.lr_alpha,
                                               lr_mu=self.lr_mu, rows_from=self.rows_from))
         st = mb.run(deadline)
         for name, (lo, hi) in mb.preactivation_bounds().items():
@@ -99,4 +103,4 @@ class MultiNeuron(Stage):
             state.note(f"{self.key}: time limit reached after {len(st.unstable_after)} of {len(mb.layers)} layers")
         state.record(self.key, seconds=time.perf_counter() - t0, tighten_s=st.tighten_s, rows_s=st.rows_s,
                      groups=st.groups, rows=st.rows, unstable_before=st.unstable_before,
-                     unstable_after=st.unstable_after)
+                     unstable_after=st.unstable_after, steps=st.steps)

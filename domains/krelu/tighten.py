@@ -48,13 +48,18 @@ __all__ = ["TightenOptions", "MultiNeuronBounds"]
 @dataclass(frozen=True)
 class TightenOptions:
     """``iters`` Adam steps per tightened layer (fewer when the layer's equal share of a deadline runs
-    out), ``final_iters`` for target rows; step sizes ``lr_alpha`` / ``lr_mu`` decayed by ``decay``
-    per step; ``rows_from``: the first ReLU (index in topological order) that gets hull rows;
+    out); up to ``max_iters`` when the time left covers the later layers' projected cost (see
+    :meth:`MultiNeuronBounds.run`, the projection scaled by ``reserve_factor``; ``max_iters <= iters``:
+    never more than ``iters``);
+    ``final_iters`` for target rows; step sizes ``lr_alpha`` / ``lr_mu`` decayed by ``decay`` per
+    step; ``rows_from``: the first ReLU (index in topological order) that gets hull rows;
     ``query_rows``: rows per octahedral engine pass."""
 
     #: 70, not 30: on hard MNIST 6x100 images the root margins rose by 0.2–0.5 and branch and bound
     #: proved more in less time (benchmarks/RESULTS.md, "More steps per layer in the multineuron stage")
     iters: int = 70
+    max_iters: int = 70
+    reserve_factor: float = 1.0
     final_iters: int = 100
     lr_alpha: float = 0.1
     lr_mu: float = 0.05
@@ -78,6 +83,7 @@ class TightenStats:
     rows: int = 0
     unstable_before: list[int] = field(default_factory=list)
     unstable_after: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # bound evaluations per tightened layer
     complete: bool = True
 
 
@@ -117,8 +123,9 @@ class MultiNeuronBounds:
         return prm
 
     def _optimise(self, start: Node, lam: torch.Tensor, iters: int, deadline: float | None,
-                  stop_above: float | None = None, settled=None) -> torch.Tensor:
-        """Best proved lower bounds ``[R]`` of ``lam·start`` over ``iters`` Adam steps on (α, μ).
+                  stop_above: float | None = None, settled=None, more=None, max_iters: int = 0) -> torch.Tensor:
+        """Best proved lower bounds ``[R]`` of ``lam·start`` over ``iters`` Adam steps on (α, μ), and
+        on up to ``max_iters`` steps while ``more(steps_done)`` says the time allows.
 
         Every row has its own α and μ, so the rows are independent problems that share only the
         backward passes: a row that ``settled(best)`` (``[R]`` → bool) says needs no more work, or
@@ -135,6 +142,7 @@ class MultiNeuronBounds:
                for L in layers]
         prm = self._params(layers, alphas, mus)
         self._last = (layers, mus)
+        self._steps = 1
         if not layers or iters <= 0:
             with torch.no_grad():
                 return eng.run_rows(start, lam, const, None, params=prm if layers else None)
@@ -146,8 +154,11 @@ class MultiNeuronBounds:
         best = torch.full((R,), -math.inf, dtype=lam.dtype, device=lam.device)
         live = torch.arange(R, device=lam.device)  # the rows still optimised (indices into best)
         mus_out = [None if m is None else m.detach().clone() for m in mus]  # every row's last μ
-        for it in range(iters):
-            last = it == iters - 1 or (deadline is not None and time.perf_counter() > deadline)
+        cap = max(iters, max_iters) if more is not None else iters
+        for it in range(cap):
+            self._steps = it + 1
+            last = it == cap - 1 or (deadline is not None and time.perf_counter() > deadline) or (
+                it >= iters - 1 and not more(it + 1))
             with torch.set_grad_enabled(not last):
                 val = eng.run_rows(start, lam, const, None, params=prm)
             best[live] = torch.maximum(best[live], val.detach())
@@ -191,7 +202,7 @@ class MultiNeuronBounds:
         self._last = (layers, mus_out)
         return best
 
-    def _tighten(self, pre: Node, deadline: float | None) -> None:
+    def _tighten(self, pre: Node, deadline: float | None, more=None) -> None:
         lo, hi = self._bounds(pre)
         unstable = ((lo < 0) & (hi > 0)).nonzero().squeeze(1)
         k = int(unstable.numel())
@@ -207,7 +218,9 @@ class MultiNeuronBounds:
             s = (best[:k] >= 0) | (best[k:] >= 0)
             return torch.cat([s, s])
 
-        best = self._optimise(pre, lam, self.opt.iters, deadline, settled=stable)
+        best = self._optimise(pre, lam, self.opt.iters, deadline, settled=stable, more=more,
+                              max_iters=self.opt.max_iters)
+        self.stats.steps.append(self._steps)
         nlo, nhi = lo.clone(), hi.clone()
         nlo[unstable] = torch.maximum(lo[unstable], best[:k])
         nhi[unstable] = torch.minimum(hi[unstable], -best[k:])
@@ -250,6 +263,41 @@ class MultiNeuronBounds:
         now = time.perf_counter()
         return now + max(deadline - now, 0.0) / max(len(self.layers) - i, 1)
 
+    def _cost_weights(self) -> list[float]:
+        """Projected relative cost of each layer's tightening: its unstable neurons (current bounds,
+        so DeepPoly's, an over-count, for the layers not yet tightened) times the ReLU layers its rows
+        pass back through."""
+        out = []
+        for L in self.layers:
+            pre = L.relu.parents[0]
+            lo, hi = self._bounds(pre)
+            out.append(float(((lo < 0) & (hi > 0)).sum()) * max(len(self._ancestors(pre)), 1))
+        return out
+
+    def _more_steps(self, i: int, started: float, deadline: float | None):
+        """The test that lets layer ``i`` run past ``iters`` steps (up to ``max_iters``): only with a
+        deadline, and only while the time left after this step covers the later layers at ``iters``
+        steps each, projected from this layer's time per step, scaled by the cost weights and by the
+        hull-row time measured so far (rows of this layer and the target rows counted as one more
+        layer's worth). A stage that runs short of time thus never trades later layers' steps for
+        extra ones here; one with time to spare spends it where the earliest layers' gains compound."""
+        if deadline is None or self.opt.max_iters <= self.opt.iters:
+            return None
+        w = self._cost_weights()
+        if w[i] <= 0:
+            return None
+        later = sum(w[i + 1:]) / w[i]
+        st = self.stats
+
+        def more(steps: int) -> bool:
+            now = time.perf_counter()
+            per_step = (now - started) / max(steps, 1)
+            rows_factor = 1.0 + st.rows_s / (st.tighten_s + now - started)  # hull-row time per tightening second
+            reserve = per_step * self.opt.iters * (later + 1.0) * rows_factor * self.opt.reserve_factor
+            return now + per_step + reserve < deadline
+
+        return more
+
     def run(self, deadline: float | None = None) -> TightenStats:
         """Tighten every ReLU input and build every ReLU's rows, in topological order (see module docstring).
 
@@ -264,7 +312,7 @@ class MultiNeuronBounds:
                 break
             t0 = time.perf_counter()
             if not (pre.parents and pre.parents[0].boxlike) and self._ancestors(pre):
-                self._tighten(pre, self._layer_deadline(i, deadline))
+                self._tighten(pre, self._layer_deadline(i, deadline), more=self._more_steps(i, t0, deadline))
             lo, hi = self._bounds(pre)
             self.engine.store(L.relu, 2, lo.clamp(min=0).reshape(1, *L.relu.shape),
                               hi.clamp(min=0).reshape(1, *L.relu.shape))
