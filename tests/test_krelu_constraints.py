@@ -433,7 +433,7 @@ def test_extra_steps_only_when_the_time_left_covers_the_later_layers(monkeypatch
     from absint.domains.krelu import tighten as T
     from absint.domains.krelu.tighten import TightenOptions
 
-    _, mb, _, _ = _tightened_mlp(3, TightenOptions(iters=10, max_iters=30, final_iters=2))
+    _, mb, _, _ = _tightened_mlp(3, TightenOptions(iters=10, max_iters=30, final_iters=2, reserve_factor=1.0))
     assert mb._more_steps(1, 0.0, None) is None
     w = mb._cost_weights()
     assert len(w) == 3 and w[1] > 0
