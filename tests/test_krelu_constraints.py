@@ -386,19 +386,26 @@ def test_branch_and_bound_with_hull_rows_is_sound(builder, seed, eps):
     assert (res.row_min >= root - 1e-6).all()
 
 
+def _tightened_mlp(seed: int, opts):
+    from absint.domains.krelu.tighten import MultiNeuronBounds
+    from absint.domains.linear_bounds import Engine, GraphView
+
+    g = random_mlp(seed, (5, 12, 10, 8, 3))
+    eng = Engine()
+    view = GraphView.of(g, 1)
+    c = np.random.default_rng(seed).normal(size=5)
+    lo, hi = torch.as_tensor(c - 0.6)[None], torch.as_tensor(c + 0.6)[None]
+    eng.store(view.input, 2, lo, hi)
+    return g, MultiNeuronBounds(view, eng, OPT, opts), lo, hi
+
+
 def test_deadline_is_shared_by_every_layer(monkeypatch):
     """Under a deadline, each ReLU layer is tightened with an equal part of the time left (the clock
     is faked: no wall-clock assertion), so a deadline never leaves the deeper layers untightened."""
     from absint.domains.krelu import tighten as T
-    from absint.domains.krelu.tighten import MultiNeuronBounds, TightenOptions
-    from absint.domains.linear_bounds import Engine, GraphView
+    from absint.domains.krelu.tighten import TightenOptions
 
-    g = random_mlp(3, (5, 12, 10, 8, 3))
-    eng = Engine()
-    view = GraphView.of(g, 1)
-    c = np.random.default_rng(3).normal(size=5)
-    eng.store(view.input, 2, torch.as_tensor(c - 0.6)[None], torch.as_tensor(c + 0.6)[None])
-    mb = MultiNeuronBounds(view, eng, OPT, TightenOptions(iters=2, final_iters=2))
+    _, mb, _, _ = _tightened_mlp(3, TightenOptions(iters=2, final_iters=2))
     assert len(mb.layers) == 3
     clock = {"t": 100.0}
     monkeypatch.setattr(T.time, "perf_counter", lambda: clock["t"])
@@ -412,19 +419,6 @@ def test_deadline_is_shared_by_every_layer(monkeypatch):
     # tightened, each given half of the 30 s left (the first layer's third passes on)
     assert [dl for _, dl in seen] == [pytest.approx(115.0), pytest.approx(130.0)]
     assert st.complete and len(st.unstable_after) == 3
-
-
-def _tightened_mlp(seed: int, opts):
-    from absint.domains.krelu.tighten import MultiNeuronBounds
-    from absint.domains.linear_bounds import Engine, GraphView
-
-    g = random_mlp(seed, (5, 12, 10, 8, 3))
-    eng = Engine()
-    view = GraphView.of(g, 1)
-    c = np.random.default_rng(seed).normal(size=5)
-    lo, hi = torch.as_tensor(c - 0.6)[None], torch.as_tensor(c + 0.6)[None]
-    eng.store(view.input, 2, lo, hi)
-    return g, MultiNeuronBounds(view, eng, OPT, opts), lo, hi
 
 
 def test_extra_steps_only_when_the_time_left_covers_the_later_layers(monkeypatch):
