@@ -16,20 +16,16 @@ import numpy as np
 import torch
 
 from absint.domains.krelu import KReluOptions
-from absint.domains.krelu.tighten import MultiNeuronBounds, TightenOptions
+from absint.domains.krelu.tighten import KPOLY_KRELU as _KPOLY_KRELU, TightenOptions, start_region
 from absint.domains.linear_bounds import Engine, GraphView
 from absint.refine.pipeline import Context, Stage, share_deadline
 from absint.refine.state import RefineState
+from absint.rounding import sum_lower
 
 __all__ = ["MultiNeuron", "KPOLY_KRELU"]
 
-#: kpoly's default grouping: triples (k=3) in windows of 20 of the widest unstable neurons, sharing
-#: at most one neuron (s=−2), at most 100 groups per layer (the widest neurons' first); the certified
-#: fast hull. Windows of 20 instead of 10 (Dec 7): about twice the groups on the MLPs, which the
-#: longer per-layer optimisation now has time for; the cap keeps wide layers (6x200) from trading
-#: their optimisation steps for rows (benchmarks/RESULTS.md, "Larger k-ReLU windows"; the 30 s
-#: ablation that chose 10 is in "k-ReLU group selection ablation").
-KPOLY_KRELU = KReluOptions(k=3, s=-2, sparse_n=20, cutoff=0.05, hull="auto", max_groups=100)
+#: kpoly's default grouping (defined beside the tightening; see its comment there)
+KPOLY_KRELU = _KPOLY_KRELU
 
 
 @dataclass(frozen=True)
@@ -64,21 +60,12 @@ class MultiNeuron(Stage):
         p = state.problem
         engine = Engine(device=ctx.domain.device, dtype=ctx.domain.dtype)
         view = GraphView.of(p.graph, 1)
-        engine.store(view.input, 2, p.lower.reshape(1, *p.graph.input_shape).to(engine.dtype),
-                     p.upper.reshape(1, *p.graph.input_shape).to(engine.dtype))
-        # DeepPoly over the view, every node met with the bounds proved by earlier stages first (in
-        # topological order, so each relaxation is fixed from the tightest bounds known)
-        for node in view:
-            if node.parents and node.name in state.bounds:
-                engine.bounds(node, 2)
-                lo, hi = state.bounds[node.name]
-                engine.store(node, 2, torch.as_tensor(lo, dtype=engine.dtype).reshape(1, *node.shape),
-                             torch.as_tensor(hi, dtype=engine.dtype).reshape(1, *node.shape))
         t0 = time.perf_counter()
-        mb = MultiNeuronBounds(view, engine, self.krelu if self.krelu.k >= 2 else None,
-                               TightenOptions(iters=self.iters, max_iters=self.max_iters, reserve_factor=self.reserve_factor,
-                                              final_iters=self.final_iters, lr_alpha=self.lr_alpha,
-                                              lr_mu=self.lr_mu, rows_from=self.rows_from))
+        # DeepPoly over the view, every node met with the bounds proved by earlier stages first
+        mb = start_region(view, engine, p.lower, p.upper, self.krelu,
+                          TightenOptions(iters=self.iters, max_iters=self.max_iters, reserve_factor=self.reserve_factor,
+                                         final_iters=self.final_iters, lr_alpha=self.lr_alpha,
+                                         lr_mu=self.lr_mu, rows_from=self.rows_from), known=state.bounds)
         st = mb.run(deadline)
         for name, (lo, hi) in mb.preactivation_bounds().items():
             state.meet(name, lo, hi)
@@ -92,7 +79,9 @@ class MultiNeuron(Stage):
                 end = min(end if end is not None else state.deadline, state.deadline)
             C = torch.as_tensor(p.C[todo], dtype=engine.dtype)
             lower = mb.bound_rows(view.output, C, deadline=end, stop_above=float(-np.min(p.d[todo])))
-            state.raise_rows(lower.cpu().double().numpy() + p.d[todo], todo)
+            # + d rounded down: a proved bound of the real sum, not only of its sign
+            state.raise_rows(sum_lower(lower.detach().cpu().double(),
+                                       torch.as_tensor(p.d[todo], dtype=torch.float64)).numpy(), todo)
             # for the branch and bound: the rows the optimised multipliers use, with those multipliers
             # (per safety row; zero for rows proved before) — typically 5–20 % of all rows
             for name, (rows, mu) in mb.active_rows().items():

@@ -42,7 +42,15 @@ from absint.optim import RETIRE_AT, Adam, ExponentialDecay
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TightenOptions", "MultiNeuronBounds"]
+__all__ = ["TightenOptions", "MultiNeuronBounds", "start_region", "KPOLY_KRELU"]
+
+#: kpoly's default grouping: triples (k=3) in windows of 20 of the widest unstable neurons, sharing
+#: at most one neuron (s=−2), at most 100 groups per layer (the widest neurons' first); the certified
+#: fast hull. Windows of 20 instead of 10 (Dec 7): about twice the groups on the MLPs, which the
+#: longer per-layer optimisation now has time for; the cap keeps wide layers (6x200) from trading
+#: their optimisation steps for rows (benchmarks/RESULTS.md, "Larger k-ReLU windows"; the 30 s
+#: ablation that chose 10 is in "k-ReLU group selection ablation").
+KPOLY_KRELU = KReluOptions(k=3, s=-2, sparse_n=20, cutoff=0.05, hull="auto", max_groups=100)
 
 
 @dataclass(frozen=True)
@@ -363,3 +371,21 @@ class MultiNeuronBounds:
     def constraints(self) -> dict[str, HullRows]:
         """The hull rows of every ReLU node that has some, by node name."""
         return {L.relu.name: L.rows for L in self.layers if L.rows is not None and L.rows.num_rows}
+
+
+def start_region(view: GraphView, engine: Engine, lower: torch.Tensor, upper: torch.Tensor,
+                 krelu: KReluOptions | None, options: TightenOptions = TightenOptions(),
+                 known: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> MultiNeuronBounds:
+    """A :class:`MultiNeuronBounds` over the box ``[lower, upper]`` (shaped like the view's input; no
+    hull rows when ``krelu`` is None or has ``k < 2``), DeepPoly-style bounds to start from, with the
+    bounds ``known`` (proved elsewhere: node name → flat ``(lower, upper)``) stored first, in
+    topological order, so every relaxation is fixed from the tightest bounds known."""
+    shape = (1, *view.input.shape)
+    engine.store(view.input, 2, lower.reshape(shape).to(engine.dtype), upper.reshape(shape).to(engine.dtype))
+    for node in view:
+        if known and node.parents and node.name in known:
+            engine.bounds(node, 2)  # its ancestors first, in topological order
+            lo, hi = known[node.name]
+            engine.store(node, 2, torch.as_tensor(lo, dtype=engine.dtype, device=engine.device).reshape(1, *node.shape),
+                         torch.as_tensor(hi, dtype=engine.dtype, device=engine.device).reshape(1, *node.shape))
+    return MultiNeuronBounds(view, engine, krelu if krelu is not None and krelu.k >= 2 else None, options)
