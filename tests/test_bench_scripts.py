@@ -199,3 +199,30 @@ def test_engine_regression_same_revision_is_identical(tmp_path):
         s = res["summary"]
         assert s["vs_baseline"]["rows"] > 0 and s["vs_baseline"]["max_abs_dev"] == 0.0
         assert s["candidate"]["certified"] == s["baseline"]["certified"]
+
+
+def test_vnncomp_ab_runs_rotates_and_scores(tmp_path, capsys, bench):
+    """Two option sets on two mnistfc instances (one unsat, one sat): a row per (instance, set), the
+    sets' order rotated from one instance to the next, and a summary against the truth table."""
+    mnistfc = bench / "mnistfc"
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "onnx").symlink_to(mnistfc / "onnx")
+    (bench / "vnnlib").symlink_to(mnistfc / "vnnlib")
+    rows = [r for r in open(mnistfc / "truth.csv").read().splitlines()
+            if "256x2.onnx,vnnlib/2021/prop_2_0.03" in r or "256x2.onnx,vnnlib/2021/prop_1_0.05" in r]
+    assert len(rows) == 2
+    (bench / "truth.csv").write_text(open(mnistfc / "truth.csv").readline() + "\n".join(rows) + "\n")
+    ab = _script("vnncomp_ab")
+    out = tmp_path / "ab.jsonl"
+    assert ab.main([str(bench), "--analysis", "bab", "--timeout", "20", "--opt", "root=alpha",
+                    "--opt", "root=multineuron,root_share=0.4", "--out", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["cfg"] for r in recs] == [{"root": "alpha"}, {"root": "multineuron", "root_share": 0.4},
+                                        {"root": "multineuron", "root_share": 0.4}, {"root": "alpha"}]
+    assert {r["verdict"] for r in recs[:2]} == {"verified"} and {r["verdict"] for r in recs[2:]} == {"falsified"}
+    capsys.readouterr()
+    ab.main([str(bench), "--summary", str(out)])
+    text = capsys.readouterr().out
+    assert text.count("unsat verified 1 of 1, sat falsified 1 of 1") == 2 and "wrong 0" in text
+    assert "differ:" not in text

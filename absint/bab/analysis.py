@@ -31,6 +31,7 @@ from absint.bab.input_split import InputSplitting
 from absint.bab.options import BabOptions, resolve_relu_heuristic
 from absint.bab.queue import Batch, batch_len, batch_select
 from absint.bab.relu_split import ReluSplitting
+from absint.bab.root import MultiNeuronRoot, multineuron_root
 from absint.ir import Graph, Relu
 from absint.registry import DOMAINS, get_domain, names
 from absint.specs import InputBox
@@ -139,13 +140,30 @@ class BabAnalysis(Analysis):
             res.stats.update(mode="relu", domain=o.domain or default_domain(), seconds=time.perf_counter() - t0)
             self.last = res
             return res
-        if o.workers <= 1 and o.input_heuristic == "portfolio" and self.split_mode(graph) == "input":
+        root, probe = None, None
+        if self._wants_multineuron_root(graph):
+            probe_search, probe = self._alpha_probe(graph, region, C, d, owner, deadline)
+            if probe.status == "budget":  # the α root left the instance open
+                root = self._root(graph, region, C, d, deadline, known=_probe_bounds(probe_search))
+        if probe is not None and root is None:
+            res = probe  # decided (or out of time) at the α root
+        elif root is not None and bool((clause_max(root.rows, owner) > o.tolerance).all()):
+            res = SearchResult("verified", row_min=root.rows, clause_min=clause_max(root.rows, owner), proved=1.0,
+                               stats={"bounded": 0})
+        elif o.workers <= 1 and o.input_heuristic == "portfolio" and self.split_mode(graph) == "input":
             res = self._portfolio(graph, region, C, d, owner, deadline)
         elif o.workers <= 1:
-            res = self.make_search(graph, region, C, d, owner).run(deadline=deadline)
+            res = self.make_search(graph, region, C, d, owner, root_bounds=root and root.pre).run(deadline=deadline)
         else:
-            s = self.make_search(graph, region, C, d, owner)
-            res = _parallel(self, graph, region, C, d, owner, s, deadline)
+            s = self.make_search(graph, region, C, d, owner, root_bounds=root and root.pre)
+            res = _parallel(self, graph, region, C, d, owner, s, deadline, root and root.pre)
+        if root is not None:  # both are proved lower bounds over the whole region
+            if res.row_min is not None:
+                res.row_min = np.maximum(res.row_min, root.rows)
+            if res.clause_min is not None:
+                res.clause_min = np.maximum(res.clause_min, clause_max(root.rows, owner))
+            res.stats["root_multineuron"] = root.stats
+            res.stats["bounded"] = res.stats.get("bounded", 0) + probe.stats.get("bounded", 0)  # the probe's too
         res.stats["mode"] = self.split_mode(graph)
         res.stats["domain"] = o.domain or default_domain()
         if o.bounding == "alpha-beta" and res.stats["mode"] == "relu":
@@ -156,6 +174,30 @@ class BabAnalysis(Analysis):
                  res.stats.get("bounded", 0), 100 * res.proved, res.stats.get("peak_queue", 0))
         self.last = res
         return res
+
+    def _wants_multineuron_root(self, graph: Graph) -> bool:
+        o = self.bab_options
+        return o.root == "multineuron" and o.bounding == "alpha-beta" and self.split_mode(graph) == "relu"
+
+    def _alpha_probe(self, graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray, owner: np.ndarray,
+                     deadline: float | None) -> tuple[Search, SearchResult]:
+        """The search with optimised slopes alone (as ``root="alpha"``) for at most ``root_probe_nodes``
+        sub-problems: most easy instances are decided there in about a second, where the multi-neuron
+        root takes several. Returns the search and its result (status ``budget``: still open)."""
+        search = self.make_search(graph, region, C, d, owner)
+        search.max_nodes = self.bab_options.root_probe_nodes
+        return search, search.run(deadline=deadline)
+
+    def _root(self, graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray, deadline: float | None,
+              known: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> MultiNeuronRoot:
+        """The multi-neuron root bounds (:mod:`absint.bab.root`) for ``root_share`` of the time left,
+        starting from the bounds ``known``."""
+        share_end = None
+        if deadline is not None:
+            now = time.perf_counter()
+            share_end = now + self.bab_options.root_share * max(deadline - now, 0.0)
+        return multineuron_root(graph, region, C, d, deadline=share_end, end=deadline, device=self.device,
+                                known=known)
 
     def _portfolio(self, graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray, owner: np.ndarray,
                    deadline: float | None) -> SearchResult:
@@ -236,6 +278,21 @@ def relu_branch_and_bound(graph: Graph, region: InputBox, C: np.ndarray, d: np.n
 _WORKER: dict[str, Any] = {}
 
 
+def _probe_bounds(search: Search) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """The ReLU-input bounds the α/β strategy of ``search`` proved at its root, by node name."""
+    bb = getattr(search.s, "beta", None)
+    if bb is None:
+        return None
+    return {name: (lo.cpu().numpy(), hi.cpu().numpy()) for name, lo, hi in zip(bb.pre_names, bb.root_lo, bb.root_hi)}
+
+
+def clause_max(rows: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Per clause, the best proved bound of its rows (a clause is refuted once any of its rows is)."""
+    out = np.full(int(owner.max()) + 1 if len(owner) else 0, -np.inf)
+    np.maximum.at(out, owner, rows)
+    return out
+
+
 def _best_partial(results: dict[str, SearchResult]) -> SearchResult:
     """The undecided portfolio result: the search that proved the most volume, with the row and
     clause bounds of both (each is a valid lower bound over the whole region, so the larger is)."""
@@ -252,8 +309,8 @@ def _worker_init(stop_event) -> None:
 
 
 def _worker_run(part, deadline) -> SearchResult:
-    an, graph, region, C, d, owner = _WORKER["job"]
-    s = an.make_search(graph, region, C, d, owner)
+    an, graph, region, C, d, owner, root_bounds = _WORKER["job"]
+    s = an.make_search(graph, region, C, d, owner, root_bounds=root_bounds)
     stop = _WORKER["stop"]
     res = s.run(part, deadline=deadline, should_stop=stop.is_set)
     if res.status == "falsified":
@@ -262,7 +319,7 @@ def _worker_run(part, deadline) -> SearchResult:
 
 
 def _parallel(an: BabAnalysis, graph: Graph, region: InputBox, C, d, owner, s: Search,
-              deadline: float | None) -> SearchResult:
+              deadline: float | None, root_bounds: Any = None) -> SearchResult:
     """Seed ``4·workers`` open sub-problems in-process, then share them out among forked workers."""
     o = an.bab_options
     first = s.run(deadline=deadline, stop_when_open=4 * o.workers)
@@ -274,7 +331,7 @@ def _parallel(an: BabAnalysis, graph: Graph, region: InputBox, C, d, owner, s: S
     parts = [batch_select(items, torch.arange(i, n, o.workers)) for i in range(o.workers)]
     ctx = mp.get_context("fork")
     stop = ctx.Event()
-    _WORKER["job"] = (an, graph, region, C, d, owner)  # inherited by the forked workers
+    _WORKER["job"] = (an, graph, region, C, d, owner, root_bounds)  # inherited by the forked workers
     try:
         with ProcessPoolExecutor(o.workers, mp_context=ctx, initializer=_worker_init, initargs=(stop,)) as ex:
             results = list(ex.map(_worker_run, parts, [deadline] * len(parts)))

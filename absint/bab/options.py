@@ -91,6 +91,15 @@ class BabOptions(Options):
       ``beta_iters``: Adam iterations per batch of sub-problems. ``tighten_depth``: after a split,
       the intermediate bounds of at most this many following ReLU layers are re-bounded per
       sub-problem (``None``: every later layer; the deeper layers keep their parent's bounds).
+    * ``root`` — with α/β ReLU splitting, how the root's intermediate bounds are found before the
+      first split. ``alpha``: optimised slopes alone. ``multineuron`` (default): a probe first runs
+      the search with optimised slopes alone for at most ``root_probe_nodes`` sub-problems (15: the
+      top four levels of the tree, which decide most easy instances in about a second); if that
+      leaves the instance open, every ReLU input is tightened from the probe's root bounds with
+      optimised slopes and k-ReLU hull-row multipliers for ``root_share`` of the time left (kpoly's
+      root, :mod:`absint.bab.root`) and the safety rows are bounded the same way (an instance they
+      prove needs no split); the search starts from those bounds. Measured on mnistfc at 30 s
+      (benchmarks/RESULTS.md, "Multi-neuron root in bab").
     """
 
     domain: str | None = None
@@ -113,6 +122,9 @@ class BabOptions(Options):
     beta_iters: int = 20
     tighten_depth: int | None = TIGHTEN_DEPTH
     fsb_candidates: int = 3
+    root: Literal["alpha", "multineuron"] = "multineuron"
+    root_share: float = 0.5
+    root_probe_nodes: int = 15
 
     def check(self) -> None:
         # the Literal fields (split, heuristics, bounding) are checked from their annotations
@@ -125,5 +137,9 @@ class BabOptions(Options):
         check_tighten_depth(self.tighten_depth)
         if isinstance(self.fsb_candidates, bool) or not isinstance(self.fsb_candidates, int) or self.fsb_candidates < 1:
             raise OptionError(f"bab: fsb_candidates must be a whole number ≥ 1, got {self.fsb_candidates!r}")
+        if isinstance(self.root_probe_nodes, bool) or not isinstance(self.root_probe_nodes, int) or self.root_probe_nodes < 1:
+            raise OptionError(f"bab: root_probe_nodes must be a whole number ≥ 1, got {self.root_probe_nodes!r}")
+        if not 0.0 < self.root_share <= 1.0:
+            raise OptionError(f"bab: root_share must be in (0, 1], got {self.root_share!r}")
         if self.max_nodes is not None and self.max_nodes < 1:
             raise OptionError(f"bab: max_nodes must be ≥ 1 or None, got {self.max_nodes!r}")
