@@ -189,3 +189,13 @@ def test_root_sound_and_decisive_on_conv_and_residual_networks(name):
 
     assert not verify_bab(g, Instance(box, prop(m + 1e-3)), options=opts).verified
     assert verify_bab(g, Instance(box, prop(float(root.rows[0]) - 1.0)), options=opts).verified
+
+
+@pytest.mark.parametrize("budget", [3, 15, 40])
+def test_node_budget_covers_the_probe(budget):
+    """``max_nodes`` bounds the sub-problems of the probe and of the search after the root together."""
+    g, box, m, prop = _decide_case(2)
+    res = verify_bab(g, Instance(box, prop(m - 0.02)),
+                     options=BabOptions(split="relu", max_nodes=budget, attack_every=0, attack=False))
+    assert res.details["bounded"] <= budget and "root_multineuron" in res.details
+    assert not res.falsified

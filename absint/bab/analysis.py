@@ -152,11 +152,12 @@ class BabAnalysis(Analysis):
                                stats={"bounded": 0})
         elif o.workers <= 1 and o.input_heuristic == "portfolio" and self.split_mode(graph) == "input":
             res = self._portfolio(graph, region, C, d, owner, deadline)
-        elif o.workers <= 1:
-            res = self.make_search(graph, region, C, d, owner, root_bounds=root and root.pre).run(deadline=deadline)
         else:
             s = self.make_search(graph, region, C, d, owner, root_bounds=root and root.pre)
-            res = _parallel(self, graph, region, C, d, owner, s, deadline, root and root.pre)
+            if probe is not None and o.max_nodes is not None:  # the probe's sub-problems count too
+                s.max_nodes = max(0, o.max_nodes - probe.stats.get("bounded", 0))
+            res = s.run(deadline=deadline) if o.workers <= 1 else \
+                _parallel(self, graph, region, C, d, owner, s, deadline, root and root.pre)
         if root is not None:  # both are proved lower bounds over the whole region
             if res.row_min is not None:
                 res.row_min = np.maximum(res.row_min, root.rows)
@@ -184,8 +185,9 @@ class BabAnalysis(Analysis):
         """The search with optimised slopes alone (as ``root="alpha"``) for at most ``root_probe_nodes``
         sub-problems: most easy instances are decided there in about a second, where the multi-neuron
         root takes several. Returns the search and its result (status ``budget``: still open)."""
+        o = self.bab_options
         search = self.make_search(graph, region, C, d, owner)
-        search.max_nodes = self.bab_options.root_probe_nodes
+        search.max_nodes = o.root_probe_nodes if o.max_nodes is None else min(o.root_probe_nodes, o.max_nodes)
         return search, search.run(deadline=deadline)
 
     def _root(self, graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarray, deadline: float | None,

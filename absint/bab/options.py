@@ -81,7 +81,7 @@ class BabOptions(Options):
       it (default 0, strictly: the bounds are rigorous, as in :func:`absint.verify.decide`).
     * ``max_depth`` — a sub-problem deeper than this is left open (stuck; answer unknown).
     * ``max_nodes`` — stop (status ``budget``, answer unknown with the partial results) once this
-      many sub-problems have been bounded (``None``: no limit). A budget in work, not in seconds:
+      many sub-problems have been bounded (``None``: no limit; the ``root`` probe's count too). A budget in work, not in seconds:
       the same on a busy and an idle machine (what tests use instead of a time limit).
     * ``bounding`` — ``domain``: every sub-problem is bounded by ``domain`` (splits imposed as box
       meets on pre-activation bounds); ``alpha-beta``: with ReLU splitting on a chain network,
