@@ -14,8 +14,9 @@ from absint.bab.beta import BetaBounder, BetaOptions
 from absint.bab.bounding import Bounder
 from absint.ir import Affine, Graph, Relu
 from absint.registry import get_domain
-from absint.specs import Clause, InputBox, OutputProperty
+from absint.specs import InputBox
 from absint.testing import random_mlp
+from bab_cases import decide_case
 
 F64 = torch.float64
 
@@ -168,18 +169,9 @@ def test_contradictory_split_is_infeasible():
 @pytest.mark.parametrize("heuristic", ["babsr", "fsb"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bab_alpha_beta_decides_correctly(seed, heuristic):
-    g = mlp(seed, sizes=(2, 16, 16, 2))
-    box = InputBox(np.array([-0.3, -0.3]), np.array([0.3, 0.3]))
-    axes = [np.linspace(-0.3, 0.3, 201)] * 2
-    pts = np.stack(np.meshgrid(*axes), -1).reshape(-1, 2)
-    with torch.no_grad():
-        yy = g.forward(torch.as_tensor(pts)).numpy()
-    m = float((yy[:, 0] - yy[:, 1]).min())
-
-    def prop(t):  # violation: y1 − y0 + t ≥ 0
-        return OutputProperty((Clause(np.array([[-1.0, 1.0]]), np.array([t])),), 2)
-
     from absint.specs import Instance
+
+    g, box, m, prop = decide_case(seed)
 
     # No wall clock (timeout None, no timed PGD rounds): a node budget ends the search, so a
     # loaded machine makes this slower but never different.

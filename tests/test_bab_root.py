@@ -16,6 +16,7 @@ from absint.ir import Relu
 from absint.specs import Clause, Instance, InputBox, OutputProperty
 from absint.testing import random_mlp
 from absint.verify import verify_bab
+from bab_cases import decide_case
 
 FEW = TightenOptions(iters=8, max_iters=8, final_iters=15)
 
@@ -68,24 +69,9 @@ def test_root_is_never_looser_than_the_alpha_root():
     assert narrower > 0  # it did tighten something
 
 
-def _decide_case(seed: int):
-    g = random_mlp(seed, (2, 16, 16, 2), bias_scale=0.2)
-    box = InputBox(np.array([-0.3, -0.3]), np.array([0.3, 0.3]))
-    axes = [np.linspace(-0.3, 0.3, 201)] * 2
-    pts = np.stack(np.meshgrid(*axes), -1).reshape(-1, 2)
-    with torch.no_grad():
-        yy = g.forward(torch.as_tensor(pts)).numpy()
-    m = float((yy[:, 0] - yy[:, 1]).min())
-
-    def prop(t):  # violation: y1 − y0 + t ≥ 0
-        return OutputProperty((Clause(np.array([[-1.0, 1.0]]), np.array([t])),), 2)
-
-    return g, box, m, prop
-
-
 @pytest.mark.parametrize("seed", [0, 3])
 def test_bab_with_the_multineuron_root_decides_both_ways(seed):
-    g, box, m, prop = _decide_case(seed)
+    g, box, m, prop = decide_case(seed)
     opts = BabOptions(split="relu", batch_size=16, max_nodes=20_000, attack_every=0, root="multineuron")
     ok = verify_bab(g, Instance(box, prop(m - 0.02)), options=opts)
     assert ok.verified, ok.reason
@@ -97,7 +83,7 @@ def test_bab_with_the_multineuron_root_decides_both_ways(seed):
 def test_the_alpha_probe_decides_easy_properties_alone():
     """Far from the minimum, the α root (the probe) proves the property: no multi-neuron root, one
     sub-problem bounded."""
-    g, box, m, prop = _decide_case(1)
+    g, box, m, prop = decide_case(1)
     res = verify_bab(g, Instance(box, prop(m - 5.0)), options=BabOptions(split="relu", max_nodes=10, attack_every=0))
     assert res.verified
     assert res.details["bounded"] == 1 and "root_multineuron" not in res.details
@@ -125,7 +111,7 @@ def test_a_property_the_multineuron_root_proves_needs_no_split():
 
 
 def test_alpha_root_skips_the_multineuron_stage():
-    g, box, m, prop = _decide_case(0)
+    g, box, m, prop = decide_case(0)
     res = verify_bab(g, Instance(box, prop(m - 0.02)),
                      options=BabOptions(split="relu", max_nodes=20_000, attack_every=0, root="alpha"))
     assert res.verified and "root_multineuron" not in res.details
@@ -133,7 +119,7 @@ def test_alpha_root_skips_the_multineuron_stage():
 
 def test_root_not_used_by_input_splitting():
     an = BabAnalysis(options=BabOptions(split="input"))
-    g, box, _, _ = _decide_case(0)
+    g, box, _, _ = decide_case(0)
     assert not an._wants_multineuron_root(g)
     assert BabAnalysis(options=BabOptions(split="relu"))._wants_multineuron_root(g)
     assert not BabAnalysis(options=BabOptions(split="relu", bounding="domain"))._wants_multineuron_root(g)
@@ -194,7 +180,7 @@ def test_root_sound_and_decisive_on_conv_and_residual_networks(name):
 @pytest.mark.parametrize("budget", [3, 15, 40])
 def test_node_budget_covers_the_probe(budget):
     """``max_nodes`` bounds the sub-problems of the probe and of the search after the root together."""
-    g, box, m, prop = _decide_case(2)
+    g, box, m, prop = decide_case(2)
     res = verify_bab(g, Instance(box, prop(m - 0.02)),
                      options=BabOptions(split="relu", max_nodes=budget, attack_every=0, attack=False))
     assert res.details["bounded"] <= budget and "root_multineuron" in res.details
