@@ -523,3 +523,13 @@ def test_adam_moments_carry_over_to_a_part_of_a_parameter():
         (t ** 2).sum().backward()
         opt.step()
     np.testing.assert_array_equal(q.detach().numpy(), p.detach()[[0, 2]].numpy())
+
+
+def test_rows_deadline_gives_the_rows_a_tenth_of_the_time_left_within_the_limit():
+    from absint.domains.krelu.tighten import rows_deadline
+
+    assert rows_deadline(None, None, 5.0) is None and rows_deadline(8.0, None, 5.0) is None
+    assert rows_deadline(None, 30.0, 10.0) == 30.0
+    assert rows_deadline(12.0, 30.0, 10.0) == pytest.approx(12.0)  # the share ends later than a tenth
+    assert rows_deadline(10.5, 30.0, 10.0) == pytest.approx(12.0)  # a tenth of the 20 s left
+    assert rows_deadline(40.0, 30.0, 10.0) == 30.0  # never beyond the limit

@@ -12,23 +12,19 @@ rounding included), so it stays valid in every sub-problem.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from absint.domains.krelu.tighten import KPOLY_KRELU, TightenOptions, start_region
+from absint.domains.krelu.tighten import KPOLY_KRELU, TightenOptions, rows_deadline, start_region
 from absint.domains.linear_bounds import Engine, GraphView
 from absint.ir import Graph
 from absint.rounding import sum_lower
 from absint.specs import InputBox
 
 __all__ = ["MultiNeuronRoot", "multineuron_root"]
-
-#: a row bound gets at least this part of the time left after the tightening (as kpoly's stage)
-ROWS_MIN_SHARE = 0.1
-
 
 @dataclass
 class MultiNeuronRoot:
@@ -44,10 +40,11 @@ def multineuron_root(graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarra
                      deadline: float | None, end: float | None, device: Any = "cpu",
                      options: TightenOptions = TightenOptions(),
                      known: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> MultiNeuronRoot:
-    """Tighten until ``deadline`` (the root's share of the time), then bound the rows until at
-    least :data:`ROWS_MIN_SHARE` of the time left to ``end`` (the search's own deadline) has passed,
-    never beyond ``end``. ``None``: no limit (``options.iters`` steps per layer). ``known``: bounds
-    proved elsewhere (node name → flat ``(lower, upper)``, e.g. the α root's), the start."""
+    """Tighten until ``deadline`` (the root's share of the time), then bound the rows until
+    :func:`~absint.domains.krelu.tighten.rows_deadline` (at least a tenth of the time left to
+    ``end``, the search's own deadline, never beyond it). ``None``: no limit (``options.iters``
+    steps per layer). ``known``: bounds proved elsewhere (node name → flat ``(lower, upper)``, e.g.
+    the α root's), the start."""
     t0 = time.perf_counter()
     engine = Engine(device=device, dtype=torch.float64)
     view = GraphView.of(graph.to(device, torch.float64), 1)
@@ -58,14 +55,8 @@ def multineuron_root(graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarra
     rows = np.full(len(d), -np.inf)
     now = time.perf_counter()
     if len(d) and (end is None or now < end):
-        rows_end = deadline
-        if end is not None:
-            rows_end = min(end, max(deadline if deadline is not None else end, now + ROWS_MIN_SHARE * (end - now)))
         Ct = torch.as_tensor(C, dtype=torch.float64, device=device)
-        lower = mb.bound_rows(view.output, Ct, deadline=rows_end, stop_above=float(-np.min(d)))
+        lower = mb.bound_rows(view.output, Ct, deadline=rows_deadline(deadline, end, now), stop_above=float(-np.min(d)))
         # + d rounded down: a proved bound of the real sum, not only of its sign
         rows = sum_lower(lower.detach().cpu().double(), torch.as_tensor(d, dtype=torch.float64)).numpy()
-    stats = dict(seconds=time.perf_counter() - t0, tighten_s=st.tighten_s, rows_s=st.rows_s, groups=st.groups,
-                 rows=st.rows, unstable_before=st.unstable_before, unstable_after=st.unstable_after,
-                 steps=st.steps, complete=st.complete)
-    return MultiNeuronRoot(mb.preactivation_bounds(), rows, stats)
+    return MultiNeuronRoot(mb.preactivation_bounds(), rows, dict(seconds=time.perf_counter() - t0, **asdict(st)))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from absint.domains.krelu import KReluOptions
-from absint.domains.krelu.tighten import KPOLY_KRELU as _KPOLY_KRELU, TightenOptions, start_region
+from absint.domains.krelu.tighten import KPOLY_KRELU as _KPOLY_KRELU, TightenOptions, rows_deadline, start_region
 from absint.domains.linear_bounds import Engine, GraphView
 from absint.refine.pipeline import Context, Stage, share_deadline
 from absint.refine.state import RefineState
@@ -73,10 +73,7 @@ class MultiNeuron(Stage):
         if todo.size and state.time_left() > 0:
             # the rows always get some steps over whatever bounds were tightened in time (up to a tenth
             # of the time left beyond this stage's share, never beyond the run's limit)
-            now = time.perf_counter()
-            end = None if deadline is None else max(deadline, now + 0.1 * state.time_left())
-            if state.deadline is not None:
-                end = min(end if end is not None else state.deadline, state.deadline)
+            end = rows_deadline(deadline, state.deadline, time.perf_counter())
             C = torch.as_tensor(p.C[todo], dtype=engine.dtype)
             lower = mb.bound_rows(view.output, C, deadline=end, stop_above=float(-np.min(p.d[todo])))
             # + d rounded down: a proved bound of the real sum, not only of its sign

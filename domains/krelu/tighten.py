@@ -42,7 +42,7 @@ from absint.optim import RETIRE_AT, Adam, ExponentialDecay
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TightenOptions", "MultiNeuronBounds", "start_region", "KPOLY_KRELU"]
+__all__ = ["TightenOptions", "MultiNeuronBounds", "start_region", "rows_deadline", "KPOLY_KRELU"]
 
 #: kpoly's default grouping: triples (k=3) in windows of 20 of the widest unstable neurons, sharing
 #: at most one neuron (s=−2), at most 100 groups per layer (the widest neurons' first); the certified
@@ -389,3 +389,18 @@ def start_region(view: GraphView, engine: Engine, lower: torch.Tensor, upper: to
             engine.store(node, 2, torch.as_tensor(lo, dtype=engine.dtype, device=engine.device).reshape(1, *node.shape),
                          torch.as_tensor(hi, dtype=engine.dtype, device=engine.device).reshape(1, *node.shape))
     return MultiNeuronBounds(view, engine, krelu if krelu is not None and krelu.k >= 2 else None, options)
+
+
+#: the target rows get at least this part of the time left after the tightening
+ROWS_MIN_SHARE = 0.1
+
+
+def rows_deadline(share_end: float | None, end: float | None, now: float) -> float | None:
+    """When bounding the target rows stops, after the tightening had until ``share_end``: at least
+    :data:`ROWS_MIN_SHARE` of the time left to ``end`` (the run's limit) whatever the tightening
+    used, never beyond ``end``; ``None`` (no limit) without an ``end``."""
+    if end is None:
+        return None
+    if share_end is None:
+        return end
+    return min(end, max(share_end, now + ROWS_MIN_SHARE * (end - now)))
