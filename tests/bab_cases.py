@@ -1,11 +1,17 @@
-"""A small decision case for the ReLU-splitting branch-and-bound tests (tests/test_bab_*.py)."""
+"""Shared cases of the ReLU-splitting branch-and-bound tests (tests/test_bab_*.py): a small decision case,
+a random MLP with a box and safety rows, and sampled points with their pre-activations."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from absint.bab.bounding import Bounder
+from absint.ir import Affine, Graph, Relu
+from absint.registry import get_domain
 from absint.specs import Clause, InputBox, OutputProperty
 from absint.testing import random_mlp
+
+F64 = torch.float64
 
 
 def decide_case(seed: int):
@@ -24,3 +30,44 @@ def decide_case(seed: int):
         return OutputProperty((Clause(np.array([[-1.0, 1.0]]), np.array([t])),), 2)
 
     return g, box, m, prop
+
+
+def mlp(seed: int, sizes=(4, 12, 12, 10, 3)) -> Graph:
+    """A random ReLU MLP (biases of scale 0.2)."""
+    return random_mlp(seed, sizes, bias_scale=0.2)
+
+
+def deeppoly_bounder(g: Graph) -> Bounder:
+    """The DeepPoly sub-problem bounder of ``g`` (its forward pass runs the concrete network)."""
+    from absint.domains.deeppoly import DeepPolyOptions
+
+    return Bounder(g, get_domain("deeppoly")(DeepPolyOptions(early_stop=False)))
+
+
+def setup(seed: int):
+    """``mlp(seed)`` on the box ``[-1, 1]⁴`` with three safety rows ``C y + d``."""
+    g = mlp(seed)
+    lo = -torch.ones(4, dtype=F64)
+    hi = torch.ones(4, dtype=F64)
+    C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0], [0.0, 1.0, -1.0]], dtype=F64)
+    d = torch.tensor([0.1, -0.2, 0.0], dtype=F64)
+    return g, lo, hi, C, d
+
+
+def samples(g: Graph, lo, hi, n=40000, seed=0):
+    """``n`` uniform points of the box, their outputs and their ReLU inputs (all layers side by side)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(n, lo.numel(), generator=gen, dtype=F64)
+    b = deeppoly_bounder(g)
+    with torch.no_grad():
+        y, _ = b.forward(x)
+        # pre-activations of every ReLU layer, concatenated
+        pre = []
+        v = x
+        for node in g.nodes[1:]:
+            if isinstance(node, Affine):
+                v = node.operator.forward(v) + node.bias_full().reshape(-1)
+            elif isinstance(node, Relu):
+                pre.append(v)
+                v = torch.relu(v)
+    return x, y, torch.cat(pre, 1)

@@ -11,51 +11,11 @@ import absint  # noqa: F401  (import order: absint before domains)
 from absint.bab import BabOptions
 from absint.verify import verify_bab
 from absint.bab.beta import BetaBounder, BetaOptions
-from absint.bab.bounding import Bounder
 from absint.ir import Affine, Graph, Relu
-from absint.registry import get_domain
 from absint.specs import InputBox
-from absint.testing import random_mlp
-from bab_cases import decide_case
+from bab_cases import decide_case, deeppoly_bounder, mlp, samples, setup
 
 F64 = torch.float64
-
-
-def mlp(seed: int, sizes=(4, 12, 12, 10, 3)) -> Graph:
-    return random_mlp(seed, sizes, bias_scale=0.2)
-
-
-def deeppoly_bounder(g: Graph) -> Bounder:
-    from absint.domains.deeppoly import DeepPolyOptions
-
-    return Bounder(g, get_domain("deeppoly")(DeepPolyOptions(early_stop=False)))
-
-
-def setup(seed: int):
-    g = mlp(seed)
-    lo = -torch.ones(4, dtype=F64)
-    hi = torch.ones(4, dtype=F64)
-    C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0], [0.0, 1.0, -1.0]], dtype=F64)
-    d = torch.tensor([0.1, -0.2, 0.0], dtype=F64)
-    return g, lo, hi, C, d
-
-
-def samples(g: Graph, lo, hi, n=40000, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = lo + (hi - lo) * torch.rand(n, lo.numel(), generator=gen, dtype=F64)
-    b = deeppoly_bounder(g)
-    with torch.no_grad():
-        y, _ = b.forward(x)
-        # pre-activations of every ReLU layer, concatenated
-        pre = []
-        v = x
-        for node in g.nodes[1:]:
-            if isinstance(node, Affine):
-                v = node.operator.forward(v) + node.bias_full().reshape(-1)
-            elif isinstance(node, Relu):
-                pre.append(v)
-                v = torch.relu(v)
-    return x, y, torch.cat(pre, 1)
 
 
 @pytest.mark.parametrize("tighten", [False, True, 1])  # 1: re-bound only the layer after the split

@@ -115,7 +115,8 @@ class BabAnalysis(Analysis):
             from absint.bab.beta import BetaOptions, BetaReluSplitting
 
             strat = BetaReluSplitting(bounder, region, Ct, dt, onehot, relu_heuristic, o.attack,
-                                      BetaOptions(iters=o.beta_iters, tighten_depth=o.tighten_depth),
+                                      BetaOptions(iters=o.beta_iters, tighten_depth=o.tighten_depth,
+                                                  opt_dtype=o.beta_dtype),
                                       root_bounds=root_bounds,
                                       constraints=constraints, fsb_candidates=o.fsb_candidates)
         else:
