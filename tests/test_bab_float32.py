@@ -116,3 +116,23 @@ def test_dtype_options_validated():
         BabOptions(beta_dtype="float16")
     with pytest.raises(ValueError, match="opt_dtype"):
         BetaOptions(opt_dtype="half")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_estimate_engine_drops_only_the_rounding_term(dtype):
+    """``EngineOptions(account_rounding=False)`` (what the float32 steps use) returns the pass's value
+    without its rounding-error term: never below the proved bound, and above it by that term only."""
+    from absint.domains.linear_bounds import Engine, EngineOptions, GraphView
+
+    g, lo, hi, C, d = setup(1)
+    g = g.to("cpu", dtype)
+    out = {}
+    for account in (True, False):
+        eng = Engine(EngineOptions(account_rounding=account), dtype=dtype)
+        view = GraphView.of(g, 1)
+        eng.store(view.input, 2, lo.to(dtype)[None], hi.to(dtype)[None])
+        with torch.no_grad():
+            out[account] = eng.run_rows(view.output, C.to(dtype), d.to(dtype), None)
+    gap = out[False] - out[True]
+    assert bool((gap > 0).all())  # the proved bound pays a positive rounding term
+    assert float(gap.max()) < 1e4 * torch.finfo(dtype).eps * (1 + float(out[True].abs().max()))

@@ -219,7 +219,7 @@ class BetaBounder:
         """The sub-problems' view in the optimisation's dtype: the ReLU inputs' bounds of the exact view
         (cast to nearest: these passes only steer the optimisation) and their relaxations."""
         dt = self.odtype
-        engine = Engine(EngineOptions(early_stop=True), dtype=dt)
+        engine = Engine(EngineOptions(early_stop=True, account_rounding=False), dtype=dt)
         view = GraphView.of(self.ograph, k)
         shape_in = (k, *self.graph.input_shape)
         engine.store(view.input, 2, self.lo_in.to(dt)[None].expand(k, -1).reshape(shape_in),
@@ -442,11 +442,17 @@ class _Pass:
         self.engine, self.view, self.masks, self.layout = engine, view, masks, layout
         self.lam0, self.d, self.cons, self.dtype = lam0, d, cons, dtype
         self.relus = view.relus()
+        #: per ReLU layer, the parts of the rows' lower slopes that do not depend on α (built at the
+        #: first pass): the slopes of the stable neurons, which root-unstable ones are unstable here,
+        #: and the slope those of them that are not keep
+        self.fixed: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def keep(self, sel: torch.Tensor) -> "_Pass":
         """The same passes on the rows ``sel`` only."""
-        return _Pass(self.engine, self.view, self.masks, self.layout.keep(sel), self.lam0[sel], self.d[sel],
-                     self.cons, self.dtype)
+        out = _Pass(self.engine, self.view, self.masks, self.layout.keep(sel), self.lam0[sel], self.d[sel],
+                    self.cons, self.dtype)
+        out.fixed = {j: tuple(t[sel] for t in parts) for j, parts in self.fixed.items()}
+        return out
 
     def __call__(self, bb: "BetaBounder", alphas: dict, betas: dict, mus: dict, record: dict | None) -> torch.Tensor:
         R, layout, dt = self.lam0.shape[0], self.layout, self.dtype
@@ -457,9 +463,12 @@ class _Pass:
             a, b = alphas.get(j), betas.get(j)
             ls = None
             if a is not None:
-                base = layout.gather(active, R)
-                un = layout.gather(unstable[:, idx].to(dt), R)
-                ls = base.index_copy(1, idx, un * a + (1 - un) * base[:, idx])
+                if j not in self.fixed:
+                    base = layout.gather(active, R)
+                    un = layout.gather(unstable[:, idx].to(dt), R)
+                    self.fixed[j] = (base, un, (1 - un) * base[:, idx])
+                base, un, keep = self.fixed[j]
+                ls = base.index_copy(1, idx, un * a + keep)
             beta = None
             if b is not None:
                 beta = (s, torch.zeros(R, bb.sizes[j], dtype=dt).index_copy(1, idx, b))

@@ -115,8 +115,8 @@ class Bab(Stage):
     them certified more (ConvSmall 20 against 14 of 29, MNIST 6x100 11 against 10 of 30, never fewer
     on any image; benchmarks/RESULTS.md, "BaB with and without hull rows"), so they are off by default.
     ``tighten_depth``: how many ReLU layers after each split are re-bounded per sub-problem;
-    ``relu_heuristic``, ``fsb_candidates``: how the neuron to split is chosen (all three as in
-    :class:`absint.bab.BabOptions`).
+    ``relu_heuristic``, ``fsb_candidates``: how the neuron to split is chosen; ``beta_dtype``: the
+    precision of the optimisation steps (all four as in :class:`absint.bab.BabOptions`).
     """
 
     key: str = field(default="bab", init=False)
@@ -126,15 +126,16 @@ class Bab(Stage):
     tighten_depth: int | None = TIGHTEN_DEPTH
     relu_heuristic: str = "auto"
     fsb_candidates: int = 3
+    beta_dtype: str = "float32"
 
     def check(self) -> None:
         super().check()
-        self.bab_options()  # tighten_depth, the heuristic and its candidates, checked by BabOptions
+        self.bab_options()  # tighten_depth, the heuristic, its candidates, beta_dtype: checked by BabOptions
 
     def bab_options(self) -> BabOptions:
         """The branch and bound's options (validated: a bad value raises OptionError naming it)."""
         return BabOptions(tighten_depth=self.tighten_depth, relu_heuristic=self.relu_heuristic,
-                          fsb_candidates=self.fsb_candidates)
+                          fsb_candidates=self.fsb_candidates, beta_dtype=self.beta_dtype)
 
     def deadline(self, state: RefineState) -> float | None:
         return share_deadline(state, self.share, self.max_seconds)

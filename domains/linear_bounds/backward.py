@@ -98,6 +98,7 @@ class BackwardPass:
         self.engine = engine
         self.const = const
         self.rows = rows
+        self.account = engine.options.account_rounding  # False: estimates only (EngineOptions)
         self.threshold = threshold
         # Intermediate concretisation: always with keep_best; with a threshold, as long as it
         # keeps deciding rows (it costs a pass over the frontier each time).
@@ -158,8 +159,9 @@ class BackwardPass:
         entry[1] = total
         entry[3] = entry[3] and paid
         # the sum is rounded: |fl(a + b) − (a + b)| ≤ u|fl(a + b)|, times max|x|
-        self.err = self.err + self.rows.dot(total.abs(), self.engine.magnitude(node, cols)) * (
-            2 * unit(total.dtype))
+        if self.account:
+            self.err = self.err + self.rows.dot(total.abs(), self.engine.magnitude(node, cols)) * (
+                2 * unit(total.dtype))
 
     def add_const(self, *terms: torch.Tensor) -> None:
         """``c += Σ terms`` (each term's magnitude is part of its step's error weight, which covers
@@ -169,6 +171,8 @@ class BackwardPass:
 
     def add_err(self, lam: torch.Tensor, weight: torch.Tensor, neg: torch.Tensor | None = None) -> None:
         """``E += |λ|·weight`` (per member ``weight`` ``[B, k]``; ``|λ| = λ − 2λ⁻`` when ``neg`` is given)."""
+        if not self.account:
+            return
         if neg is None:
             self.err = self.err + self.rows.dot(lam.abs(), weight)
         else:
@@ -176,6 +180,8 @@ class BackwardPass:
 
     def safe(self, value: torch.Tensor) -> torch.Tensor:
         """``value − E`` (plus the initial constant's share of rounding) rounded down: a proved lower bound."""
+        if not self.account:  # an estimate (EngineOptions.account_rounding)
+            return value
         dt = value.dtype
         scale = (1 + 4 * gam(self.width + 8, dt)) * (1 + 8 * unit(dt))  # E's own roundings
         return safe_down(value - torch.add(self.err * scale, self.c0, alpha=4 * gam(self.K + 2, dt)))
@@ -651,7 +657,8 @@ def _act_params(p: BackwardPass, node: Node, lam: torch.Tensor, cols: torch.Tens
         cons, mu = prm.mu
         lam_p = lam_p + cons.pre_term(mu, rows)
         p.add_const(-cons.const_term(mu, rows))
-        p.err = p.err + cons.err_term(mu, rows, eng, node, p.K)
+        if p.account:
+            p.err = p.err + cons.err_term(mu, rows, eng, node, p.K)
     # |λ_z − fl(λ_z)| ≤ γ·(|λ|·max(α, us) + |β|) with α, us ∈ [0, 1]; plus the λ⁻·uo dot
     p.add_err(lam, eng.err_weight(node, None, p.K, params=True))
     if prm.beta is not None:

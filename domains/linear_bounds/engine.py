@@ -43,13 +43,18 @@ __all__ = ["Engine", "EngineOptions", "inner_length"]
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the engine computes bounds (DeepPoly's options; see :class:`~absint.domains.deeppoly.DeepPolyOptions`)."""
+    """How the engine computes bounds (DeepPoly's options; see :class:`~absint.domains.deeppoly.DeepPolyOptions`).
+
+    ``account_rounding=False`` drops the rounding-error term of back-substituted bounds: the values
+    are then estimates, not proofs, for optimisation steps whose chosen parameters are bounded again
+    by an accounting engine (``bab``'s float32 steps, :mod:`absint.bab.beta`)."""
 
     relu_lower: ReluLowerMode = "area"
     early_stop: bool = True
     keep_best: bool = False
     memory_mb: float = 256.0
     max_rows: int | None = None
+    account_rounding: bool = True
 
 
 def select_cols(t: torch.Tensor, cols: "torch.Tensor | MemberCols | None") -> torch.Tensor:
