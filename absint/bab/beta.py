@@ -20,9 +20,10 @@ A sub-problem is the root input box plus a phase per ReLU (``+1``: ``z ≥ 0``, 
    projected Adam and the best bound seen is kept. Children warm-start from their parent's ``α``,
    ``β`` (stored packed on the root-unstable neurons, float32) and bounds.
 4. With ``opt_dtype="float32"`` the Adam steps run on a float32 copy of the batch's relaxation (the
-   same ReLU-input bounds, cast to nearest); their values only choose ``α``, ``β``, ``μ``. The bounds
-   reported are those of one float64 pass with the best values found, so the speed of float32
-   (about twice the sub-problems per second on mnistfc) costs nothing in rigour.
+   same ReLU-input bounds, cast to nearest, with an engine that skips the rounding-error term: its
+   values are estimates); they only choose ``α``, ``β``, ``μ``. The bounds reported are those of one
+   float64 pass with the best values found, so the speed of float32 (1.1–2.1x the sub-problems in
+   the same time on mnistfc, benchmarks/RESULTS.md) costs nothing in rigour.
 
 Sub-problems with no unstable unsplit ReLU left get ``leaf_iters`` more iterations (there the bound
 is the Lagrangian dual of an LP, exact at the optimal ``β``) before the search reports them stuck.
@@ -395,8 +396,8 @@ class BetaBounder:
             with torch.no_grad():
                 record.clear()
                 # (a step that overflowed in float32 may have left NaN: 0 is a sound value of each)
-                best = exact(self, *({j: torch.nan_to_num(t.to(self.dtype), nan=0.0) for j, t in d.items()}
-                                     for d in (best_alpha, best_beta, best_mu)), record)
+                best = exact(self, *({j: torch.nan_to_num(t.to(self.dtype), nan=0.0) for j, t in chosen.items()}
+                                     for chosen in (best_alpha, best_beta, best_mu)), record)
             last_record = dict(record)
         if keep_alpha:
             for j, a in best_alpha.items():
