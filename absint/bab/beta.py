@@ -22,7 +22,7 @@ A sub-problem is the root input box plus a phase per ReLU (``+1``: ``z ≥ 0``, 
 4. With ``opt_dtype="float32"`` the Adam steps run on a float32 copy of the batch's relaxation (the
    same ReLU-input bounds, cast to nearest, with an engine that skips the rounding-error term: its
    values are estimates); they only choose ``α``, ``β``, ``μ``. The bounds reported are those of one
-   float64 pass with the best values found, so the speed of float32 (1.1–2.1x the sub-problems in
+   float64 pass with the best values found, so the speed of float32 (1.2–2.9x the sub-problems in
    the same time on mnistfc, benchmarks/RESULTS.md) costs nothing in rigour.
 
 Sub-problems with no unstable unsplit ReLU left get ``leaf_iters`` more iterations (there the bound

@@ -94,8 +94,8 @@ class BabOptions(Options):
       ``beta_dtype``: the precision of the optimisation steps. ``float32`` (default) takes the
       steps on a float32 copy of each batch's relaxation and reports one float64 pass with the
       best values found, so every reported bound stays a float64 bound with its rounding
-      accounted; on mnistfc it bounds 1.3–2x the sub-problems of ``float64`` in the same time
-      (benchmarks/RESULTS.md, "Float32 steps in branch and bound").
+      accounted. On mnistfc it bounds 1.2–2.9x (median 1.9x) the sub-problems of ``float64``
+      in the same time (benchmarks/RESULTS.md, "Float32 steps in branch and bound").
     * ``root`` — with α/β ReLU splitting, how the root's intermediate bounds are found before the
       first split. ``alpha``: optimised slopes alone. ``multineuron`` (default): a probe first runs
       the search with optimised slopes alone for at most ``root_probe_nodes`` sub-problems (15: the
