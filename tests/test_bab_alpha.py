@@ -162,10 +162,12 @@ def test_tighten_depth_reaches_the_sub_problem_bounder(depth):
     assert s.s.beta_options.tighten_depth == depth
 
 
+@pytest.mark.parametrize("opt_dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", ["residual", "conv_pool"])
-def test_sound_on_split_subproblems_of_dags(name):
+def test_sound_on_split_subproblems_of_dags(name, opt_dtype):
     """β-CROWN bounding over a residual DAG and a conv/max-pool net: split sub-problems' bounds
-    (with re-tightened intermediate bounds) contain every sampled point that satisfies the splits."""
+    (with re-tightened intermediate bounds) contain every sampled point that satisfies the splits,
+    with the optimisation steps in float64 or float32."""
     from absint.testing import example_network
 
     g = example_network(name, 2)
@@ -176,7 +178,7 @@ def test_sound_on_split_subproblems_of_dags(name):
     m = int(np.prod(g.output_shape))
     C = torch.randn(2, m, generator=gen, dtype=F64)
     d = torch.zeros(2, dtype=F64)
-    bb = BetaBounder(g, lo, hi, C, d, BetaOptions(iters=10, root_iters=10, layer_iters=5))
+    bb = BetaBounder(g, lo, hi, C, d, BetaOptions(iters=10, root_iters=10, layer_iters=5, opt_dtype=opt_dtype))
     x = lo + (hi - lo) * torch.rand(20000, n_in, generator=gen, dtype=F64)
     with torch.no_grad():
         vals = g.forward(x.reshape(-1, *g.input_shape), all_nodes=True)
