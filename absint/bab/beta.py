@@ -172,14 +172,18 @@ class BetaBounder:
         u = torch.where(s < 0, self.root_hi[j].clamp(max=0)[None], self.root_hi[j][None])
         return s, l, u
 
-    def _view(self, per_layer: list, infeasible: torch.Tensor, from_layer: torch.Tensor | None):
+    def _view(self, per_layer: list, infeasible: torch.Tensor, from_layer: torch.Tensor | None,
+              estimate: bool = False):
         """A graph view for the ``k`` sub-problems with each ReLU input's bounds set (clamped; with
-        ``tighten``, re-bounded from ``from_layer`` on and clamped again)."""
+        ``tighten``, re-bounded from ``from_layer`` on and clamped again). ``estimate``: the copy the
+        optimisation steps run on, in their dtype (bounds cast to nearest; pass no ``from_layer``) with an
+        engine that skips the rounding-error term (its values only steer the steps)."""
         k = per_layer[0][1].shape[0] if per_layer else 1
-        engine = Engine(EngineOptions(early_stop=True), dtype=self.dtype)
-        view = GraphView.of(self.graph, k)
-        engine.store(view.input, 2, self.lo_in[None].expand(k, -1).reshape(k, *self.graph.input_shape),
-                     self.hi_in[None].expand(k, -1).reshape(k, *self.graph.input_shape))
+        dt, graph = (self.odtype, self.ograph) if estimate else (self.dtype, self.graph)
+        engine = Engine(EngineOptions(early_stop=True, account_rounding=not estimate), dtype=dt)
+        view = GraphView.of(graph, k)
+        engine.store(view.input, 2, self.lo_in.to(dt)[None].expand(k, -1).reshape(k, *graph.input_shape),
+                     self.hi_in.to(dt)[None].expand(k, -1).reshape(k, *graph.input_shape))
         index = {n: j for j, n in enumerate(self.pre_names)}
         first = None
         if self.opt.tighten and from_layer is not None:
@@ -204,7 +208,7 @@ class BetaBounder:
                     node.cache["lower"], node.cache["upper"] = lo.reshape(shape), hi.reshape(shape)
                     per_layer[j] = (s, lo, hi)
                 else:
-                    engine.store(node, 2, l.reshape(shape), u.reshape(shape))
+                    engine.store(node, 2, l.to(dt).reshape(shape), u.to(dt).reshape(shape))
             if isinstance(node.op, NONLINEAR):
                 engine.relax(node)
         return view, engine
@@ -215,26 +219,6 @@ class BetaBounder:
         if packed is None or idx.numel() == 0:
             return base
         return packed[:, self.upos[j]:self.upos[j] + idx.numel()].to(dtype)
-
-    def _copy_view(self, per_layer: list, k: int):
-        """The sub-problems' view in the optimisation's dtype: the ReLU inputs' bounds of the exact view
-        (cast to nearest: these passes only steer the optimisation) and their relaxations."""
-        dt = self.odtype
-        engine = Engine(EngineOptions(early_stop=True, account_rounding=False), dtype=dt)
-        view = GraphView.of(self.ograph, k)
-        shape_in = (k, *self.graph.input_shape)
-        engine.store(view.input, 2, self.lo_in.to(dt)[None].expand(k, -1).reshape(shape_in),
-                     self.hi_in.to(dt)[None].expand(k, -1).reshape(shape_in))
-        index = {n: j for j, n in enumerate(self.pre_names)}
-        for node in view:
-            j = index.get(node.name)
-            if j is not None:
-                _, l, u = per_layer[j]
-                shape = (k, *node.shape)
-                engine.store(node, 2, l.to(dt).reshape(shape), u.to(dt).reshape(shape))
-            if isinstance(node.op, NONLINEAR):
-                engine.relax(node)
-        return view, engine
 
     def _pack(self, params: dict[int, torch.Tensor], R: int) -> torch.Tensor:
         parts = []
@@ -296,7 +280,7 @@ class BetaBounder:
         split32 = iters > 0 and self.odtype != self.dtype and all(
             _small(l) and _small(u) for _, l, u in per_layer)
         if split32:  # optimise on a copy of the view in the optimisation's dtype
-            oview, oengine = self._copy_view(per_layer, k)
+            oview, oengine = self._view(per_layer, infeasible, None, estimate=True)
             omasks = [(un, ac.to(self.odtype), s.to(self.odtype)) for un, ac, s in masks]
             run = _Pass(oengine, oview, omasks, layout, self.C[row].to(self.odtype),
                         self.d[row].to(self.odtype), self.ocons, self.odtype)
