@@ -72,6 +72,11 @@ class Affine(Op):
             return torch.zeros(self.shape, dtype=dtype, device=device)
         return torch.broadcast_to(self.bias, self.shape).to(dtype=dtype, device=device)
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The node's numbers: the operator's weight or scale, and the bias if any."""
+        out = [getattr(self.operator, a) for a in ("weight", "scale") if hasattr(self.operator, a)]
+        return out + ([] if self.bias is None else [self.bias])
+
     def to(self, device=None, dtype=None) -> "Affine":
         bias = None if self.bias is None else self.bias.to(device=device, dtype=dtype)
         operator = self.operator.to(device, dtype)
@@ -227,9 +232,7 @@ class Graph:
                     raise ModelError(
                         f"{n.kind} {n.name!r}: expects input {n.operator.in_shape}, got {seen[n.inputs[0]].shape}"
                     )
-                tensors = [getattr(n.operator, a) for a in ("weight", "scale") if hasattr(n.operator, a)]
-                tensors += [] if n.bias is None else [n.bias]
-                if any(not torch.isfinite(t).all() for t in tensors):
+                if any(not torch.isfinite(t).all() for t in n.tensors()):
                     bad.append(n.name)
             seen[n.name] = n
         if bad:

@@ -409,11 +409,7 @@ def _small(t: torch.Tensor) -> bool:
 
 def _within_float32(graph: Graph, *tensors: torch.Tensor) -> bool:
     """Whether the weights of ``graph`` and ``tensors`` are all below :data:`FLOAT32_RANGE` in magnitude."""
-    vals = list(tensors)
-    for n in graph.nodes:
-        if isinstance(n, Affine):
-            vals += [getattr(n.operator, a) for a in ("weight", "scale") if hasattr(n.operator, a)]
-            vals += [] if n.bias is None else [n.bias]
+    vals = list(tensors) + [t for n in graph.nodes if isinstance(n, Affine) for t in n.tensors()]
     return all(_small(torch.as_tensor(t)) for t in vals)
 
 
