@@ -21,7 +21,6 @@ import torch
 from absint.domains.krelu.tighten import KPOLY_KRELU, TightenOptions, rows_deadline, start_region
 from absint.domains.linear_bounds import Engine, GraphView
 from absint.ir import Graph
-from absint.rounding import sum_lower
 from absint.specs import InputBox
 
 __all__ = ["MultiNeuronRoot", "multineuron_root"]
@@ -55,8 +54,5 @@ def multineuron_root(graph: Graph, region: InputBox, C: np.ndarray, d: np.ndarra
     rows = np.full(len(d), -np.inf)
     now = time.perf_counter()
     if len(d) and (end is None or now < end):
-        Ct = torch.as_tensor(C, dtype=torch.float64, device=device)
-        lower = mb.bound_rows(view.output, Ct, deadline=rows_deadline(deadline, end, now), stop_above=float(-np.min(d)))
-        # + d rounded down: a proved bound of the real sum, not only of its sign
-        rows = sum_lower(lower.detach().cpu().double(), torch.as_tensor(d, dtype=torch.float64)).numpy()
+        rows = mb.bound_safety_rows(view.output, C, d, rows_deadline(deadline, end, now))
     return MultiNeuronRoot(mb.preactivation_bounds(), rows, dict(seconds=time.perf_counter() - t0, **asdict(st)))

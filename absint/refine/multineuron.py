@@ -13,14 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from absint.domains.krelu import KReluOptions
 from absint.domains.krelu.tighten import KPOLY_KRELU as _KPOLY_KRELU, TightenOptions, rows_deadline, start_region
 from absint.domains.linear_bounds import Engine, GraphView
 from absint.refine.pipeline import Context, Stage, share_deadline
 from absint.refine.state import RefineState
-from absint.rounding import sum_lower
 
 __all__ = ["MultiNeuron", "KPOLY_KRELU"]
 
@@ -74,11 +72,7 @@ class MultiNeuron(Stage):
             # the rows always get some steps over whatever bounds were tightened in time (up to a tenth
             # of the time left beyond this stage's share, never beyond the run's limit)
             end = rows_deadline(deadline, state.deadline, time.perf_counter())
-            C = torch.as_tensor(p.C[todo], dtype=engine.dtype)
-            lower = mb.bound_rows(view.output, C, deadline=end, stop_above=float(-np.min(p.d[todo])))
-            # + d rounded down: a proved bound of the real sum, not only of its sign
-            state.raise_rows(sum_lower(lower.detach().cpu().double(),
-                                       torch.as_tensor(p.d[todo], dtype=torch.float64)).numpy(), todo)
+            state.raise_rows(mb.bound_safety_rows(view.output, p.C[todo], p.d[todo], end), todo)
             # for the branch and bound: the rows the optimised multipliers use, with those multipliers
             # (per safety row; zero for rows proved before) — typically 5–20 % of all rows
             for name, (rows, mu) in mb.active_rows().items():

@@ -39,6 +39,7 @@ from absint.domains.krelu.grouping import KReluOptions
 from absint.domains.krelu.layer import HullRows, layer_hull_rows
 from absint.domains.linear_bounds import Engine, GraphView, Node, NodeParams, Params
 from absint.optim import RETIRE_AT, Adam, ExponentialDecay
+from absint.rounding import sum_lower
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +343,13 @@ class MultiNeuronBounds:
         """Best proved lower bounds ``[m]`` of ``C·target`` (``C``: ``[m, numel]``) with α and μ on every ReLU."""
         lam = torch.as_tensor(C, dtype=self.engine.dtype, device=self.engine.device).reshape(-1, target.numel)
         return self._optimise(target, lam, self.opt.final_iters if iters is None else iters, deadline, stop_above)
+
+    def bound_safety_rows(self, target: Node, C: np.ndarray, d: np.ndarray, deadline: float | None) -> np.ndarray:
+        """Proved lower bounds of ``C·target + d`` (numpy, float64), each row optimised until it is above
+        0 or ``deadline``: :meth:`bound_rows`, then ``+ d`` rounded down, a proved bound of the real
+        sum (not only of its sign)."""
+        lower = self.bound_rows(target, C, deadline=deadline, stop_above=float(-np.min(d)))
+        return sum_lower(lower.detach().cpu().double(), torch.as_tensor(d, dtype=torch.float64)).numpy()
 
     def active_rows(self, tol: float = 0.0) -> dict[str, tuple[HullRows, np.ndarray]]:
         """After :meth:`bound_rows`: per ReLU node name, the hull rows some target row put a multiplier
