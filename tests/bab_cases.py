@@ -8,7 +8,7 @@ import torch
 from absint.bab.bounding import Bounder
 from absint.ir import Affine, Graph, Relu
 from absint.registry import get_domain
-from absint.specs import Clause, InputBox, OutputProperty
+from absint.specs import Clause, InputBox, Instance, OutputProperty
 from absint.testing import random_mlp
 
 F64 = torch.float64
@@ -71,3 +71,32 @@ def samples(g: Graph, lo, hi, n=40000, seed=0):
                 pre.append(v)
                 v = torch.relu(v)
     return x, y, torch.cat(pre, 1)
+
+
+def decide_both_ways(seed: int, options):
+    """``bab`` with ``options`` on :func:`decide_case` ``(seed)``: the property 0.02 below the grid
+    minimum must be verified and the one 0.01 above it falsified. Returns both results."""
+    from absint.verify import verify_bab
+
+    g, box, m, prop = decide_case(seed)
+    ok = verify_bab(g, Instance(box, prop(m - 0.02)), options=options)
+    assert ok.verified, ok.reason
+    bad = verify_bab(g, Instance(box, prop(m + 0.01)), options=options)
+    assert bad.falsified, bad.reason
+    return ok, bad
+
+
+def root_unstable(bb) -> torch.Tensor:
+    """Flat indices of the ReLUs a :class:`~absint.bab.beta.BetaBounder` finds unstable at its root."""
+    return torch.nonzero(torch.cat([(l < 0) & (u > 0) for l, u in zip(bb.root_lo, bb.root_hi)])).reshape(-1)
+
+
+def random_splits(bb, n: int, gen: torch.Generator, most: int) -> torch.Tensor:
+    """``n`` sub-problems ``[n, n_relu]`` (int8 phases): the root, then random phases on
+    ``1 + i % most`` root-unstable ReLUs in sub-problem ``i``, drawn from ``gen``."""
+    unstable = root_unstable(bb)
+    splits = torch.zeros(n, sum(bb.sizes), dtype=torch.int8)
+    for i in range(1, n):
+        pick = unstable[torch.randperm(unstable.numel(), generator=gen)[: 1 + i % most]]
+        splits[i, pick] = torch.where(torch.rand(pick.numel(), generator=gen) < 0.5, 1, -1).to(torch.int8)
+    return splits

@@ -9,11 +9,10 @@ import torch
 
 import absint  # noqa: F401  (import order: absint before domains)
 from absint.bab import BabOptions
-from absint.verify import verify_bab
 from absint.bab.beta import BetaBounder, BetaOptions
 from absint.ir import Affine, Graph, Relu
 from absint.specs import InputBox
-from bab_cases import decide_case, deeppoly_bounder, mlp, samples, setup
+from bab_cases import decide_both_ways, deeppoly_bounder, mlp, random_splits, root_unstable, samples, setup
 
 F64 = torch.float64
 
@@ -27,15 +26,9 @@ def test_sound_on_random_split_subproblems(seed, tighten):
     bb = BetaBounder(g, lo, hi, C, d, BetaOptions(iters=15, root_iters=30, layer_iters=10, tighten_depth=depth))
     x, y, pre = samples(g, lo, hi, seed=seed)
     vals = y @ C.T + d  # [n, m]
-    n_relu = pre.shape[1]
-    gen = torch.Generator().manual_seed(100 + seed)
     # sub-problems: random phases on a few ReLUs that are unstable at the root, plus an empty one
-    unstable = torch.nonzero(torch.cat([(l < 0) & (u > 0) for l, u in zip(bb.root_lo, bb.root_hi)])).reshape(-1)
-    assert unstable.numel() >= 4
-    splits = torch.zeros(24, n_relu, dtype=torch.int8)
-    for i in range(1, 24):
-        pick = unstable[torch.randperm(unstable.numel(), generator=gen)[: 1 + i % 5]]
-        splits[i, pick] = torch.where(torch.rand(pick.numel(), generator=gen) < 0.5, 1, -1).to(torch.int8)
+    assert root_unstable(bb).numel() >= 4
+    splits = random_splits(bb, 24, torch.Generator().manual_seed(100 + seed), most=5)
     # tighten: re-bound every layer's intermediate bounds under the splits (as the children of
     # a split do), and then once more from those bounds (as grandchildren do, with the parent's)
     from_layer = torch.zeros(splits.shape[0], dtype=torch.int32) if tighten else None
@@ -129,19 +122,12 @@ def test_contradictory_split_is_infeasible():
 @pytest.mark.parametrize("heuristic", ["babsr", "fsb"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bab_alpha_beta_decides_correctly(seed, heuristic):
-    from absint.specs import Instance
-
-    g, box, m, prop = decide_case(seed)
-
     # No wall clock (timeout None, no timed PGD rounds): a node budget ends the search, so a
     # loaded machine makes this slower but never different.
     opts = BabOptions(split="relu", bounding="alpha-beta", batch_size=16, max_nodes=20_000, attack_every=0,
                       relu_heuristic=heuristic)
-    ok = verify_bab(g, Instance(box, prop(m - 0.02)), options=opts)
-    assert ok.verified, ok.reason
+    ok, _ = decide_both_ways(seed, opts)
     assert ok.details.get("domain") in (None, "alpha-beta")
-    bad = verify_bab(g, Instance(box, prop(m + 0.01)), options=opts)
-    assert bad.falsified, bad.reason
 
 
 def test_bounding_option_validated():
@@ -184,11 +170,7 @@ def test_sound_on_split_subproblems_of_dags(name, opt_dtype):
         vals = g.forward(x.reshape(-1, *g.input_shape), all_nodes=True)
     pre = torch.cat([vals[p].reshape(20000, -1) for p in bb.pre_names], 1)
     rows = vals[g.output].reshape(20000, -1) @ C.T + d
-    unstable = torch.nonzero(torch.cat([(l < 0) & (u > 0) for l, u in zip(bb.root_lo, bb.root_hi)])).reshape(-1)
-    splits = torch.zeros(12, pre.shape[1], dtype=torch.int8)
-    for i in range(1, 12):
-        pick = unstable[torch.randperm(unstable.numel(), generator=gen)[: 1 + i % 3]]
-        splits[i, pick] = torch.where(torch.rand(pick.numel(), generator=gen) < 0.5, 1, -1).to(torch.int8)
+    splits = random_splits(bb, 12, gen, most=3)
     out = bb.bound(splits, from_layer=torch.zeros(12, dtype=torch.int32))
     for i in range(12):
         s = splits[i].to(F64)
@@ -245,13 +227,7 @@ def test_retiring_proved_rows_leaves_the_others_unchanged(seed):
     slopes and candidate coefficients of a run that optimises all rows to the end."""
     g, lo, hi, C, d = setup(seed)
     bb = BetaBounder(g, lo, hi, C, d, BetaOptions(iters=12, root_iters=10, layer_iters=5))
-    n_relu = sum(bb.sizes)
-    unstable = torch.nonzero(torch.cat([(l < 0) & (u > 0) for l, u in zip(bb.root_lo, bb.root_hi)])).reshape(-1)
-    gen = torch.Generator().manual_seed(7 + seed)
-    splits = torch.zeros(16, n_relu, dtype=torch.int8)
-    for i in range(1, 16):
-        pick = unstable[torch.randperm(unstable.numel(), generator=gen)[: 1 + i % 4]]
-        splits[i, pick] = torch.where(torch.rand(pick.numel(), generator=gen) < 0.5, 1, -1).to(torch.int8)
+    splits = random_splits(bb, 16, torch.Generator().manual_seed(7 + seed), most=4)
     full = bb.bound(splits, stop_above=None)
     rows = full.rows[~full.infeasible]
     threshold = float(rows.quantile(0.6))  # 40 % of the rows end above it: many retire on the way

@@ -13,24 +13,10 @@ import absint  # noqa: F401  (import order: absint before domains)
 from absint.bab import BabOptions
 from absint.bab.beta import BetaBounder, BetaOptions
 from absint.errors import OptionError
-from absint.specs import Instance
-from absint.verify import verify_bab
-from bab_cases import decide_case, samples, setup
+from bab_cases import decide_both_ways, random_splits, root_unstable, samples, setup
 
 F64 = torch.float64
 OPTS = dict(iters=15, root_iters=30, layer_iters=10)
-
-
-def _splits(bb: BetaBounder, n: int, seed: int) -> torch.Tensor:
-    """``n`` sub-problems: the root and random phases on one to five root-unstable ReLUs."""
-    unstable = torch.nonzero(torch.cat([(l < 0) & (u > 0) for l, u in zip(bb.root_lo, bb.root_hi)])).reshape(-1)
-    assert unstable.numel() >= 4
-    gen = torch.Generator().manual_seed(100 + seed)
-    splits = torch.zeros(n, sum(bb.sizes), dtype=torch.int8)
-    for i in range(1, n):
-        pick = unstable[torch.randperm(unstable.numel(), generator=gen)[: 1 + i % 5]]
-        splits[i, pick] = torch.where(torch.rand(pick.numel(), generator=gen) < 0.5, 1, -1).to(torch.int8)
-    return splits
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -40,7 +26,8 @@ def test_float32_steps_give_sound_bounds_on_split_subproblems(seed):
     assert bb.odtype == torch.float32
     x, y, pre = samples(g, lo, hi, seed=seed)
     vals = y @ C.T + d
-    splits = _splits(bb, 24, seed)
+    assert root_unstable(bb).numel() >= 4
+    splits = random_splits(bb, 24, torch.Generator().manual_seed(100 + seed), most=5)
     out = bb.bound(splits, from_layer=torch.zeros(splits.shape[0], dtype=torch.int32))
     assert out.rows.dtype == F64
     checked = 0
@@ -61,7 +48,8 @@ def test_reported_rows_are_exactly_one_float64_pass_with_the_chosen_values(seed)
     the bounder returned: nothing computed in float32 reaches a reported bound."""
     g, lo, hi, C, d = setup(seed)
     bb = BetaBounder(g, lo, hi, C, d, BetaOptions(**OPTS, opt_dtype="float32"))
-    splits = _splits(bb, 16, seed)
+    assert root_unstable(bb).numel() >= 4
+    splits = random_splits(bb, 16, torch.Generator().manual_seed(100 + seed), most=5)
     first = torch.zeros(splits.shape[0], dtype=torch.int32)
     out = bb.bound(splits, from_layer=first)
     again = bb.bound(splits, iters=0, from_layer=first, init_alpha=out.alpha, init_beta=out.beta)
@@ -81,7 +69,8 @@ def test_float32_steps_bound_about_as_well_as_float64_steps(seed):
     b32 = BetaBounder(g, lo, hi, C, d, BetaOptions(**OPTS, opt_dtype="float32"))
     scale = 1.0 + b64.root_rows.abs()
     assert bool((b32.root_rows >= b64.root_rows - 0.02 * scale).all()), (b32.root_rows, b64.root_rows)
-    splits = _splits(b64, 16, seed)
+    assert root_unstable(b64).numel() >= 4
+    splits = random_splits(b64, 16, torch.Generator().manual_seed(100 + seed), most=5)
     o64, o32 = b64.bound(splits), b32.bound(splits)
     live = ~o64.infeasible
     assert torch.equal(o64.infeasible, o32.infeasible)
@@ -102,13 +91,9 @@ def test_float32_falls_back_to_float64_steps_beyond_its_range():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bab_with_float32_steps_decides_correctly(seed):
-    g, box, m, prop = decide_case(seed)
     # a node budget, no wall clock: the same answer on a busy machine
-    opts = BabOptions(split="relu", batch_size=16, max_nodes=20_000, attack_every=0, beta_dtype="float32")
-    ok = verify_bab(g, Instance(box, prop(m - 0.02)), options=opts)
-    assert ok.verified, ok.reason
-    bad = verify_bab(g, Instance(box, prop(m + 0.01)), options=opts)
-    assert bad.falsified, bad.reason
+    decide_both_ways(seed, BabOptions(split="relu", batch_size=16, max_nodes=20_000, attack_every=0,
+                                      beta_dtype="float32"))
 
 
 def test_dtype_options_validated():
